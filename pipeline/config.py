@@ -1,0 +1,180 @@
+"""The pipeline's one typed configuration.
+
+Precedence, lowest first: defaults < TOML config file < environment variables (PHI3_...,
+nested with "__") < command-line flags (--training.learning_rate ...).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+BUILTIN_SAMPLE = "builtin:ultrachat-sample"
+BUILTIN_BASE_MODEL = "builtin:tiny-phi3"
+CONFIG_FILE_ENV = "PHI3_CONFIG"
+DEFAULT_CONFIG_FILE = Path("phi3-pipeline.toml")
+
+SchedulerType = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+]
+
+
+class DatasetSettings(BaseModel):
+    """Where the chat data comes from and how it is split (the tutorial's ultrachat 1 % slice)."""
+
+    source: str = Field(
+        BUILTIN_SAMPLE,
+        description=(
+            "Hub dataset name (e.g. HuggingFaceH4/ultrachat_200k), a local .jsonl/.json/.parquet file "
+            f"or folder, or {BUILTIN_SAMPLE} (a deterministic sample the project makes, no download)."
+        ),
+    )
+    split: str = Field(
+        "train_sft",
+        description="Split slice to load, in `datasets` syntax, e.g. train_sft[:1%] for the tutorial's slice.",
+    )
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of records held out as test data.")
+    seed: int = Field(42, description="Seed of the train/test split and of training.")
+    sample_size: int = Field(
+        240, ge=200, le=20000, description=f"Number of conversations {BUILTIN_SAMPLE} generates."
+    )
+
+
+class TrainingSettings(BaseModel):
+    """The fine-tune's base model and the tutorial's 'advanced settings'."""
+
+    base_model: str = Field(
+        BUILTIN_BASE_MODEL,
+        description=(
+            f"{BUILTIN_BASE_MODEL} (a small Phi-3-architecture model built offline) or the path of a local "
+            "Hugging Face checkpoint, e.g. a downloaded Phi-3-mini-4k-instruct."
+        ),
+    )
+    learning_rate: float = Field(5e-3, gt=0.0, le=1.0, description="Peak learning rate of the LoRA fine-tune.")
+    lr_scheduler_type: SchedulerType = Field("cosine", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming up.")
+    epochs: int = Field(8, ge=1, le=100, description="Passes over the training data.")
+    batch_size: int = Field(16, ge=1, le=512, description="Conversations per optimisation step.")
+    lora_rank: int = Field(16, ge=1, le=256, description="Rank of the LoRA adapter.")
+    lora_alpha: int = Field(32, ge=1, le=1024, description="LoRA scaling numerator (alpha / rank).")
+    max_seq_length: int = Field(96, ge=16, le=4096, description="Tokens per conversation after truncation.")
+    base_pretrain_steps: int = Field(
+        150, ge=0, le=100000, description=f"Steps of language-model training given to {BUILTIN_BASE_MODEL}."
+    )
+
+
+class LocalSettings(BaseModel):
+    """Where the local target keeps its workspace and serves the model."""
+
+    workspace_dir: Path = Field(
+        Path(".phi3_workspace"), description="Private folder holding data, jobs, registry, secrets and servers."
+    )
+    port: int = Field(0, ge=0, le=65535, description="Scoring server port on 127.0.0.1; 0 picks a free port.")
+    max_new_tokens_limit: int = Field(256, ge=1, le=4096, description="Cap on max_new_tokens a request may ask.")
+
+
+class AzureSettings(BaseModel):
+    """The Azure ML workspace the azure target will use (the target itself comes in a later release)."""
+
+    subscription_id: str | None = Field(None, description="Azure subscription id.")
+    resource_group: str | None = Field(None, description="Resource group holding the workspace.")
+    workspace_name: str | None = Field(None, description="Azure Machine Learning workspace name.")
+    location: str | None = Field(None, description="Azure region, e.g. eastus2.")
+
+
+class PipelineSettings(BaseSettings):
+    """Everything a run needs; every field has a default that works offline on the local target."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PHI3_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        nested_model_default_partial_update=True,
+    )
+
+    config: Path | None = Field(
+        None, description=f"TOML config file (default: {DEFAULT_CONFIG_FILE} if present; env {CONFIG_FILE_ENV})."
+    )
+    target: Literal["local", "azure"] = Field("local", description="Where every stage runs.")
+    question: str = Field("Who founded Microsoft?", min_length=1, description="Question of the smoke chat.")
+    teardown: bool = Field(False, description="Tear the deployment down after the smoke chat.")
+    model_name: str = Field(
+        "phi3-custom", pattern=r"^[a-z0-9][a-z0-9-]{1,40}$", description="Name of the registered model."
+    )
+    connection_name: str = Field(
+        "phi3_custom_connection",
+        pattern=r"^[A-Za-z0-9_]{1,64}$",
+        description="Name of the Prompt flow custom connection the chat flow uses.",
+    )
+    smoke_chat_timeout_s: float = Field(180.0, gt=0, description="Seconds the smoke chat may take.")
+    job_timeout_s: float = Field(3600.0, gt=0, description="Seconds the fine-tune job may take.")
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    azure: AzureSettings = Field(default_factory=AzureSettings)
+
+    @field_validator("dataset", mode="after")
+    @classmethod
+    def _source_exists(cls, value: DatasetSettings) -> DatasetSettings:
+        if _looks_like_path(value.source) and not Path(value.source).expanduser().exists():
+            raise ValueError(f"dataset.source path does not exist: {value.source}")
+        return value
+
+    @field_validator("training", mode="after")
+    @classmethod
+    def _base_model_exists(cls, value: TrainingSettings) -> TrainingSettings:
+        if value.base_model != BUILTIN_BASE_MODEL:
+            path = Path(value.base_model).expanduser()
+            if not (path / "config.json").is_file():
+                raise ValueError(
+                    f"training.base_model must be {BUILTIN_BASE_MODEL} or a local Hugging Face checkpoint "
+                    f"folder with a config.json; not found: {value.base_model}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _azure_fields_present(self) -> PipelineSettings:
+        if self.target == "azure":
+            missing = [name for name, val in self.azure.model_dump().items() if not val]
+            if missing:
+                raise ValueError("target=azure needs " + ", ".join(f"azure.{name}" for name in missing))
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = _config_file_path(init_settings)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet"))
+
+
+def _config_file_path(init_settings: PydanticBaseSettingsSource) -> Path | None:
+    explicit = init_settings().get("config") or os.environ.get(CONFIG_FILE_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None

@@ -1,0 +1,74 @@
+"""Prompt flow glue shared by every target: the custom connection and the chat flow run.
+
+Prompt flow keeps connections in its home folder (PF_HOME_DIRECTORY, default ~/.promptflow) with
+secrets encrypted; the project turns off its tracing service and telemetry there, so a run starts
+no background daemon and sends nothing outside.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+CHAT_FLOW_DIR = Path(__file__).resolve().parents[1] / "chat_flow"
+FLOW_FILE = "flow.dag.yaml"
+TOOL_NODE = "integrate_with_promptflow"
+OFFLINE_CONFIG = {"trace.destination": "none", "telemetry.enabled": False}
+
+
+def _client():
+    from promptflow._sdk._configuration import Configuration  # what `pf config set` writes to
+    from promptflow.client import PFClient
+
+    config = Configuration.get_instance()
+    for key, value in OFFLINE_CONFIG.items():
+        if config.get_config(key) != value:
+            config.set_config(key, value)
+    return PFClient()
+
+
+def upsert_connection(name: str, endpoint: str, key: str) -> None:
+    """Create or update the tutorial's custom connection: `endpoint` in the clear, `key` as secret."""
+    from promptflow.entities import CustomConnection
+
+    connection = CustomConnection(name=name, configs={"endpoint": endpoint}, secrets={"key": key})
+    _client().connections.create_or_update(connection)
+
+
+def connection_endpoint(name: str) -> str | None:
+    """The endpoint a connection points at, or None if there is no such connection."""
+    from promptflow.exceptions import UserErrorException
+
+    try:
+        return _client().connections.get(name).configs.get("endpoint")
+    except UserErrorException:
+        return None
+
+
+def delete_connection(name: str) -> bool:
+    """Delete the connection; False if it was already gone."""
+    if connection_endpoint(name) is None:
+        return False
+    _client().connections.delete(name)
+    return True
+
+
+def prepare_flow(dest: Path, connection_name: str) -> Path:
+    """Copy chat_flow/ to `dest` with its tool node bound to `connection_name`."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(CHAT_FLOW_DIR, dest, ignore=shutil.ignore_patterns(".promptflow", "__pycache__"))
+    flow = yaml.safe_load((dest / FLOW_FILE).read_text(encoding="utf-8"))
+    for node in flow["nodes"]:
+        if node["name"] == TOOL_NODE:
+            node["inputs"]["connection"] = connection_name
+    (dest / FLOW_FILE).write_text(yaml.safe_dump(flow, sort_keys=False), encoding="utf-8")
+    return dest
+
+
+def run_chat_flow(flow_dir: Path, question: str) -> str:
+    """Run the chat flow once with Prompt flow's client and return its answer."""
+    result = _client().test(flow=str(flow_dir), inputs={"input_data": question})
+    return str(result["answer"])

@@ -1,0 +1,63 @@
+"""Chat with a causal language model saved in Hugging Face format (the merged fine-tuned model).
+
+Shared by score.py (the scoring script of both targets' deployments) and by the MLflow pyfunc
+flavour of the registered model, so the registry and the server load the model the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_PARAMETERS = {"temperature": 0.7, "max_new_tokens": 128}
+
+
+def find_checkpoint(model_dir: str | Path) -> Path:
+    """The folder holding config.json under a model directory (an MLflow model keeps it in data/)."""
+    root = Path(model_dir)
+    if (root / "config.json").is_file():
+        return root
+    matches = sorted(root.rglob("config.json"))
+    if not matches:
+        raise FileNotFoundError(f"no Hugging Face checkpoint (config.json) under {root}")
+    return matches[0].parent
+
+
+class ChatModel:
+    """A loaded tokenizer + model that answers a list of {role, content} messages."""
+
+    def __init__(self, model_dir: str | Path):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        checkpoint = find_checkpoint(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+        self.model.eval()
+        self._torch = torch
+
+    def chat(self, messages: list[dict], temperature: float, max_new_tokens: int) -> str:
+        inputs = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        with self._torch.no_grad():
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                **sampling,
+            )
+        new_tokens = output[0][inputs["input_ids"].shape[1] :]
+        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+    def predict(self, model_input, params: dict | None = None) -> list[str]:
+        """MLflow pyfunc entry: a list (or DataFrame column 'messages') of conversations."""
+        params = {**DEFAULT_PARAMETERS, **(params or {})}
+        rows = model_input["messages"].tolist() if hasattr(model_input, "columns") else list(model_input)
+        return [self.chat(list(messages), params["temperature"], params["max_new_tokens"]) for messages in rows]
+
+
+def _load_pyfunc(data_path: str) -> ChatModel:
+    """MLflow's loader_module hook."""
+    return ChatModel(data_path)

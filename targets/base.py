@@ -1,0 +1,163 @@
+"""The stage interface every target implements, and the small references stages pass along.
+
+A reference is what a stage returns and Prefect persists: names, versions, URIs, counts; never a
+secret. Keys are fetched from the target when they are used (`endpoint_key`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from pipeline.chat_data import SplitFiles
+from pipeline.config import PipelineSettings
+from pipeline.errors import InsufficientResourcesError
+
+
+class IdentityRef(BaseModel):
+    workspace_id: str
+    key_location: str
+    created: bool
+
+
+class ResourceCheck(BaseModel):
+    resource: str
+    needed: float
+    available: float
+    unit: str
+
+    @property
+    def short_by(self) -> float:
+        return max(0.0, self.needed - self.available)
+
+
+class DatasetRef(BaseModel):
+    content_hash: str
+    train_uri: str
+    test_uri: str
+    train_rows: int
+    test_rows: int
+    created: bool
+
+
+class JobStatus(BaseModel):
+    """One poll of a fine-tune job."""
+
+    state: str  # Queued | Running | Completed | Failed | Missing
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    phase: str = ""
+    error: str | None = None
+
+
+class JobRef(BaseModel):
+    name: str
+    created: bool
+    metrics: dict = {}
+    loss_curve: list[tuple[int, float]] = []
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+    uri: str
+    job_name: str
+    created: bool
+
+
+class DeploymentRef(BaseModel):
+    endpoint_name: str
+    deployment_name: str
+    scoring_uri: str
+    traffic: dict[str, int]
+    model_version: int
+    created: bool
+
+
+class ConnectionRef(BaseModel):
+    name: str
+    endpoint: str
+
+
+class TeardownReport(BaseModel):
+    removed: list[str]
+    already_gone: list[str]
+
+
+class Target(ABC):
+    """One implementation per place the pipeline can run; it never imports Prefect."""
+
+    name: str
+    max_poll_interval_s: float = 60.0
+
+    def __init__(self, settings: PipelineSettings):
+        self.settings = settings
+
+    @abstractmethod
+    def scratch_dir(self) -> Path:
+        """A private local folder for files a stage prepares before the target stores them."""
+
+    @abstractmethod
+    def ensure_identity(self) -> IdentityRef:
+        """Get or create the identity the deployment authenticates with (and its key)."""
+
+    @abstractmethod
+    def check_resources(self) -> list[ResourceCheck]:
+        """What the run needs against what is free; the quota task decides pass or fail."""
+
+    @abstractmethod
+    def store_dataset(self, split: SplitFiles) -> DatasetRef:
+        """Keep the train/test files, content-addressed; an unchanged dataset is stored once."""
+
+    @abstractmethod
+    def find_or_submit_job(self, job_name: str, dataset: DatasetRef) -> bool:
+        """Adopt the job of that name if it exists (running or finished), else submit it; True if submitted."""
+
+    @abstractmethod
+    def job_status(self, job_name: str) -> JobStatus:
+        """The job's state now."""
+
+    @abstractmethod
+    def job_result(self, job_name: str) -> JobRef:
+        """Metrics and loss curve of a completed job."""
+
+    @abstractmethod
+    def job_failure(self, job_name: str, status: JobStatus) -> Exception:
+        """The error to raise for a job that did not complete: its own error and where to look."""
+
+    @abstractmethod
+    def register_model(self, job: JobRef, dataset: DatasetRef) -> ModelRef:
+        """Register the job's output as a versioned MLflow model; the same job registers once."""
+
+    @abstractmethod
+    def deploy(self, model: ModelRef) -> DeploymentRef:
+        """Get or create the endpoint and a deployment of the model, with 100 % of traffic on it."""
+
+    @abstractmethod
+    def endpoint_key(self, deployment: DeploymentRef) -> str:
+        """The endpoint's key, read at the moment it is used; never stored in a result."""
+
+    @abstractmethod
+    def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
+        """The Prompt flow custom connection (endpoint, key as secret) the chat flow uses."""
+
+    @abstractmethod
+    def has_paid_resources(self) -> bool:
+        """Whether something that costs money (or holds a port) is running."""
+
+    @abstractmethod
+    def teardown(self) -> TeardownReport:
+        """Remove the deployments and the connection; what is already gone counts as removed."""
+
+
+def raise_if_short(checks: list[ResourceCheck]) -> None:
+    """Raise one error naming every short resource, by how much, and what to change."""
+    short = [check for check in checks if check.short_by > 0]
+    if short:
+        raise InsufficientResourcesError("; ".join(
+            f"{c.resource} short by {c.short_by:g} {c.unit} (need {c.needed:g}, free {c.available:g}): {c.advice}"
+            for c in short
+        ))

@@ -1,0 +1,355 @@
+"""The local target: every stage for real on this machine, in a private workspace folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+from pipeline import promptflow_chat
+from pipeline.chat_data import TEST_FILE, TRAIN_FILE, SplitFiles
+from pipeline.config import BUILTIN_BASE_MODEL, PipelineSettings
+from pipeline.errors import ConfigError, JobFailedError, PipelineError, TransientError
+from pipeline.naming import content_hash
+from targets.base import (
+    ConnectionRef,
+    DatasetRef,
+    DeploymentRef,
+    IdentityRef,
+    JobRef,
+    JobStatus,
+    ModelRef,
+    ResourceCheck,
+    Target,
+    TeardownReport,
+)
+from targets.local.workspace import Workspace, read_json, write_json_atomic
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CHAT_MODEL_CODE = PROJECT_ROOT / "serving" / "chat_model.py"
+TRAINING_MODULE = "targets.local.training_job"
+SERVER_MODULE = "targets.local.scoring_server"
+GiB = 1024**3
+# Measured for the built-in model: a training process peaks near 1.2 GiB, a server near 0.9 GiB.
+BUILTIN_MEMORY_GIB = 2.5
+BUILTIN_DISK_GIB = 0.2
+SERVER_START_TIMEOUT_S = 180
+STOP_TIMEOUT_S = 10
+SMOKE_PROBE = "Who founded Microsoft?"
+
+
+def _process_alive(pid: int | None, module: str) -> bool:
+    """True if `pid` is still one of our processes running `module` (a recycled pid is not)."""
+    if not pid:
+        return False
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and module in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _stop_process(pid: int) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        psutil.Process(pid).wait(STOP_TIMEOUT_S)
+    except psutil.TimeoutExpired:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        pass
+
+
+def _spawn(module: str, folder: Path, log_name: str) -> int:
+    """Start `python -m module folder` in its own session, so it outlives an interrupted pipeline."""
+    with (folder / log_name).open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, str(folder)],
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process.pid
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _checkpoint_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*") if f.suffix in (".safetensors", ".bin"))
+
+
+class LocalTarget(Target):
+    name = "local"
+    max_poll_interval_s = 2.0
+
+    def __init__(self, settings: PipelineSettings):
+        super().__init__(settings)
+        self.ws = Workspace(settings.local.workspace_dir)
+
+    # ---- identity and RBAC -------------------------------------------------------------------
+    def scratch_dir(self) -> Path:
+        return self.ws.dir("scratch")
+
+    def ensure_identity(self) -> IdentityRef:
+        self.ws.ensure()
+        created = self.ws.ensure_key()
+        return IdentityRef(workspace_id=self.ws.workspace_id, key_location=str(self.ws.key_file), created=created)
+
+    # ---- quota ---------------------------------------------------------------------------------
+    def check_resources(self) -> list[ResourceCheck]:
+        base = self.settings.training.base_model
+        if base == BUILTIN_BASE_MODEL:
+            memory_gib, disk_gib = BUILTIN_MEMORY_GIB, BUILTIN_DISK_GIB
+        else:  # fp32 weights in training (+ LoRA optimiser state) and once more in the server
+            weights_gib = _checkpoint_bytes(Path(base).expanduser()) / GiB
+            memory_gib, disk_gib = 2.5 * weights_gib + 1.5, 3 * weights_gib + 0.2
+        self.ws.ensure()
+        memory = psutil.virtual_memory().available / GiB
+        disk = shutil.disk_usage(self.ws.root).free / GiB
+        checks = [
+            ResourceCheck(resource="memory", needed=round(memory_gib, 2), available=round(memory, 2), unit="GiB",
+                          advice="close other programs or choose a smaller training.base_model"),
+            ResourceCheck(resource=f"disk at {self.ws.root}", needed=round(disk_gib, 2), available=round(disk, 2),
+                          unit="GiB", advice="free disk space or set local.workspace_dir to a larger disk"),
+            ResourceCheck(resource="CPU cores", needed=1, available=os.cpu_count() or 1, unit="cores",
+                          advice="run on a machine with at least one core"),
+        ]
+        port = self.settings.local.port
+        if port and not self._port_held_by_us(port):
+            checks.append(ResourceCheck(resource=f"port {port} on 127.0.0.1", needed=1,
+                                        available=1 if _port_is_free(port) else 0, unit="free port",
+                                        advice="stop what listens there or set local.port=0 to pick a free port"))
+        return checks
+
+    # ---- dataset -------------------------------------------------------------------------------
+    def store_dataset(self, split: SplitFiles) -> DatasetRef:
+        folder = self.ws.root / "datasets" / split.content_hash[:16]
+        created = not (folder / TEST_FILE).exists()
+        if created:
+            staging = self.ws.dir("datasets", f".{split.content_hash[:16]}.{os.getpid()}")
+            shutil.copy2(split.train_file, staging / TRAIN_FILE)
+            shutil.copy2(split.test_file, staging / TEST_FILE)
+            os.replace(staging, folder)
+        return DatasetRef(content_hash=split.content_hash, train_uri=str(folder / TRAIN_FILE),
+                          test_uri=str(folder / TEST_FILE), train_rows=split.train_rows,
+                          test_rows=split.test_rows, created=created)
+
+    # ---- fine-tune -----------------------------------------------------------------------------
+    def _job_dir(self, job_name: str) -> Path:
+        return self.ws.root / "jobs" / job_name
+
+    def _job_spec(self, dataset: DatasetRef) -> dict:
+        training = self.settings.training.model_dump()
+        base_key = content_hash({"data": dataset.content_hash, "steps": training["base_pretrain_steps"],
+                                 "seed": self.settings.dataset.seed, "len": training["max_seq_length"],
+                                 "batch": training["batch_size"]})
+        return {**training, "train_file": dataset.train_uri, "test_file": dataset.test_uri,
+                "seed": self.settings.dataset.seed,
+                "base_cache_dir": str(self.ws.root / "base_models" / base_key[:16])}
+
+    def find_or_submit_job(self, job_name: str, dataset: DatasetRef) -> bool:
+        with self.ws.lock(f"job-{job_name}"):
+            status = self.job_status(job_name)
+            if status.state in ("Completed", "Failed", "Running"):
+                return False
+            job_dir = self._job_dir(job_name)
+            if job_dir.exists():  # a job whose process died mid-way: start it again from scratch
+                shutil.rmtree(job_dir)
+            job_dir.mkdir(parents=True)
+            write_json_atomic(job_dir / "spec.json", self._job_spec(dataset))
+            pid = _spawn(TRAINING_MODULE, job_dir, "job.log")
+            write_json_atomic(job_dir / "status.json", {"state": "Queued", "pid": pid, "step": 0})
+            return True
+
+    def job_status(self, job_name: str) -> JobStatus:
+        status = read_json(self._job_dir(job_name) / "status.json")
+        if status is None:
+            return JobStatus(state="Missing")
+        if status["state"] in ("Queued", "Running") and not _process_alive(status.get("pid"), TRAINING_MODULE):
+            log = self._job_dir(job_name) / "job.log"
+            return JobStatus(state="Lost", error=f"the job process ended without a result; log: {log}")
+        fields = {key: status[key] for key in ("step", "total_steps", "loss", "phase", "error") if key in status}
+        return JobStatus(state=status["state"], **fields)
+
+    def job_result(self, job_name: str) -> JobRef:
+        job_dir = self._job_dir(job_name)
+        metrics = read_json(job_dir / "job_metrics.json") or {}
+        curve = []
+        for line in (job_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else None
+            if record and record["phase"] == "fine-tune":
+                curve.append((record["step"], record["loss"]))
+        return JobRef(name=job_name, created=False, metrics=metrics, loss_curve=curve)
+
+    def job_failure(self, job_name: str, status: JobStatus) -> JobFailedError:
+        job_dir = self._job_dir(job_name)
+        return JobFailedError(
+            f"fine-tune job {job_name} failed: {status.error}. Log: {job_dir / 'job.log'}. "
+            f"Fix the cause, then delete {job_dir} to let the next run start it again."
+        )
+
+    # ---- register ------------------------------------------------------------------------------
+    def register_model(self, job: JobRef, dataset: DatasetRef) -> ModelRef:
+        import mlflow.pyfunc
+
+        registry = self.ws.dir("registry", self.settings.model_name)
+        with self.ws.lock(f"registry-{self.settings.model_name}"):
+            versions = sorted(int(p.name) for p in registry.iterdir() if p.name.isdigit())
+            for version in versions:
+                lineage = read_json(registry / str(version) / "lineage.json") or {}
+                if lineage.get("job_name") == job.name:
+                    return self._model_ref(version, job.name, created=False)
+            version = (versions[-1] + 1) if versions else 1
+            staging = registry / f".{version}.{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            mlflow.pyfunc.save_model(
+                path=str(staging),
+                loader_module="chat_model",
+                data_path=str(self._job_dir(job.name) / "output" / "model"),
+                code_paths=[str(CHAT_MODEL_CODE)],
+                pip_requirements=["torch", "transformers", "tokenizers", "safetensors"],
+                metadata={"job_name": job.name, "data_hash": dataset.content_hash},
+            )
+            write_json_atomic(staging / "lineage.json", {
+                "job_name": job.name, "data_hash": dataset.content_hash, "train_uri": dataset.train_uri,
+                "test_uri": dataset.test_uri, "base_model": self.settings.training.base_model,
+                "metrics": job.metrics, "registered_at": time.time(),
+            })
+            os.replace(staging, registry / str(version))
+        return self._model_ref(version, job.name, created=True)
+
+    def _model_ref(self, version: int, job_name: str, created: bool) -> ModelRef:
+        uri = self.ws.root / "registry" / self.settings.model_name / str(version)
+        return ModelRef(name=self.settings.model_name, version=version, uri=str(uri), job_name=job_name,
+                        created=created)
+
+    # ---- deploy --------------------------------------------------------------------------------
+    @property
+    def endpoint_name(self) -> str:
+        return f"{self.settings.model_name}-endpoint"
+
+    def _endpoint_file(self) -> Path:
+        return self.ws.dir("endpoints") / f"{self.endpoint_name}.json"
+
+    def _deployments(self) -> list[Path]:
+        root = self.ws.root / "deployments"
+        return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+
+    def _server_state(self, deployment_dir: Path) -> dict | None:
+        state = read_json(deployment_dir / "state.json")
+        return state if state and _process_alive(state.get("pid"), SERVER_MODULE) else None
+
+    def _port_held_by_us(self, port: int) -> bool:
+        return any((self._server_state(d) or {}).get("port") == port for d in self._deployments())
+
+    def deploy(self, model: ModelRef) -> DeploymentRef:
+        deployment_name = f"{model.name}-v{model.version}"
+        deployment_dir = self.ws.dir("deployments", deployment_name)
+        with self.ws.lock(f"endpoint-{self.endpoint_name}"):
+            state = self._server_state(deployment_dir)
+            created = state is None
+            if created:
+                state = self._start_server(deployment_dir, model)
+            scoring_uri = f"http://{state['host']}:{state['port']}/score"
+            traffic = {deployment_name: 100}
+            write_json_atomic(self._endpoint_file(), {"scoring_uri": scoring_uri, "traffic": traffic})
+            self._verify_traffic(scoring_uri, deployment_name)
+            for other in self._deployments():
+                if other != deployment_dir:
+                    self._stop_deployment(other)
+        return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment_name,
+                             scoring_uri=scoring_uri, traffic=traffic, model_version=model.version,
+                             created=created)
+
+    def _start_server(self, deployment_dir: Path, model: ModelRef) -> dict:
+        port = self.settings.local.port
+        if port and not _port_is_free(port):
+            raise ConfigError(f"local.port {port} is in use on 127.0.0.1: stop what listens there or set local.port=0")
+        (deployment_dir / "state.json").unlink(missing_ok=True)
+        write_json_atomic(deployment_dir / "spec.json", {
+            "model_dir": model.uri, "model_version": model.version, "key_file": str(self.ws.key_file),
+            "port": port, "max_new_tokens_limit": self.settings.local.max_new_tokens_limit,
+        })
+        pid = _spawn(SERVER_MODULE, deployment_dir, "server.log")
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            state = read_json(deployment_dir / "state.json")
+            if state and state.get("pid") == pid and self._healthy(state):
+                return state
+            if not _process_alive(pid, SERVER_MODULE):
+                log_tail = (deployment_dir / "server.log").read_text(errors="replace").strip().splitlines()[-3:]
+                raise PipelineError(f"scoring server exited while starting: {' | '.join(log_tail)}")
+            time.sleep(0.3)
+        _stop_process(pid)
+        raise TransientError(f"scoring server did not become healthy within {SERVER_START_TIMEOUT_S} s")
+
+    @staticmethod
+    def _healthy(state: dict) -> bool:
+        try:
+            return requests.get(f"http://{state['host']}:{state['port']}/", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def _verify_traffic(self, scoring_uri: str, deployment_name: str) -> None:
+        """Traffic is 100 % on the deployment only if a real, authenticated request gets an answer."""
+        body = {"input_data": {"input_string": [{"role": "user", "content": SMOKE_PROBE}],
+                               "parameters": {"temperature": 0.7, "max_new_tokens": 16}}}
+        headers = {"Authorization": f"Bearer {self.ws.read_key()}"}
+        try:
+            response = requests.post(scoring_uri, json=body, headers=headers, timeout=60)
+        except requests.RequestException as error:
+            raise TransientError(f"scoring request to {deployment_name} failed: {error}") from None
+        if response.status_code != 200 or "output" not in response.json():
+            raise PipelineError(f"deployment {deployment_name} answered HTTP {response.status_code}: "
+                                f"{response.text[:300]}")
+
+    def _stop_deployment(self, deployment_dir: Path) -> bool:
+        state = read_json(deployment_dir / "state.json") or {}
+        running = _process_alive(state.get("pid"), SERVER_MODULE)
+        if running:
+            _stop_process(state["pid"])
+        shutil.rmtree(deployment_dir, ignore_errors=True)
+        return running
+
+    def endpoint_key(self, deployment: DeploymentRef) -> str:
+        return self.ws.read_key()
+
+    # ---- connection ----------------------------------------------------------------------------
+    def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
+        name = self.settings.connection_name
+        promptflow_chat.upsert_connection(name, deployment.scoring_uri, self.endpoint_key(deployment))
+        return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
+
+    # ---- teardown ------------------------------------------------------------------------------
+    def has_paid_resources(self) -> bool:
+        return any(self._server_state(d) for d in self._deployments())
+
+    def teardown(self) -> TeardownReport:
+        removed, gone = [], []
+        with self.ws.lock(f"endpoint-{self.endpoint_name}"):
+            for deployment_dir in self._deployments():
+                (removed if self._stop_deployment(deployment_dir) else gone).append(f"server {deployment_dir.name}")
+            endpoint_file = self.ws.root / "endpoints" / f"{self.endpoint_name}.json"
+            (removed if endpoint_file.exists() else gone).append(f"endpoint {self.endpoint_name}")
+            endpoint_file.unlink(missing_ok=True)
+        name = self.settings.connection_name
+        (removed if promptflow_chat.delete_connection(name) else gone).append(f"connection {name}")
+        return TeardownReport(removed=removed, already_gone=gone)

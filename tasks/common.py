@@ -1,0 +1,63 @@
+"""What every stage task shares: transient-only retries, the target, and the stage summary."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import requests
+from prefect.states import State
+
+from pipeline.errors import TransientError
+
+TRANSIENT_ERRORS = (TransientError, ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)
+RETRY_POLICY = {"retries": 3, "retry_delay_seconds": [2, 8, 30], "retry_jitter_factor": 0.5}
+
+
+def is_transient(task, task_run, state: State) -> bool:
+    """Retry condition: only errors that may pass on their own; a PipelineError fails at once."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
+def stage_retries() -> dict:
+    return {**RETRY_POLICY, "retry_condition_fn": is_transient}
+
+
+@dataclass
+class StageRecord:
+    stage: str
+    outcome: str
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class StageSummary:
+    """Runs each stage's task, timing it and noting whether it created, reused or was cached."""
+
+    records: list[StageRecord] = field(default_factory=list)
+
+    def run(self, stage: str, task, *args, describe=lambda result: ""):
+        started = time.perf_counter()
+        state = task(*args, return_state=True)
+        seconds = round(time.perf_counter() - started, 2)
+        try:
+            result = state.result()
+        except BaseException:
+            self.records.append(StageRecord(stage, "failed", seconds))
+            raise
+        if state.name == "Cached":
+            outcome = "reused (cached)"
+        elif hasattr(result, "created"):
+            outcome = "created" if result.created else "reused"
+        else:
+            outcome = "done"
+        self.records.append(StageRecord(stage, outcome, seconds, describe(result)))
+        return result
+
+    def reached(self, stage: str) -> bool:
+        return any(record.stage == stage for record in self.records)
+
+    def rows(self) -> list[dict]:
+        return [record.__dict__ for record in self.records]

@@ -1,0 +1,32 @@
+"""Stage 3: dataset: load the slice, split it with the seed, validate, write and store the JSONL files."""
+
+from prefect import get_run_logger, task
+
+from pipeline.chat_data import source_fingerprint, split_and_write
+from pipeline.config import PipelineSettings
+from pipeline.naming import content_hash
+from targets import get_target
+from targets.base import DatasetRef, IdentityRef
+from tasks.common import stage_retries
+
+
+def dataset_cache_key(context, parameters) -> str:
+    """Same settings, same source content, same workspace: the stored dataset is reused."""
+    settings: PipelineSettings = parameters["settings"]
+    return "dataset-" + content_hash({
+        "settings": settings.dataset.model_dump(),
+        "source": source_fingerprint(settings.dataset),
+        "workspace": parameters["identity"].workspace_id,
+    })
+
+
+@task(name="dataset", cache_key_fn=dataset_cache_key, **stage_retries())
+def prepare_dataset(settings: PipelineSettings, identity: IdentityRef) -> DatasetRef:
+    target = get_target(settings)
+    split = split_and_write(settings.dataset, target.scratch_dir())
+    dataset = target.store_dataset(split)
+    get_run_logger().info(
+        "dataset %s: %d train / %d test records (%s)", dataset.content_hash[:12], dataset.train_rows,
+        dataset.test_rows, "stored" if dataset.created else "already stored",
+    )
+    return dataset

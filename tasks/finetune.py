@@ -1,0 +1,75 @@
+"""Stage 4: fine-tune: adopt or submit the job named by its inputs, then poll it with backoff."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+
+from pipeline.config import PipelineSettings
+from pipeline.errors import JobFailedError
+from pipeline.naming import content_hash, job_name
+from targets import get_target
+from targets.base import DatasetRef, JobRef, JobStatus
+from tasks.common import stage_retries
+
+FIRST_POLL_S = 0.5
+BACKOFF = 1.5
+TERMINAL_STATES = ("Completed", "Failed", "Lost")
+
+
+def finetune_cache_key(context, parameters) -> str:
+    settings: PipelineSettings = parameters["settings"]
+    dataset: DatasetRef = parameters["dataset"]
+    return "finetune-" + content_hash({"job": job_name(settings, dataset.content_hash),
+                                       "workspace": parameters["workspace_id"]})
+
+
+def poll_job(target, name: str, timeout_s: float, max_interval_s: float) -> JobStatus:
+    """Poll until the job ends; interval grows from FIRST_POLL_S to the target's maximum."""
+    logger = get_run_logger()
+    progress_id = create_progress_artifact(progress=0.0, key="fine-tune-progress",
+                                           description=f"fine-tune job {name}")
+    started = time.monotonic()
+    interval, last_log = FIRST_POLL_S, 0.0
+    while True:
+        status = target.job_status(name)
+        elapsed = time.monotonic() - started
+        if status.total_steps:
+            update_progress_artifact(progress_id, 100.0 * status.step / status.total_steps)
+        if status.state in TERMINAL_STATES:
+            return status
+        if elapsed - last_log >= 5:
+            loss = f", loss {status.loss:.3f}" if status.loss is not None else ""
+            logger.info("job %s: %s %s step %d/%d%s, %.0f s elapsed", name, status.state, status.phase,
+                        status.step, status.total_steps, loss, elapsed)
+            last_log = elapsed
+        if elapsed > timeout_s:
+            raise JobFailedError(f"fine-tune job {name} still {status.state} after {timeout_s:.0f} s "
+                                 "(job_timeout_s); it keeps running: re-run the pipeline to adopt it")
+        time.sleep(interval)
+        interval = min(interval * BACKOFF, max_interval_s)
+
+
+def loss_curve_markdown(job: JobRef) -> str:
+    rows = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in job.loss_curve)
+    metrics = "\n".join(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+                        for key, value in job.metrics.items())
+    return (f"# Fine-tune {job.name}\n\n## Metrics\n| metric | value |\n|---|---|\n{metrics}\n\n"
+            f"## Training loss\n| step | loss |\n|---|---|\n{rows}\n")
+
+
+@task(name="fine-tune", cache_key_fn=finetune_cache_key, **stage_retries())
+def fine_tune(settings: PipelineSettings, dataset: DatasetRef, workspace_id: str) -> JobRef:
+    target = get_target(settings)
+    name = job_name(settings, dataset.content_hash)
+    submitted = target.find_or_submit_job(name, dataset)
+    get_run_logger().info("%s fine-tune job %s", "submitted" if submitted else "adopted existing", name)
+    status = poll_job(target, name, settings.job_timeout_s, target.max_poll_interval_s)
+    if status.state != "Completed":
+        raise target.job_failure(name, status)
+    job = target.job_result(name).model_copy(update={"created": submitted})
+    create_markdown_artifact(key="loss-curve", markdown=loss_curve_markdown(job),
+                             description="fine-tune loss per step")
+    return job

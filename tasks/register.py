@@ -1,0 +1,22 @@
+"""Stage 5: register the job's output as a versioned MLflow model, with lineage."""
+
+from prefect import get_run_logger, task
+
+from pipeline.config import PipelineSettings
+from pipeline.naming import content_hash
+from targets import get_target
+from targets.base import DatasetRef, JobRef, ModelRef
+from tasks.common import stage_retries
+
+
+def register_cache_key(context, parameters) -> str:
+    return "register-" + content_hash({"job": parameters["job"].name, "model": parameters["settings"].model_name,
+                                       "workspace": parameters["workspace_id"]})
+
+
+@task(name="register-model", cache_key_fn=register_cache_key, **stage_retries())
+def register_model(settings: PipelineSettings, job: JobRef, dataset: DatasetRef, workspace_id: str) -> ModelRef:
+    model = get_target(settings).register_model(job, dataset)
+    get_run_logger().info("model %s version %d (%s) from job %s", model.name, model.version,
+                          "registered" if model.created else "already registered", job.name)
+    return model

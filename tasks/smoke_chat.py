@@ -1,0 +1,23 @@
+"""Stage 8: smoke chat: run chat_flow/ through Prompt flow against the live endpoint."""
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from pipeline import promptflow_chat
+from pipeline.config import PipelineSettings
+from pipeline.errors import PipelineError
+from targets import get_target
+from targets.base import ConnectionRef
+from tasks.common import stage_retries
+
+
+@task(name="smoke-chat", **stage_retries())
+def smoke_chat(settings: PipelineSettings, connection: ConnectionRef) -> str:
+    flow_dir = promptflow_chat.prepare_flow(get_target(settings).scratch_dir() / "chat_flow", connection.name)
+    answer = promptflow_chat.run_chat_flow(flow_dir, settings.question).strip()
+    if not answer:
+        raise PipelineError(f"the chat flow returned an empty answer from {connection.endpoint}")
+    get_run_logger().info("Q: %s | A: %s", settings.question, answer)
+    create_markdown_artifact(key="smoke-chat-answer", description="the fine-tuned model's answer",
+                             markdown=f"**Q:** {settings.question}\n\n**A:** {answer}\n")
+    return answer

@@ -1,0 +1,22 @@
+"""Teardown: remove what costs money or holds a port; deleting what is gone is success."""
+
+from prefect import get_run_logger, task
+
+from pipeline.config import PipelineSettings
+from targets import get_target
+from targets.base import TeardownReport
+from tasks.common import stage_retries
+
+
+@task(name="paid-resources-left")
+def paid_resources_left(settings: PipelineSettings) -> bool:
+    return get_target(settings).has_paid_resources()
+
+
+@task(name="teardown", **stage_retries())
+def tear_down(settings: PipelineSettings) -> TeardownReport:
+    report = get_target(settings).teardown()
+    logger = get_run_logger()
+    logger.info("removed: %s", ", ".join(report.removed) or "nothing")
+    logger.info("already gone: %s", ", ".join(report.already_gone) or "nothing")
+    return report
