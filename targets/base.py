@@ -27,6 +27,7 @@ class ResourceCheck(BaseModel):
     needed: float
     available: float
     unit: str
+    advice: str = ""
 
     @property
     def short_by(self) -> float:

@@ -220,20 +220,23 @@ class LocalTarget(Target):
             version = (versions[-1] + 1) if versions else 1
             staging = registry / f".{version}.{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
-            mlflow.pyfunc.save_model(
-                path=str(staging),
-                loader_module="chat_model",
-                data_path=str(self._job_dir(job.name) / "output" / "model"),
-                code_paths=[str(CHAT_MODEL_CODE)],
-                pip_requirements=["torch", "transformers", "tokenizers", "safetensors"],
-                metadata={"job_name": job.name, "data_hash": dataset.content_hash},
-            )
-            write_json_atomic(staging / "lineage.json", {
-                "job_name": job.name, "data_hash": dataset.content_hash, "train_uri": dataset.train_uri,
-                "test_uri": dataset.test_uri, "base_model": self.settings.training.base_model,
-                "metrics": job.metrics, "registered_at": time.time(),
-            })
-            os.replace(staging, registry / str(version))
+            try:
+                mlflow.pyfunc.save_model(
+                    path=str(staging),
+                    loader_module="chat_model",
+                    data_path=str(self._job_dir(job.name) / "output" / "model"),
+                    code_paths=[str(CHAT_MODEL_CODE)],
+                    pip_requirements=["torch", "transformers", "tokenizers", "safetensors"],
+                    metadata={"job_name": job.name, "data_hash": dataset.content_hash},
+                )
+                write_json_atomic(staging / "lineage.json", {
+                    "job_name": job.name, "data_hash": dataset.content_hash, "train_uri": dataset.train_uri,
+                    "test_uri": dataset.test_uri, "base_model": self.settings.training.base_model,
+                    "metrics": job.metrics, "registered_at": time.time(),
+                })
+                os.replace(staging, registry / str(version))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return self._model_ref(version, job.name, created=True)
 
     def _model_ref(self, version: int, job_name: str, created: bool) -> ModelRef:

@@ -1,0 +1,74 @@
+"""Shared fixtures: a private home for Prefect and Prompt flow, a Prefect server, a trained model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small but real training settings for tests that need a model, not a good one.
+QUICK_TRAINING = {
+    "PHI3_TRAINING__EPOCHS": "3",
+    "PHI3_TRAINING__BASE_PRETRAIN_STEPS": "40",
+    "PHI3_DATASET__SAMPLE_SIZE": "200",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> Path:
+    """Prefect and Prompt flow state of the whole test session, away from the user's home."""
+    home = tmp_path_factory.mktemp("home")
+    os.environ.update({
+        "PREFECT_HOME": str(home / "prefect"),
+        "PF_HOME_DIRECTORY": str(home / "promptflow"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_COLORS": "false",
+    })
+    return home
+
+
+@pytest.fixture(scope="session")
+def prefect_server(session_home: Path):
+    """A real Prefect server on 127.0.0.1 for every CLI run of the session, stopped at the end."""
+    port = free_port()
+    log = (session_home / "prefect-server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    api_url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{api_url}/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            time.sleep(1)
+    else:
+        server.kill()
+        pytest.fail("Prefect server did not start; see " + str(session_home / "prefect-server.log"))
+    os.environ["PREFECT_API_URL"] = api_url
+    yield api_url
+    server.terminate()
+    server.wait(30)
+
+
+def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m module args` from the repository root, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

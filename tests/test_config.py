@@ -1,0 +1,76 @@
+"""Configuration: precedence, validation before any work, and the CLI's one-line errors."""
+
+import pytest
+
+from flows.cli import load_settings
+from pipeline.config import PipelineSettings
+from pipeline.errors import ConfigError
+from targets import get_target
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in [n for n in __import__("os").environ if n.startswith("PHI3_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_run_locally_offline():
+    settings = PipelineSettings()
+    assert settings.target == "local"
+    assert settings.dataset.source == "builtin:ultrachat-sample"
+    assert settings.training.base_model == "builtin:tiny-phi3"
+
+
+def test_file_then_env_then_cli_precedence(tmp_path, monkeypatch):
+    (tmp_path / "phi3-pipeline.toml").write_text(
+        "question = 'from file'\n[training]\nepochs = 2\nlearning_rate = 0.01\nbatch_size = 4\n"
+    )
+    monkeypatch.setenv("PHI3_TRAINING__EPOCHS", "3")
+    monkeypatch.setenv("PHI3_TRAINING__LEARNING_RATE", "0.02")
+    settings = load_settings(["--training.learning_rate", "0.03"], "test")
+    assert settings.question == "from file"          # file over default
+    assert settings.training.batch_size == 4          # file value kept beside env/CLI in the same section
+    assert settings.training.epochs == 3              # env over file
+    assert settings.training.learning_rate == 0.03    # CLI over env
+
+
+def test_explicit_config_file_and_missing_one(tmp_path):
+    config = tmp_path / "other.toml"
+    config.write_text("model_name = 'my-model'\n")
+    assert load_settings(["--config", str(config)], "test").model_name == "my-model"
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(["--config", str(tmp_path / "absent.toml")], "test")
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["--training.learning_rate", "-1"], "training.learning_rate"),
+        (["--training.lr_scheduler_type", "sawtooth"], "training.lr_scheduler_type"),
+        (["--dataset.test_fraction", "1.5"], "dataset.test_fraction"),
+        (["--local.port", "70000"], "local.port"),
+        (["--training.base_model", "/no/such/checkpoint"], "training"),
+    ],
+)
+def test_invalid_values_are_rejected_naming_the_field(argv, field):
+    with pytest.raises(ConfigError) as error:
+        load_settings(argv, "test")
+    assert f"{field}:" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_env_value_is_rejected(monkeypatch):
+    monkeypatch.setenv("PHI3_TRAINING__EPOCHS", "zero")
+    with pytest.raises(ConfigError, match="training.epochs"):
+        load_settings([], "test")
+
+
+def test_azure_target_is_refused_honestly():
+    with pytest.raises(ConfigError, match="azure.subscription_id"):
+        load_settings(["--target", "azure"], "test")
+    settings = load_settings(
+        ["--target", "azure", "--azure.subscription_id", "s", "--azure.resource_group", "g",
+         "--azure.workspace_name", "w", "--azure.location", "eastus2"], "test")
+    with pytest.raises(ConfigError, match="not available in this release"):
+        get_target(settings)

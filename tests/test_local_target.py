@@ -1,0 +1,182 @@
+"""The local target's stages for real: training process, registry, scoring server, teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+
+import psutil
+import pytest
+import requests
+
+from pipeline.chat_data import split_and_write
+from pipeline.config import PipelineSettings
+from pipeline.errors import ConfigError, InsufficientResourcesError
+from pipeline.naming import job_name
+from targets.base import raise_if_short
+from targets.local.target import LocalTarget
+from targets.local.workspace import write_json_atomic
+
+CHAT = {"input_data": {"input_string": [{"role": "user", "content": "Who founded Microsoft?"}],
+                       "parameters": {"temperature": 0.7, "max_new_tokens": 24}}}
+
+
+def wait_for_job(target: LocalTarget, name: str, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = target.job_status(name)
+        if status.state in ("Completed", "Failed", "Lost"):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"job {name} did not finish in {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, session_home):
+    """A workspace with one small fine-tune job completed through the target (no Prefect)."""
+    workspace = tmp_path_factory.mktemp("workspace")
+    settings = PipelineSettings(local={"workspace_dir": workspace},
+                                training={"epochs": 3, "base_pretrain_steps": 40})
+    target = LocalTarget(settings)
+    target.ensure_identity()
+    dataset = target.store_dataset(split_and_write(settings.dataset, target.scratch_dir()))
+    name = job_name(settings, dataset.content_hash)
+    assert target.find_or_submit_job(name, dataset) is True
+    status = wait_for_job(target, name)
+    assert status.state == "Completed", status
+    return target, dataset, name
+
+
+@pytest.fixture(scope="session")
+def deployed(trained):
+    target, dataset, name = trained
+    model = target.register_model(target.job_result(name), dataset)
+    deployment = target.deploy(model)
+    yield target, model, deployment
+    target.teardown()
+
+
+def test_workspace_and_key_are_private(trained):
+    target, _, _ = trained
+    assert oct(target.ws.root.stat().st_mode & 0o777) == "0o700"
+    assert oct(target.ws.key_file.stat().st_mode & 0o777) == "0o600"
+    assert len(target.ws.read_key()) >= 43  # 256 random bits, url-safe base64
+    assert target.ensure_identity().created is False
+
+
+def test_training_ran_in_its_own_process_and_loss_went_down(trained):
+    target, _, name = trained
+    job_dir = target.ws.root / "jobs" / name
+    status = json.loads((job_dir / "status.json").read_text())
+    assert status["pid"] != os.getpid()
+    result = target.job_result(name)
+    assert result.metrics["train_loss_last"] < result.metrics["train_loss_first"]
+    assert result.metrics["eval_loss_after"] < result.metrics["eval_loss_before"]
+    assert len(result.loss_curve) == result.metrics["fine_tune_steps"]
+    assert (job_dir / "output" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_finished_job_is_adopted_not_rerun(trained):
+    target, dataset, name = trained
+    before = (target.ws.root / "jobs" / name / "status.json").stat().st_mtime_ns
+    assert target.find_or_submit_job(name, dataset) is False
+    assert (target.ws.root / "jobs" / name / "status.json").stat().st_mtime_ns == before
+
+
+def test_a_job_whose_process_died_is_started_again_and_a_failure_carries_its_error(trained):
+    target, dataset, _ = trained
+    broken = dataset.model_copy(update={"train_uri": "/nonexistent/train.jsonl"})
+    job_dir = target.ws.dir("jobs", "dead-job")
+    write_json_atomic(job_dir / "status.json", {"state": "Running", "pid": 2**22 + 12345, "step": 3})
+    assert target.job_status("dead-job").state == "Lost"
+    assert target.find_or_submit_job("dead-job", broken) is True
+    status = wait_for_job(target, "dead-job", timeout=120)
+    assert status.state == "Failed"
+    error = target.job_failure("dead-job", status)
+    assert "/nonexistent/train.jsonl" in str(error) and "job.log" in str(error)
+
+
+def test_registry_versions_with_lineage_and_loads_as_mlflow_model(trained):
+    import mlflow.pyfunc
+
+    target, dataset, name = trained
+    job = target.job_result(name)
+    first = target.register_model(job, dataset)
+    again = target.register_model(job, dataset)
+    assert (again.version, again.created) == (first.version, False)
+    shutil.copytree(target.ws.root / "jobs" / name, target.ws.root / "jobs" / "another-job")
+    other = target.register_model(job.model_copy(update={"name": "another-job"}), dataset)
+    assert other.version == first.version + 1
+    lineage = json.loads((target.ws.root / "registry" / first.name / str(first.version) / "lineage.json").read_text())
+    assert lineage["job_name"] == name and lineage["data_hash"] == dataset.content_hash
+    answers = mlflow.pyfunc.load_model(first.uri).predict([[{"role": "user", "content": "Who founded Apple?"}]],
+                                                           params={"max_new_tokens": 8})
+    assert isinstance(answers[0], str)
+
+
+def test_server_checks_the_key_and_the_body(deployed):
+    target, _, deployment = deployed
+    url = deployment.scoring_uri
+    key = target.endpoint_key(deployment)
+    assert url.startswith("http://127.0.0.1:")
+    assert requests.get(url.removesuffix("score"), timeout=5).status_code == 200  # health, no key
+    assert requests.post(url, json=CHAT, timeout=30).status_code == 401
+    assert requests.post(url, json=CHAT, headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+    assert requests.post(url, json=CHAT, headers={"Authorization": key}, timeout=30).status_code == 401
+    auth = {"Authorization": f"Bearer {key}"}
+    for bad in ("not json", json.dumps({"input": 1}),
+                json.dumps({"input_data": {"input_string": [{"role": "robot", "content": "x"}]}}),
+                json.dumps({"input_data": {"input_string": [{"role": "user", "content": "x"}],
+                                           "parameters": {"max_new_tokens": 10**6}}})):
+        response = requests.post(url, data=bad, headers={**auth, "Content-Type": "application/json"}, timeout=30)
+        assert response.status_code == 400, (bad, response.text)
+        assert "error" in response.json()
+    response = requests.post(url, json=CHAT, headers=auth, timeout=60)
+    assert response.status_code == 200 and isinstance(response.json()["output"], str)
+
+
+def test_server_listens_on_loopback_only(deployed):
+    _, _, deployment = deployed
+    port = int(deployment.scoring_uri.split(":")[2].split("/")[0])
+    listeners = [c for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"]
+    assert listeners and all(c.laddr.ip == "127.0.0.1" for c in listeners)
+
+
+def test_deploy_again_reuses_the_live_server_with_full_traffic(deployed):
+    target, model, deployment = deployed
+    again = target.deploy(model)
+    assert again.created is False
+    assert again.scoring_uri == deployment.scoring_uri
+    assert again.traffic == {deployment.deployment_name: 100}
+
+
+def test_port_in_use_is_reported_before_any_work(trained, tmp_path):
+    target, _, _ = trained
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        busy = LocalTarget(target.settings.model_copy(
+            update={"local": target.settings.local.model_copy(update={"port": port})}))
+        with pytest.raises(InsufficientResourcesError, match=f"port {port} on 127.0.0.1 short by 1"):
+            raise_if_short(busy.check_resources())
+        with pytest.raises(ConfigError, match=f"local.port {port} is in use"):
+            busy._start_server(tmp_path, busy._model_ref(1, "job", created=False))
+
+
+def test_teardown_stops_the_server_and_is_idempotent(trained):
+    target, dataset, name = trained
+    model = target.register_model(target.job_result(name), dataset)
+    deployment = target.deploy(model)
+    pid = json.loads((target.ws.root / "deployments" / deployment.deployment_name / "state.json").read_text())["pid"]
+    first = target.teardown()
+    assert f"server {deployment.deployment_name}" in first.removed
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    with pytest.raises(requests.ConnectionError):
+        requests.get(deployment.scoring_uri.removesuffix("score"), timeout=5)
+    second = target.teardown()
+    assert second.removed == []
+    assert target.has_paid_resources() is False
