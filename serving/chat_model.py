@@ -44,6 +44,7 @@ class ChatModel:
             output = self.model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=1,
                 eos_token_id=self.tokenizer.eos_token_id,
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                 **sampling,

@@ -1,0 +1,68 @@
+"""Bad input from the terminal ends in one clear line and a non-zero exit, never a traceback."""
+
+import json
+import socket
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture
+def workspace_env(tmp_path, session_home):
+    return {"PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "ws")}
+
+
+def test_help_lists_the_options():
+    result = run_cli("flows.full_pipeline", "--help")
+    assert result.returncode == 0
+    for option in ("--target", "--dataset.source", "--training.learning_rate", "--training.lr_scheduler_type",
+                   "--training.epochs", "--training.batch_size", "--training.lora_rank", "--teardown"):
+        assert option in result.stdout
+
+
+def test_bad_config_value(workspace_env):
+    result = run_cli("flows.full_pipeline", "--training.learning_rate", "-0.1", env=workspace_env)
+    assert result.returncode == 2
+    assert_one_line_error(result, "training.learning_rate")
+
+
+def test_malformed_jsonl(tmp_path, workspace_env):
+    source = tmp_path / "chats.jsonl"
+    source.write_text('{"prompt": "hi", "prompt_id": "1", "messages": [{"role": "user", "content": "hi"}, '
+                      '{"role": "assistant", "content": "hello"}]}\n{"prompt": "x", "prompt_id": "2", "messages": '
+                      '[{"role": "wizard", "content": "x"}]}\n')
+    result = run_cli("flows.full_pipeline", "--dataset.source", str(source), env=workspace_env)
+    assert_one_line_error(result, f"{source}:2", "messages[0].role")
+
+
+def test_missing_checkpoint_path(workspace_env):
+    result = run_cli("flows.full_pipeline", "--training.base_model", "/models/not-here", env=workspace_env)
+    assert result.returncode == 2
+    assert_one_line_error(result, "training.base_model", "/models/not-here")
+
+
+def test_port_in_use(workspace_env):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        result = run_cli("flows.full_pipeline", "--local.port", str(port), env=workspace_env)
+    assert_one_line_error(result, f"port {port}", "local.port=0")
+
+
+def test_azure_target_is_refused_before_any_work(workspace_env):
+    env = {**workspace_env, "PHI3_AZURE": json.dumps({"subscription_id": "s", "resource_group": "g",
+                                                       "workspace_name": "w", "location": "eastus2"})}
+    result = run_cli("flows.full_pipeline", "--target", "azure", env=env)
+    assert_one_line_error(result, "target=azure is not available")
