@@ -60,6 +60,9 @@ def run_pipeline_cli(argv: list[str]) -> int:
         print("interrupted: a running fine-tune job keeps going; run the same command again to resume",
               file=sys.stderr)
         return 130
+    print("\nstage                outcome            seconds")
+    for row in result["stages"]:
+        print(f"{row['stage']:<20} {row['outcome']:<18} {row['seconds']:>7.2f}")
     print(f"\nmodel version {result['model_version']} (job {result['job']})")
     print(f"Q: {settings.question}\nA: {result['answer']}")
     return 0

@@ -126,7 +126,7 @@ def train_steps(model, encoded, *, steps, batch_size, learning_rate, scheduler, 
     step = 0
     while step < steps:
         for rows in batches(encoded, batch_size, rng):
-            ids, mask, labels = collate(rows, pad_id)
+            ids, mask, labels = (t.to(model.device) for t in collate(rows, pad_id))
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -146,7 +146,7 @@ def evaluate_loss(model, encoded, pad_id, batch_size=32) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            ids, mask, labels = collate(encoded[start : start + batch_size], pad_id)
+            ids, mask, labels = (t.to(model.device) for t in collate(encoded[start : start + batch_size], pad_id))
             total += model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() * ids.shape[0]
             count += ids.shape[0]
     return total / max(count, 1)
@@ -166,7 +166,7 @@ def build_tiny_base(spec: dict, train: list[list[dict]], reporter: JobReporter, 
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                         **TINY_ARCHITECTURE)
     torch.manual_seed(spec["seed"])
-    model = Phi3ForCausalLM(config)
+    model = Phi3ForCausalLM(config).to("cuda" if torch.cuda.is_available() else "cpu")
     max_len = spec["max_seq_length"]
     encoded = [(ids, ids) for ids in (tokenizer(text + "<|end|>")["input_ids"][:max_len] for text in texts)]
     train_steps(
@@ -217,7 +217,8 @@ def run(job_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device)
     train_ids = encode_chats(tokenizer, train, spec["max_seq_length"])
     test_ids = encode_chats(tokenizer, test, spec["max_seq_length"])
     # The built-in base never saw the chat-template tokens, so its embeddings train fully beside the
