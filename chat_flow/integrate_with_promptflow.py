@@ -8,8 +8,8 @@ DEBUG level like the tutorial, and never logs the key or the request headers.
 import logging
 
 import requests
-from promptflow.core import tool
 from promptflow.connections import CustomConnection
+from promptflow.core import tool
 
 logger = logging.getLogger(__name__)
 REQUEST_TIMEOUT_S = 120

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
@@ -10,12 +11,12 @@ from pydantic_settings import CliSettingsSource
 from pipeline.chat_data import check_source
 from pipeline.config import PipelineSettings
 from pipeline.errors import ConfigError, PipelineError
-
 from targets import get_target
-from targets.base import raise_if_short
+from targets.base import TeardownReport, raise_if_short
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def load_settings(argv: list[str], prog: str) -> PipelineSettings:
@@ -40,46 +41,58 @@ def preflight(settings: PipelineSettings) -> None:
 
 
 def _fail(error: BaseException) -> int:
-    print(f"error: {error}", file=sys.stderr)
+    message = str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
+    print(f"error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT if isinstance(error, ConfigError) else EXIT_FAILED
 
 
-def run_pipeline_cli(argv: list[str]) -> int:
+def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Callable) -> int:
+    """Settings, checks, then the flow; any failure ends in one `error:` line and a non-zero exit."""
     try:
-        settings = load_settings(argv, "python -m flows.full_pipeline")
-        preflight(settings)
+        settings = load_settings(argv, prog)
+        check(settings)
     except PipelineError as error:
         return _fail(error)
-    from flows.full_pipeline import full_pipeline
-
     try:
-        result = full_pipeline(settings)
-    except PipelineError as error:
-        return _fail(error)
+        result = run(settings)
     except KeyboardInterrupt:
         print("interrupted: a running fine-tune job keeps going; run the same command again to resume",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as error:  # the flow's logs above hold the details; the user gets one line
+        return _fail(error)
+    report(settings, result)
+    return 0
+
+
+def _run_pipeline(settings: PipelineSettings) -> dict:
+    from flows.full_pipeline import full_pipeline
+
+    return full_pipeline(settings)
+
+
+def _print_answer(settings: PipelineSettings, result: dict) -> None:
     print("\nstage                outcome            seconds")
     for row in result["stages"]:
         print(f"{row['stage']:<20} {row['outcome']:<18} {row['seconds']:>7.2f}")
     print(f"\nmodel version {result['model_version']} (job {result['job']})")
     print(f"Q: {settings.question}\nA: {result['answer']}")
-    return 0
+
+
+def _run_teardown(settings: PipelineSettings) -> TeardownReport:
+    from flows.teardown import teardown
+
+    return teardown(settings)
+
+
+def _print_report(settings: PipelineSettings, report: TeardownReport) -> None:
+    print(f"removed: {', '.join(report.removed) or 'nothing'}")
+    print(f"already gone: {', '.join(report.already_gone) or 'nothing'}")
+
+
+def run_pipeline_cli(argv: list[str]) -> int:
+    return _run(argv, "python -m flows.full_pipeline", preflight, _run_pipeline, _print_answer)
 
 
 def run_teardown_cli(argv: list[str]) -> int:
-    try:
-        settings = load_settings(argv, "python -m flows.teardown")
-        get_target(settings)
-    except PipelineError as error:
-        return _fail(error)
-    from flows.teardown import teardown
-
-    try:
-        report = teardown(settings)
-    except PipelineError as error:
-        return _fail(error)
-    print(f"removed: {', '.join(report.removed) or 'nothing'}")
-    print(f"already gone: {', '.join(report.already_gone) or 'nothing'}")
-    return 0
+    return _run(argv, "python -m flows.teardown", get_target, _run_teardown, _print_report)

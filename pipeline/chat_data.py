@@ -120,7 +120,9 @@ def split_and_write(settings: DatasetSettings, scratch_dir: Path) -> SplitFiles:
     """Split 80/20 (configurable) with the seed, validate every row, write the tutorial's two files."""
     dataset = load_split(settings, scratch_dir)
     if len(dataset) < 2:
-        raise DatasetError(f"dataset {settings.source!r} split {settings.split!r} has {len(dataset)} record(s); need 2+")
+        raise DatasetError(
+            f"dataset {settings.source!r} split {settings.split!r} has {len(dataset)} record(s); need 2 or more"
+        )
     parts = dataset.train_test_split(test_size=settings.test_fraction, seed=settings.seed)
     out_dir = scratch_dir / "split"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: E402
-
 from chat_model import DEFAULT_PARAMETERS, ChatModel  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -58,7 +57,9 @@ def parse_request(raw: str | bytes | dict) -> tuple[list[dict], float, int]:
     if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
         raise BadRequest("field 'input_data.parameters.temperature' must be a number from 0 to 2")
     if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-        raise BadRequest(f"field 'input_data.parameters.max_new_tokens' must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT}")
+        raise BadRequest(
+            f"field 'input_data.parameters.max_new_tokens' must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT}"
+        )
     return messages, float(temperature), max_new_tokens
 
 

@@ -3,7 +3,6 @@
 from prefect import get_run_logger, task
 
 from pipeline.config import PipelineSettings
-
 from targets import get_target
 from targets.base import ResourceCheck, raise_if_short
 from tasks.common import stage_retries

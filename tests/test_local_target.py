@@ -19,6 +19,7 @@ from pipeline.naming import job_name
 from targets.base import raise_if_short
 from targets.local.target import LocalTarget
 from targets.local.workspace import write_json_atomic
+from tests.conftest import ROOT
 
 CHAT = {"input_data": {"input_string": [{"role": "user", "content": "Who founded Microsoft?"}],
                        "parameters": {"temperature": 0.7, "max_new_tokens": 24}}}
@@ -180,3 +181,22 @@ def test_teardown_stops_the_server_and_is_idempotent(trained):
     second = target.teardown()
     assert second.removed == []
     assert target.has_paid_resources() is False
+
+
+def test_chat_flow_tool_answers_raises_on_http_errors_and_never_logs_the_key(deployed, caplog):
+    import sys
+
+    from promptflow.connections import CustomConnection
+
+    sys.path.insert(0, str(ROOT / "chat_flow"))
+    from integrate_with_promptflow import query_phi3_model
+
+    target, _, deployment = deployed
+    key = target.endpoint_key(deployment)
+    caplog.set_level("DEBUG")
+    good = CustomConnection(configs={"endpoint": deployment.scoring_uri}, secrets={"key": key})
+    assert isinstance(query_phi3_model("Who founded Apple?", good), str)
+    bad = CustomConnection(configs={"endpoint": deployment.scoring_uri}, secrets={"key": "not-the-key"})
+    with pytest.raises(requests.HTTPError, match="401"):
+        query_phi3_model("Who founded Apple?", bad)
+    assert key not in caplog.text and "Full JSON response" in caplog.text

@@ -21,7 +21,6 @@ from pathlib import Path
 from pipeline.config import BUILTIN_BASE_MODEL
 from targets.local.workspace import write_json_atomic
 
-
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"

@@ -1,0 +1,25 @@
+"""Stage tasks retry only what may pass on its own; a permanent error fails at once."""
+
+import pytest
+import requests
+from prefect.states import Failed
+
+from pipeline.errors import ConfigError, DatasetError, InsufficientResourcesError, JobFailedError, TransientError
+from tasks.common import RETRY_POLICY, is_transient
+
+
+@pytest.mark.parametrize("error", [TransientError("server starting"), requests.ConnectionError("reset"),
+                                   requests.Timeout("slow"), ConnectionResetError("reset"), TimeoutError()])
+def test_transient_errors_are_retried(error):
+    assert is_transient(None, None, Failed(data=error))
+
+
+@pytest.mark.parametrize("error", [ConfigError("bad"), DatasetError("line 3"), InsufficientResourcesError("ram"),
+                                   JobFailedError("diverged"), ValueError("bug")])
+def test_permanent_errors_fail_at_once(error):
+    assert not is_transient(None, None, Failed(data=error))
+
+
+def test_backoff_grows_with_jitter():
+    delays = RETRY_POLICY["retry_delay_seconds"]
+    assert delays == sorted(delays) and RETRY_POLICY["retry_jitter_factor"] > 0
