@@ -107,6 +107,10 @@ def test_full_pipeline_resumes_reuses_and_tears_down(workspace, session_home, pr
     summary = next(a for a in artifacts if a["key"] == "run-summary")
     assert "reused (cached)" in json.dumps(summary["data"])
 
+    key = (workspace / "secrets" / "endpoint.key").read_text().strip()
+    assert list(workspace.glob("deployments/*/server.log")), "the live server's log is checked too"
+    assert files_containing(workspace, key, skip={workspace / "secrets" / "endpoint.key"}) == []
+
     # 5. Teardown leaves no listening port and no process of ours behind; twice is fine.
     endpoint = json.loads(next(workspace.glob("endpoints/*.json")).read_text())
     port = int(endpoint["scoring_uri"].split(":")[2].split("/")[0])
@@ -120,7 +124,6 @@ def test_full_pipeline_resumes_reuses_and_tears_down(workspace, session_home, pr
     assert again.returncode == 0 and "removed: nothing" in again.stdout
 
     # 6. The endpoint key is nowhere but its own file: not in logs, results, artifacts or Prompt flow runs.
-    key = (workspace / "secrets" / "endpoint.key").read_text().strip()
     assert all(key not in output for output in outputs)
     assert files_containing(workspace, key, skip={workspace / "secrets" / "endpoint.key"}) == []
     assert list(workspace.glob("scratch/chat_flow/.promptflow/*")), "the Prompt flow run folder is checked"
