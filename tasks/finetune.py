@@ -16,6 +16,7 @@ from tasks.common import stage_retries
 
 FIRST_POLL_S = 0.5
 BACKOFF = 1.5
+PROGRESS_LOG_EVERY_S = 5
 TERMINAL_STATES = ("Completed", "Failed", "Lost")
 
 
@@ -36,14 +37,15 @@ def poll_job(target, name: str, timeout_s: float, max_interval_s: float) -> JobS
     while True:
         status = target.job_status(name)
         elapsed = time.monotonic() - started
+        loss = f", loss {status.loss:.3f}" if status.loss is not None else ""
+        progress = f"{status.state} {status.phase} step {status.step}/{status.total_steps}{loss}"
         if status.total_steps:
-            update_progress_artifact(progress_id, 100.0 * status.step / status.total_steps)
+            update_progress_artifact(progress_id, 100.0 * status.step / status.total_steps,
+                                     description=f"fine-tune job {name}: {progress}")
         if status.state in TERMINAL_STATES:
             return status
-        if elapsed - last_log >= 5:
-            loss = f", loss {status.loss:.3f}" if status.loss is not None else ""
-            logger.info("job %s: %s %s step %d/%d%s, %.0f s elapsed", name, status.state, status.phase,
-                        status.step, status.total_steps, loss, elapsed)
+        if elapsed - last_log >= PROGRESS_LOG_EVERY_S:
+            logger.info("job %s: %s, %.0f s elapsed", name, progress, elapsed)
             last_log = elapsed
         if elapsed > timeout_s:
             raise JobFailedError(f"fine-tune job {name} still {status.state} after {timeout_s:.0f} s "

@@ -1,0 +1,73 @@
+"""The fine-tune poller: backoff up to the target's cap, progress artifact, failures with the job's error."""
+
+from __future__ import annotations
+
+import time
+import types
+
+import pytest
+import requests
+from prefect import flow
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+import tasks.finetune as finetune
+from pipeline.errors import JobFailedError
+from targets.base import JobStatus
+
+
+class ScriptedJob:
+    """A target whose job reports the given states, one per poll."""
+
+    max_poll_interval_s = 2.0
+
+    def __init__(self, states: list[JobStatus]):
+        self.states = states
+        self.polls = 0
+
+    def job_status(self, name: str) -> JobStatus:
+        status = self.states[min(self.polls, len(self.states) - 1)]
+        self.polls += 1
+        return status
+
+
+@pytest.fixture
+def sleeps(monkeypatch) -> list[float]:
+    """Record the poller's waits instead of sleeping."""
+    recorded: list[float] = []
+    monkeypatch.setattr(finetune, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=recorded.append))
+    return recorded
+
+
+def run_poll(prefect_server: str, target: ScriptedJob, timeout_s: float = 3600) -> JobStatus:
+    @flow(name="poll-test")
+    def poll_flow() -> JobStatus:
+        return finetune.poll_job(target, "job-x", timeout_s, target.max_poll_interval_s)
+
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        return poll_flow()
+
+
+def test_poll_backs_off_to_the_cap_and_reports_progress(prefect_server, sleeps):
+    running = [JobStatus(state="Running", step=step, total_steps=10, loss=2.0 / step, phase="fine-tune")
+               for step in range(1, 10)]
+    target = ScriptedJob(running + [JobStatus(state="Completed", step=10, total_steps=10)])
+    assert run_poll(prefect_server, target).state == "Completed"
+    assert target.polls == 10
+    assert sleeps[0] == finetune.FIRST_POLL_S
+    assert sleeps == sorted(sleeps) and max(sleeps) == target.max_poll_interval_s
+    artifacts = requests.post(f"{prefect_server}/artifacts/filter", timeout=10, json={
+        "artifacts": {"key": {"any_": ["fine-tune-progress"]}}, "sort": "CREATED_DESC", "limit": 1}).json()
+    assert artifacts[0]["data"] == 100.0
+    assert "step 10/10" in artifacts[0]["description"]
+
+
+def test_a_failed_job_ends_the_poll_with_its_state(prefect_server, sleeps):
+    target = ScriptedJob([JobStatus(state="Running"), JobStatus(state="Failed", error="CUDA out of memory")])
+    status = run_poll(prefect_server, target)
+    assert (status.state, status.error) == ("Failed", "CUDA out of memory")
+
+
+def test_a_job_past_its_time_limit_is_left_running_with_a_clear_error(prefect_server, sleeps):
+    target = ScriptedJob([JobStatus(state="Running")])
+    with pytest.raises(JobFailedError, match="re-run the pipeline to adopt it"):
+        run_poll(prefect_server, target, timeout_s=0)
