@@ -54,7 +54,7 @@ def stage_seconds(stdout: str) -> dict[str, float]:
     for line in lines[start + 1 :]:
         if not line.strip():
             break
-        name, seconds = line[:20].strip(), float(line.split()[-1])
+        name, seconds = line[:20].strip(), float(line[40:47])
         table[name] = seconds
     return table
 

@@ -72,9 +72,9 @@ def _run_pipeline(settings: PipelineSettings) -> dict:
 
 
 def _print_answer(settings: PipelineSettings, result: dict) -> None:
-    print("\nstage                outcome            seconds")
+    print("\nstage                outcome            seconds  detail")
     for row in result["stages"]:
-        print(f"{row['stage']:<20} {row['outcome']:<18} {row['seconds']:>7.2f}")
+        print(f"{row['stage']:<20} {row['outcome']:<18} {row['seconds']:>7.2f}  {row['detail']}")
     print(f"\nmodel version {result['model_version']} (job {result['job']})")
     print(f"Q: {settings.question}\nA: {result['answer']}")
 

@@ -42,7 +42,7 @@ def full_pipeline(settings: PipelineSettings | None = None) -> dict:
             stages.run("teardown", teardown, settings)
     except BaseException:
         if stages.reached("deploy") and not stages.reached("teardown"):  # never leave a server running
-            teardown(settings)
+            teardown(settings, return_state=True)  # a teardown failure must not hide the original error
         raise
     finally:
         publish_summary(stages)

@@ -7,6 +7,7 @@ no background daemon and sends nothing outside.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,16 +17,24 @@ CHAT_FLOW_DIR = Path(__file__).resolve().parents[1] / "chat_flow"
 FLOW_FILE = "flow.dag.yaml"
 TOOL_NODE = "integrate_with_promptflow"
 OFFLINE_CONFIG = {"trace.destination": "none", "telemetry.enabled": False}
+# Prompt flow builds an Azure Monitor log exporter even with telemetry off, and the exporter then
+# fetches its settings from an outside host; these switches stop it calling out.
+EXPORTER_OFFLINE_ENV = {"APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+                        "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true"}
+for _name, _value in EXPORTER_OFFLINE_ENV.items():  # before any Prompt flow module is imported
+    os.environ.setdefault(_name, _value)
 
 
 def _client():
+    """Prompt flow's client, with tracing and telemetry off before any of its modules can start them."""
     from promptflow._sdk._configuration import Configuration  # what `pf config set` writes to
-    from promptflow.client import PFClient
 
     config = Configuration.get_instance()
     for key, value in OFFLINE_CONFIG.items():
         if config.get_config(key) != value:
             config.set_config(key, value)
+    from promptflow.client import PFClient
+
     return PFClient()
 
 

@@ -21,6 +21,10 @@ class IdentityRef(BaseModel):
     key_location: str
     created: bool
 
+    @property
+    def label(self) -> str:
+        return f"key at {self.key_location}"
+
 
 class ResourceCheck(BaseModel):
     resource: str
@@ -42,6 +46,10 @@ class DatasetRef(BaseModel):
     test_rows: int
     created: bool
 
+    @property
+    def label(self) -> str:
+        return f"data {self.content_hash[:12]}: {self.train_rows} train / {self.test_rows} test"
+
 
 class JobStatus(BaseModel):
     """One poll of a fine-tune job."""
@@ -60,6 +68,10 @@ class JobRef(BaseModel):
     metrics: dict = {}
     loss_curve: list[tuple[int, float]] = []
 
+    @property
+    def label(self) -> str:
+        return f"job {self.name}"
+
 
 class ModelRef(BaseModel):
     name: str
@@ -67,6 +79,10 @@ class ModelRef(BaseModel):
     uri: str
     job_name: str
     created: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}"
 
 
 class DeploymentRef(BaseModel):
@@ -77,10 +93,18 @@ class DeploymentRef(BaseModel):
     model_version: int
     created: bool
 
+    @property
+    def label(self) -> str:
+        return f"{self.deployment_name} at {self.scoring_uri}"
+
 
 class ConnectionRef(BaseModel):
     name: str
     endpoint: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} -> {self.endpoint}"
 
 
 class TeardownReport(BaseModel):

@@ -1,4 +1,4 @@
-"""What every stage task shares: transient-only retries, the target, and the stage summary."""
+"""What every stage task shares: transient-only retries and the stage summary."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class StageSummary:
 
     records: list[StageRecord] = field(default_factory=list)
 
-    def run(self, stage: str, task, *args, describe=lambda result: ""):
+    def run(self, stage: str, task, *args):
         started = time.perf_counter()
         state = task(*args, return_state=True)
         seconds = round(time.perf_counter() - started, 2)
@@ -53,7 +53,7 @@ class StageSummary:
             outcome = "created" if result.created else "reused"
         else:
             outcome = "done"
-        self.records.append(StageRecord(stage, outcome, seconds, describe(result)))
+        self.records.append(StageRecord(stage, outcome, seconds, getattr(result, "label", "")))
         return result
 
     def reached(self, stage: str) -> bool:

@@ -36,6 +36,7 @@ def session_home(tmp_path_factory) -> Path:
         "PF_HOME_DIRECTORY": str(home / "promptflow"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_COLORS": "false",
+        "HF_HUB_OFFLINE": "1",  # nothing in the tests may reach a hub
     })
     return home
 

@@ -14,6 +14,7 @@ import psutil
 import pytest
 import requests
 
+from pipeline.promptflow_chat import EXPORTER_OFFLINE_ENV
 from tests.conftest import ROOT, run_cli
 
 
@@ -107,11 +108,21 @@ def test_full_pipeline_resumes_reuses_and_tears_down(workspace, session_home, pr
     summary = next(a for a in artifacts if a["key"] == "run-summary")
     assert "reused (cached)" in json.dumps(summary["data"])
 
+    # 5. The same chat flow folder works with Prompt flow's own CLI and the connection the run made.
+    pf_run = subprocess.run([str(Path(sys.executable).parent / "pf"), "flow", "test", "--flow", "chat_flow",
+                             "--inputs", "input_data=Who founded Apple?"],
+                            cwd=ROOT, env={**env, **EXPORTER_OFFLINE_ENV}, capture_output=True, text=True,
+                            timeout=300)
+    assert pf_run.returncode == 0, pf_run.stdout + pf_run.stderr
+    assert '"answer"' in pf_run.stdout
+    outputs.append(pf_run.stdout + pf_run.stderr)
+
     key = (workspace / "secrets" / "endpoint.key").read_text().strip()
+    assert files_containing(ROOT / "chat_flow", key) == []
     assert list(workspace.glob("deployments/*/server.log")), "the live server's log is checked too"
     assert files_containing(workspace, key, skip={workspace / "secrets" / "endpoint.key"}) == []
 
-    # 5. Teardown leaves no listening port and no process of ours behind; twice is fine.
+    # 6. Teardown leaves no listening port and no process of ours behind; twice is fine.
     endpoint = json.loads(next(workspace.glob("endpoints/*.json")).read_text())
     port = int(endpoint["scoring_uri"].split(":")[2].split("/")[0])
     down = run_cli("flows.teardown", env=env)
@@ -123,7 +134,7 @@ def test_full_pipeline_resumes_reuses_and_tears_down(workspace, session_home, pr
     again = run_cli("flows.teardown", env=env)
     assert again.returncode == 0 and "removed: nothing" in again.stdout
 
-    # 6. The endpoint key is nowhere but its own file: not in logs, results, artifacts or Prompt flow runs.
+    # 7. The endpoint key is nowhere but its own file: not in logs, results, artifacts or Prompt flow runs.
     assert all(key not in output for output in outputs)
     assert files_containing(workspace, key, skip={workspace / "secrets" / "endpoint.key"}) == []
     assert list(workspace.glob("scratch/chat_flow/.promptflow/*")), "the Prompt flow run folder is checked"

@@ -168,21 +168,6 @@ def test_port_in_use_is_reported_before_any_work(trained, tmp_path):
             busy._start_server(tmp_path, busy._model_ref(1, "job", created=False))
 
 
-def test_teardown_stops_the_server_and_is_idempotent(trained):
-    target, dataset, name = trained
-    model = target.register_model(target.job_result(name), dataset)
-    deployment = target.deploy(model)
-    pid = json.loads((target.ws.root / "deployments" / deployment.deployment_name / "state.json").read_text())["pid"]
-    first = target.teardown()
-    assert f"server {deployment.deployment_name}" in first.removed
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    with pytest.raises(requests.ConnectionError):
-        requests.get(deployment.scoring_uri.removesuffix("score"), timeout=5)
-    second = target.teardown()
-    assert second.removed == []
-    assert target.has_paid_resources() is False
-
-
 def test_chat_flow_tool_answers_raises_on_http_errors_and_never_logs_the_key(deployed, caplog):
     import sys
 
@@ -200,3 +185,18 @@ def test_chat_flow_tool_answers_raises_on_http_errors_and_never_logs_the_key(dep
     with pytest.raises(requests.HTTPError, match="401"):
         query_phi3_model("Who founded Apple?", bad)
     assert key not in caplog.text and "Full JSON response" in caplog.text
+
+
+def test_teardown_stops_the_server_and_is_idempotent(trained):
+    target, dataset, name = trained
+    model = target.register_model(target.job_result(name), dataset)
+    deployment = target.deploy(model)
+    pid = json.loads((target.ws.root / "deployments" / deployment.deployment_name / "state.json").read_text())["pid"]
+    first = target.teardown()
+    assert f"server {deployment.deployment_name}" in first.removed
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    with pytest.raises(requests.ConnectionError):
+        requests.get(deployment.scoring_uri.removesuffix("score"), timeout=5)
+    second = target.teardown()
+    assert second.removed == []
+    assert target.has_paid_resources() is False

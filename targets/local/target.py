@@ -271,6 +271,11 @@ class LocalTarget(Target):
             state = self._server_state(deployment_dir)
             created = state is None
             if created:
+                port = self.settings.local.port
+                if port and self._port_held_by_us(port):  # a fixed port: the old deployment makes room
+                    for other in self._deployments():
+                        if other != deployment_dir:
+                            self._stop_deployment(other)
                 state = self._start_server(deployment_dir, model)
             scoring_uri = f"http://{state['host']}:{state['port']}/score"
             traffic = {deployment_name: 100}

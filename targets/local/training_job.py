@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import traceback
@@ -176,7 +177,10 @@ def build_tiny_base(spec: dict, train: list[list[dict]], reporter: JobReporter, 
     staging = base_dir.with_name(base_dir.name + f".{os.getpid()}.tmp")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    os.replace(staging, base_dir)
+    try:
+        os.replace(staging, base_dir)
+    except OSError:  # another job built the same base meanwhile: keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
     return base_dir
 
 
