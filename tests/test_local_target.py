@@ -200,3 +200,17 @@ def test_teardown_stops_the_server_and_is_idempotent(trained):
     second = target.teardown()
     assert second.removed == []
     assert target.has_paid_resources() is False
+
+
+def test_a_gpu_short_of_memory_is_reported_with_the_cpu_way_out(tmp_path, monkeypatch):
+    fake_smi = tmp_path / "bin" / "nvidia-smi"
+    fake_smi.parent.mkdir()
+    fake_smi.write_text("#!/bin/sh\necho 'NVIDIA Fake GPU, 100'\n")
+    fake_smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_smi.parent}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    target = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "ws"}))
+    with pytest.raises(InsufficientResourcesError, match=r"GPU memory \(NVIDIA Fake GPU\).*CUDA_VISIBLE_DEVICES="):
+        raise_if_short(target.check_resources())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert not [check for check in target.check_resources() if check.resource.startswith("GPU")]

@@ -43,6 +43,7 @@ GiB = 1024**3
 # the rest is headroom for the pipeline process itself (Prefect, Prompt flow).
 BUILTIN_MEMORY_GIB = 1.5
 BUILTIN_DISK_GIB = 0.2
+BUILTIN_GPU_GIB = 0.5
 SERVER_START_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 10
 SMOKE_PROBE = "Who founded Microsoft?"
@@ -93,6 +94,19 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+def _visible_gpu() -> tuple[str, float] | None:
+    """Name and free GiB of the GPU training would use (read with nvidia-smi, so torch stays unloaded)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not shutil.which("nvidia-smi"):
+        return None
+    try:
+        query = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.free", "--format=csv,noheader,nounits"],
+                               capture_output=True, text=True, timeout=10, check=True)
+        name, free_mib = query.stdout.strip().splitlines()[0].rsplit(",", 1)
+        return name.strip(), float(free_mib) / 1024
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+
+
 def _checkpoint_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*") if f.suffix in (".safetensors", ".bin"))
 
@@ -118,10 +132,10 @@ class LocalTarget(Target):
     def check_resources(self) -> list[ResourceCheck]:
         base = self.settings.training.base_model
         if base == BUILTIN_BASE_MODEL:
-            memory_gib, disk_gib = BUILTIN_MEMORY_GIB, BUILTIN_DISK_GIB
+            memory_gib, disk_gib, gpu_gib = BUILTIN_MEMORY_GIB, BUILTIN_DISK_GIB, BUILTIN_GPU_GIB
         else:  # fp32 weights in training (+ LoRA optimiser state) and once more in the server
             weights_gib = _checkpoint_bytes(Path(base).expanduser()) / GiB
-            memory_gib, disk_gib = 2.5 * weights_gib + 1.5, 3 * weights_gib + 0.2
+            memory_gib, disk_gib, gpu_gib = 2.5 * weights_gib + 1.5, 3 * weights_gib + 0.2, 2 * weights_gib + 0.5
         self.ws.ensure()
         memory = psutil.virtual_memory().available / GiB
         disk = shutil.disk_usage(self.ws.root).free / GiB
@@ -133,6 +147,12 @@ class LocalTarget(Target):
             ResourceCheck(resource="CPU cores", needed=1, available=os.cpu_count() or 1, unit="cores",
                           advice="run on a machine with at least one core"),
         ]
+        gpu = _visible_gpu()
+        if gpu is not None:
+            name, free_gib = gpu
+            checks.append(ResourceCheck(resource=f"GPU memory ({name})", needed=round(gpu_gib, 2),
+                                        available=round(free_gib, 2), unit="GiB",
+                                        advice="free GPU memory, or set CUDA_VISIBLE_DEVICES= to train on the CPU"))
         port = self.settings.local.port
         if port and not self._port_held_by_us(port):
             checks.append(ResourceCheck(resource=f"port {port} on 127.0.0.1", needed=1,
