@@ -63,6 +63,9 @@ def prefect_server(session_home: Path):
         pytest.fail("Prefect server did not start; see " + str(session_home / "prefect-server.log"))
     os.environ["PREFECT_API_URL"] = api_url
     yield api_url
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)  # send this process's last Prefect logs while the server still listens
     server.terminate()
     server.wait(30)
 
