@@ -83,12 +83,28 @@ class LocalSettings(BaseModel):
 
 
 class AzureSettings(BaseModel):
-    """The Azure ML workspace the azure target will use (the target itself comes in a later release)."""
+    """The Azure resources of the tutorial; defaults are its values (the target comes in a later release)."""
 
     subscription_id: str | None = Field(None, description="Azure subscription id.")
     resource_group: str | None = Field(None, description="Resource group holding the workspace.")
     workspace_name: str | None = Field(None, description="Azure Machine Learning workspace name.")
     location: str | None = Field(None, description="Azure region, e.g. eastus2.")
+    identity_name: str = Field("phi3-pipeline-identity", description="User-assigned managed identity to use.")
+    finetune_model: str = Field(
+        "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/latest",
+        description="Model-catalog model to fine-tune (registry asset URI).",
+    )
+    compute_name: str = Field("phi3-a100-cluster", description="Fine-tuning compute cluster name.")
+    finetune_vm_size: str = Field("Standard_NC24ads_A100_v4", description="VM size of the fine-tuning cluster.")
+    compute_min_nodes: int = Field(0, ge=0, description="Cluster minimum nodes.")
+    compute_max_nodes: int = Field(1, ge=1, description="Cluster maximum nodes.")
+    compute_idle_seconds: int = Field(120, ge=0, description="Idle seconds before the cluster scales down.")
+    deploy_vm_size: str = Field("Standard_NC6s_v3", description="VM size of the online deployment.")
+    deploy_instance_count: int = Field(1, ge=1, description="Instances of the online deployment.")
+    probe_initial_delay_s: int = Field(
+        600, ge=0, description="Seconds the liveness/readiness probes wait: a large model loads slowly."
+    )
+    request_timeout_ms: int = Field(90000, ge=1000, le=180000, description="Scoring request timeout.")
 
 
 class PipelineSettings(BaseSettings):
@@ -145,7 +161,8 @@ class PipelineSettings(BaseSettings):
     @model_validator(mode="after")
     def _azure_fields_present(self) -> PipelineSettings:
         if self.target == "azure":
-            missing = [name for name, val in self.azure.model_dump().items() if not val]
+            required = ("subscription_id", "resource_group", "workspace_name", "location")
+            missing = [name for name in required if not getattr(self.azure, name)]
             if missing:
                 raise ValueError("target=azure needs " + ", ".join(f"azure.{name}" for name in missing))
         return self

@@ -74,3 +74,21 @@ def test_azure_target_is_refused_honestly():
          "--azure.workspace_name", "w", "--azure.location", "eastus2"], "test")
     with pytest.raises(ConfigError, match="not available in this release"):
         get_target(settings)
+
+
+def _setting_names(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _setting_names(field.annotation, f"{prefix}{name}.")
+        else:
+            yield prefix + name
+
+
+def test_readme_documents_every_setting():
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in _setting_names(PipelineSettings) if f"| `{name}` |" not in readme]
+    assert missing == []

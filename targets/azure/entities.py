@@ -1,0 +1,143 @@
+"""The Azure entities of the tutorial, built from the configuration (no network, no Prefect).
+
+Each builder returns the azure-ai-ml / management-SDK object the Azure target will send, so that the
+SDK's own validation and REST serialisation can be checked offline against the tutorial's values.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from azure.ai.ml.constants import AssetTypes
+from azure.ai.ml.entities import (
+    AmlCompute,
+    Data,
+    ManagedOnlineDeployment,
+    ManagedOnlineEndpoint,
+    Model,
+    OnlineRequestSettings,
+    ProbeSettings,
+)
+from azure.ai.ml.finetuning import FineTuningTaskType, create_finetuning_job
+from azure.mgmt.authorization.models import RoleAssignmentCreateParameters
+from azure.mgmt.msi.models import Identity
+
+from pipeline.config import AzureSettings, TrainingSettings
+
+MANAGED_BY = "phi3-pipeline"
+FINETUNE_OUTPUT = "registered_model"
+# SEED.md: the three roles the user-assigned identity gets, and the scope each one applies to.
+REQUIRED_ROLES = (
+    ("Contributor", "resource_group"),
+    ("Storage Blob Data Reader", "storage_account"),
+    ("AcrPull", "container_registry"),
+)
+PROBE_PERIOD_S = 10
+PROBE_FAILURE_THRESHOLD = 30
+
+
+def resource_tags(run_id: str, created_at: datetime | None = None) -> dict[str, str]:
+    """Tags on everything the pipeline creates, so a sweep can find (and age) what it made."""
+    created = (created_at or datetime.now(UTC)).isoformat(timespec="seconds")
+    return {"managed-by": MANAGED_BY, "pipeline-run": run_id, "created-at": created}
+
+
+def role_assignment_name(scope: str, role: str, principal_id: str) -> str:
+    """A deterministic assignment name (a GUID), so a re-run finds the assignment it made."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope.lower()}|{role}|{principal_id}"))
+
+
+def role_assignment(role_definition_id: str, principal_id: str) -> RoleAssignmentCreateParameters:
+    return RoleAssignmentCreateParameters(
+        role_definition_id=role_definition_id, principal_id=principal_id, principal_type="ServicePrincipal"
+    )
+
+
+def managed_identity(azure: AzureSettings, tags: dict[str, str]) -> Identity:
+    return Identity(location=azure.location, tags=tags)
+
+
+def compute_cluster(azure: AzureSettings, tags: dict[str, str]) -> AmlCompute:
+    """SEED.md: dedicated GPU tier, min 0, max 1 node, 120 s idle before scale-down."""
+    return AmlCompute(
+        name=azure.compute_name,
+        size=azure.finetune_vm_size,
+        tier="dedicated",
+        min_instances=azure.compute_min_nodes,
+        max_instances=azure.compute_max_nodes,
+        idle_time_before_scale_down=azure.compute_idle_seconds,
+        tags=tags,
+    )
+
+
+def data_asset(name: str, local_path: str, content_hash: str, tags: dict[str, str]) -> Data:
+    """A JSONL file as a uri_file asset whose version is its content hash: unchanged data uploads once."""
+    return Data(name=name, version=content_hash[:16], path=local_path, type=AssetTypes.URI_FILE, tags=tags)
+
+
+def finetune_hyperparameters(training: TrainingSettings) -> dict[str, str]:
+    """The tutorial's advanced settings, as the fine-tuning service takes them (strings)."""
+    return {
+        "learning_rate": str(training.learning_rate),
+        "lr_scheduler_type": training.lr_scheduler_type,
+        "num_train_epochs": str(training.epochs),
+        "per_device_train_batch_size": str(training.batch_size),
+    }
+
+
+def finetune_job(azure: AzureSettings, training: TrainingSettings, job_name: str, train_asset: str,
+                 test_asset: str, model_name: str, tags: dict[str, str]):
+    """Model-catalog fine-tune, chat completion, on the A100 cluster; validation data = the test split."""
+    return create_finetuning_job(
+        model=azure.finetune_model,
+        task=FineTuningTaskType.CHAT_COMPLETION,
+        training_data=train_asset,
+        validation_data=test_asset,
+        hyperparameters=finetune_hyperparameters(training),
+        compute=azure.compute_name,
+        output_model_name_prefix=model_name,
+        name=job_name,
+        display_name=job_name,
+        experiment_name=model_name,
+        tags=tags,
+    )
+
+
+def registered_model(model_name: str, version: str, job_name: str, tags: dict[str, str]) -> Model:
+    """SEED.md: register from the job's output, model type MLflow."""
+    return Model(
+        name=model_name,
+        version=version,
+        path=f"azureml://jobs/{job_name}/outputs/{FINETUNE_OUTPUT}",
+        type=AssetTypes.MLFLOW_MODEL,
+        tags={**tags, "job": job_name},
+    )
+
+
+def online_endpoint(name: str, tags: dict[str, str]) -> ManagedOnlineEndpoint:
+    return ManagedOnlineEndpoint(name=name, auth_mode="key", tags=tags)
+
+
+def online_deployment(azure: AzureSettings, endpoint_name: str, deployment_name: str, model_id: str,
+                      tags: dict[str, str]) -> ManagedOnlineDeployment:
+    """SEED.md: Standard_NC6s_v3, one instance; probes wait for a large model's cold start."""
+    probe = ProbeSettings(initial_delay=azure.probe_initial_delay_s, period=PROBE_PERIOD_S,
+                          failure_threshold=PROBE_FAILURE_THRESHOLD)
+    return ManagedOnlineDeployment(
+        name=deployment_name,
+        endpoint_name=endpoint_name,
+        model=model_id,
+        instance_type=azure.deploy_vm_size,
+        instance_count=azure.deploy_instance_count,
+        liveness_probe=probe,
+        readiness_probe=probe,
+        request_settings=OnlineRequestSettings(request_timeout_ms=azure.request_timeout_ms),
+        tags=tags,
+    )
+
+
+def with_full_traffic(endpoint: ManagedOnlineEndpoint, deployment_name: str) -> ManagedOnlineEndpoint:
+    """SEED.md: live traffic must be 100 % on the deployment, or it cannot be tested."""
+    endpoint.traffic = {deployment_name: 100}
+    return endpoint
