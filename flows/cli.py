@@ -51,7 +51,7 @@ def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Cal
     try:
         settings = load_settings(argv, prog)
         check(settings)
-    except PipelineError as error:
+    except (PipelineError, OSError) as error:  # e.g. a workspace folder that cannot be written
         return _fail(error)
     try:
         result = run(settings)

@@ -85,11 +85,26 @@ def source_path(settings: DatasetSettings, scratch_dir: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def check_json_file(path: Path) -> int:
+    """Validate a .jsonl file line by line, or a .json file holding an array (or JSON Lines)."""
+    if path.suffix == ".json":
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return check_jsonl(path)  # many .json chat files are JSON Lines
+        if not isinstance(records, list) or not records:
+            raise DatasetError(f"{path}: expected a JSON array of records or JSON Lines")
+        for index, record in enumerate(records):
+            validate_record(record, f"{path}[{index}]")
+        return len(records)
+    return check_jsonl(path)
+
+
 def check_source(settings: DatasetSettings, scratch_dir: Path) -> None:
-    """Fail fast on a malformed local JSONL source, naming file, line and field."""
+    """Fail fast on a malformed local JSON/JSONL source, naming file, line (or index) and field."""
     path = source_path(settings, scratch_dir)
     if path is not None and path.suffix in (".jsonl", ".json") and path.is_file():
-        check_jsonl(path)
+        check_json_file(path)
 
 
 def load_split(settings: DatasetSettings, scratch_dir: Path):
@@ -108,7 +123,7 @@ def load_split(settings: DatasetSettings, scratch_dir: Path):
         if loader is None:
             raise DatasetError(f"{path}: unsupported file type; use .jsonl, .json or .parquet")
         if loader == "json":
-            check_jsonl(path)
+            check_json_file(path)
         return datasets.load_dataset(
             loader, data_files={split_name: str(path)}, split=settings.split, cache_dir=str(scratch_dir / "hf")
         )
@@ -123,16 +138,15 @@ def split_and_write(settings: DatasetSettings, scratch_dir: Path) -> SplitFiles:
         raise DatasetError(
             f"dataset {settings.source!r} split {settings.split!r} has {len(dataset)} record(s); need 2 or more"
         )
+    for index, row in enumerate(dataset):  # before the shuffle, so the index is the source's own
+        validate_record(row, f"{settings.source} (split {settings.split}, record {index})")
     parts = dataset.train_test_split(test_size=settings.test_fraction, seed=settings.seed)
     out_dir = scratch_dir / "split"
     out_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     counts = {}
     for part_name, file_name in (("train", TRAIN_FILE), ("test", TEST_FILE)):
-        lines = [
-            json.dumps(validate_record(row, f"{settings.source} ({part_name} row {index})"), ensure_ascii=False)
-            for index, row in enumerate(parts[part_name])
-        ]
+        lines = [json.dumps(validate_record(row, settings.source), ensure_ascii=False) for row in parts[part_name]]
         content = "\n".join(lines) + "\n"
         (out_dir / file_name).write_text(content, encoding="utf-8")
         digest.update(file_name.encode() + b"\0" + content.encode())

@@ -14,12 +14,24 @@ def content_hash(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
+SAMPLED_BYTES = 1 << 16
+
+
 def base_model_identity(base_model: str) -> str:
-    """The built-in name, or the checkpoint's config.json hash (a moved folder is the same model)."""
+    """The built-in name, or a hash of the checkpoint's config, index and weight files (names, sizes, first
+    and last bytes): a moved folder is the same model, other weights are not. Reads 128 KiB a file."""
     if base_model == BUILTIN_BASE_MODEL:
         return base_model
-    config = (Path(base_model).expanduser() / "config.json").read_bytes()
-    return "checkpoint-" + hashlib.sha256(config).hexdigest()[:16]
+    folder = Path(base_model).expanduser()
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            digest.update(f"{path.name}:{size}:".encode() + handle.read(SAMPLED_BYTES))
+            handle.seek(max(0, size - SAMPLED_BYTES))
+            digest.update(handle.read(SAMPLED_BYTES))
+    return "checkpoint-" + digest.hexdigest()[:16]
 
 
 def job_name(settings: PipelineSettings, data_hash: str) -> str:

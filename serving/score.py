@@ -52,11 +52,15 @@ def parse_request(raw: str | bytes | dict) -> tuple[list[dict], float, int]:
             raise BadRequest(f"field 'input_data.input_string[{index}].role' must be one of {KNOWN_ROLES}")
         if not isinstance(message.get("content"), str) or not message["content"].strip():
             raise BadRequest(f"field 'input_data.input_string[{index}].content' must be non-empty text")
-    parameters = {**DEFAULT_PARAMETERS, **(input_data.get("parameters") or {})}
+    given = input_data.get("parameters") or {}
+    if not isinstance(given, dict):
+        raise BadRequest("field 'input_data.parameters' must be an object")
+    parameters = {**DEFAULT_PARAMETERS, **given}
     temperature, max_new_tokens = parameters["temperature"], parameters["max_new_tokens"]
-    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
         raise BadRequest("field 'input_data.parameters.temperature' must be a number from 0 to 2")
-    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
         raise BadRequest(
             f"field 'input_data.parameters.max_new_tokens' must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT}"
         )

@@ -54,7 +54,7 @@ class DatasetRef(BaseModel):
 class JobStatus(BaseModel):
     """One poll of a fine-tune job."""
 
-    state: str  # Queued | Running | Completed | Failed | Missing
+    state: str  # Queued | Running | Completed | Failed | Lost (process ended without a result) | Missing
     step: int = 0
     total_steps: int = 0
     loss: float | None = None
@@ -170,12 +170,8 @@ class Target(ABC):
         """The Prompt flow custom connection (endpoint, key as secret) the chat flow uses."""
 
     @abstractmethod
-    def has_paid_resources(self) -> bool:
-        """Whether something that costs money (or holds a port) is running."""
-
-    @abstractmethod
     def teardown(self) -> TeardownReport:
-        """Remove the deployments and the connection; what is already gone counts as removed."""
+        """Remove the deployments and the connection; what is already gone is reported, not an error."""
 
 
 def raise_if_short(checks: list[ResourceCheck]) -> None:

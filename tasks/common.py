@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import requests
 from prefect.states import State
+from prefect.task_engine import TaskRunTimeoutError
 
 from pipeline.errors import TransientError
 
@@ -15,9 +16,10 @@ RETRY_POLICY = {"retries": 3, "retry_delay_seconds": [2, 8, 30], "retry_jitter_f
 
 
 def is_transient(task, task_run, state: State) -> bool:
-    """Retry condition: only errors that may pass on their own; a PipelineError fails at once."""
+    """Retry condition: only errors that may pass on their own; a PipelineError fails at once, and so
+    does a task past its own time limit (the limit bounds the stage, retries included)."""
     error = state.result(raise_on_failure=False)
-    return isinstance(error, TRANSIENT_ERRORS)
+    return isinstance(error, TRANSIENT_ERRORS) and not isinstance(error, TaskRunTimeoutError)
 
 
 def stage_retries() -> dict:
@@ -37,6 +39,7 @@ class StageSummary:
     """Runs each stage's task, timing it and noting whether it created, reused or was cached."""
 
     records: list[StageRecord] = field(default_factory=list)
+    results: dict[str, object] = field(default_factory=dict)
 
     def run(self, stage: str, task, *args):
         started = time.perf_counter()
@@ -54,6 +57,7 @@ class StageSummary:
         else:
             outcome = "done"
         self.records.append(StageRecord(stage, outcome, seconds, getattr(result, "label", "")))
+        self.results[stage] = result
         return result
 
     def reached(self, stage: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from pipeline.config import PipelineSettings
 from pipeline.errors import JobFailedError
@@ -54,14 +54,6 @@ def poll_job(target, name: str, timeout_s: float, max_interval_s: float) -> JobS
         interval = min(interval * BACKOFF, max_interval_s)
 
 
-def loss_curve_markdown(job: JobRef) -> str:
-    rows = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in job.loss_curve)
-    metrics = "\n".join(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
-                        for key, value in job.metrics.items())
-    return (f"# Fine-tune {job.name}\n\n## Metrics\n| metric | value |\n|---|---|\n{metrics}\n\n"
-            f"## Training loss\n| step | loss |\n|---|---|\n{rows}\n")
-
-
 @task(name="fine-tune", cache_key_fn=finetune_cache_key, **stage_retries())
 def fine_tune(settings: PipelineSettings, dataset: DatasetRef, workspace_id: str) -> JobRef:
     target = get_target(settings)
@@ -72,6 +64,8 @@ def fine_tune(settings: PipelineSettings, dataset: DatasetRef, workspace_id: str
     if status.state != "Completed":
         raise target.job_failure(name, status)
     job = target.job_result(name).model_copy(update={"created": submitted})
-    create_markdown_artifact(key="loss-curve", markdown=loss_curve_markdown(job),
-                             description="fine-tune loss per step")
+    first, last = job.metrics.get("train_loss_first"), job.metrics.get("train_loss_last")
+    if first is not None and last is not None and last >= first:
+        raise JobFailedError(f"fine-tune job {name} did not learn: training loss went from {first:.4f} to "
+                             f"{last:.4f}; lower training.learning_rate or raise training.epochs")
     return job

@@ -8,11 +8,6 @@ from targets.base import TeardownReport
 from tasks.common import stage_retries
 
 
-@task(name="paid-resources-left")
-def paid_resources_left(settings: PipelineSettings) -> bool:
-    return get_target(settings).has_paid_resources()
-
-
 @task(name="teardown", **stage_retries())
 def tear_down(settings: PipelineSettings) -> TeardownReport:
     report = get_target(settings).teardown()

@@ -70,3 +70,23 @@ def test_bad_record_names_file_line_and_field(tmp_path, bad_line, expected):
         check_jsonl(source)
     with pytest.raises(DatasetError, match="chats.jsonl:2"):
         split_and_write(DatasetSettings(source=str(source)), tmp_path / "w")
+
+
+def test_json_array_source_and_its_errors_name_the_index(tmp_path):
+    source = tmp_path / "chats.json"
+    source.write_text(json.dumps(make_sample(200)))
+    assert split_and_write(DatasetSettings(source=str(source)), tmp_path / "w").train_rows == 160
+    source.write_text(json.dumps([GOOD, {**GOOD, "messages": [{"role": "bot", "content": "x"}]}]))
+    with pytest.raises(DatasetError, match=r"chats.json\[1\]: field 'messages\[0\].role'"):
+        split_and_write(DatasetSettings(source=str(source)), tmp_path / "w2")
+
+
+def test_parquet_errors_name_the_record_of_the_source_not_of_the_shuffle(tmp_path):
+    import pandas as pd
+
+    records = make_sample(200)
+    records[123] = {**records[123], "messages": [{"role": "user", "content": ""}]}
+    source = tmp_path / "chats.parquet"
+    pd.DataFrame(records).to_parquet(source)
+    with pytest.raises(DatasetError, match=r"record 123\): field 'messages\[0\].content'"):
+        split_and_write(DatasetSettings(source=str(source)), tmp_path / "w")

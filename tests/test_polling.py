@@ -1,4 +1,4 @@
-"""The fine-tune poller: backoff up to the target's cap, progress artifact, failures with the job's error."""
+"""Prefect-side stage logic: the fine-tune poller (backoff, progress, failures), the loss check, retries."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import types
 
 import pytest
 import requests
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import tasks.finetune as finetune
-from pipeline.errors import JobFailedError
-from targets.base import JobStatus
+from pipeline.config import PipelineSettings
+from pipeline.errors import ConfigError, JobFailedError, TransientError
+from targets.base import DatasetRef, JobRef, JobStatus
+from tasks.common import stage_retries
 
 
 class ScriptedJob:
@@ -71,3 +74,48 @@ def test_a_job_past_its_time_limit_is_left_running_with_a_clear_error(prefect_se
     target = ScriptedJob([JobStatus(state="Running")])
     with pytest.raises(JobFailedError, match="re-run the pipeline to adopt it"):
         run_poll(prefect_server, target, timeout_s=0)
+
+
+class JobThatDidNotLearn(ScriptedJob):
+    def __init__(self):
+        super().__init__([JobStatus(state="Completed", step=4, total_steps=4)])
+
+    def find_or_submit_job(self, name, dataset):
+        return False
+
+    def job_result(self, name):
+        return JobRef(name=name, created=False, metrics={"train_loss_first": 2.0, "train_loss_last": 2.5})
+
+
+def test_a_job_whose_loss_did_not_go_down_is_not_registered(prefect_server, monkeypatch, tmp_path):
+    monkeypatch.setattr(finetune, "get_target", lambda settings: JobThatDidNotLearn())
+    settings = PipelineSettings(local={"workspace_dir": tmp_path})
+    dataset = DatasetRef(content_hash="c" * 64, train_uri="t", test_uri="v", train_rows=1, test_rows=1, created=True)
+
+    @flow(name="fine-tune-test")
+    def finetune_flow():
+        return finetune.fine_tune.with_options(cache_policy=NO_CACHE)(settings, dataset, "workspace-x")
+
+    with temporary_settings({PREFECT_API_URL: prefect_server}), pytest.raises(JobFailedError, match="did not learn"):
+        finetune_flow()
+
+
+def test_prefect_retries_transient_errors_only(prefect_server):
+    attempts = {"transient": 0, "permanent": 0}
+
+    @task(**stage_retries())
+    def flaky(kind: str) -> str:
+        attempts[kind] += 1
+        if kind == "transient" and attempts[kind] == 1:
+            raise TransientError("server still starting")
+        if kind == "permanent":
+            raise ConfigError("bad value")
+        return "ok"
+
+    @flow(name="retry-test")
+    def retry_flow():
+        return flaky("transient"), flaky("permanent", return_state=True).is_failed()
+
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        assert retry_flow() == ("ok", True)
+    assert attempts == {"transient": 2, "permanent": 1}

@@ -3,9 +3,10 @@
 import pytest
 import requests
 from prefect.states import Failed
+from prefect.task_engine import TaskRunTimeoutError
 
 from pipeline.errors import ConfigError, DatasetError, InsufficientResourcesError, JobFailedError, TransientError
-from tasks.common import RETRY_POLICY, is_transient
+from tasks.common import is_transient
 
 
 @pytest.mark.parametrize("error", [TransientError("server starting"), requests.ConnectionError("reset"),
@@ -15,11 +16,7 @@ def test_transient_errors_are_retried(error):
 
 
 @pytest.mark.parametrize("error", [ConfigError("bad"), DatasetError("line 3"), InsufficientResourcesError("ram"),
-                                   JobFailedError("diverged"), ValueError("bug")])
+                                   JobFailedError("diverged"), ValueError("bug"),
+                                   TaskRunTimeoutError("stage past its time limit")])
 def test_permanent_errors_fail_at_once(error):
     assert not is_transient(None, None, Failed(data=error))
-
-
-def test_backoff_grows_with_jitter():
-    delays = RETRY_POLICY["retry_delay_seconds"]
-    assert delays == sorted(delays) and RETRY_POLICY["retry_jitter_factor"] > 0

@@ -188,9 +188,8 @@ class LocalTarget(Target):
 
     def find_or_submit_job(self, job_name: str, dataset: DatasetRef) -> bool:
         with self.ws.lock(f"job-{job_name}"):
-            status = self.job_status(job_name)
-            if status.state in ("Completed", "Failed", "Running"):
-                return False
+            if self.job_status(job_name).state not in ("Missing", "Lost"):
+                return False  # queued, running or finished: adopt it
             job_dir = self._job_dir(job_name)
             if job_dir.exists():  # a job whose process died mid-way: start it again from scratch
                 shutil.rmtree(job_dir)
@@ -289,6 +288,10 @@ class LocalTarget(Target):
         deployment_dir = self.ws.dir("deployments", deployment_name)
         with self.ws.lock(f"endpoint-{self.endpoint_name}"):
             state = self._server_state(deployment_dir)
+            spec = read_json(deployment_dir / "spec.json") or {}
+            if state and spec.get("key_sha256") != self.ws.key_fingerprint():  # the key was replaced
+                _stop_process(state["pid"])
+                state = None
             created = state is None
             if created:
                 port = self.settings.local.port
@@ -315,6 +318,7 @@ class LocalTarget(Target):
         (deployment_dir / "state.json").unlink(missing_ok=True)
         write_json_atomic(deployment_dir / "spec.json", {
             "model_dir": model.uri, "model_version": model.version, "key_file": str(self.ws.key_file),
+            "key_sha256": self.ws.key_fingerprint(),
             "port": port, "max_new_tokens_limit": self.settings.local.max_new_tokens_limit,
         })
         pid = _spawn(SERVER_MODULE, deployment_dir, "server.log")
@@ -368,9 +372,6 @@ class LocalTarget(Target):
         return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
 
     # ---- teardown ------------------------------------------------------------------------------
-    def has_paid_resources(self) -> bool:
-        return any(self._server_state(d) for d in self._deployments())
-
     def teardown(self) -> TeardownReport:
         removed, gone = [], []
         with self.ws.lock(f"endpoint-{self.endpoint_name}"):

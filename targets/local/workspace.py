@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -39,6 +40,7 @@ class Workspace:
         os.chmod(self.root, PRIVATE_DIR_MODE)
 
     def dir(self, *parts: str) -> Path:
+        self.ensure()
         path = self.root.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -49,7 +51,13 @@ class Workspace:
         path = self.root / "workspace_id"
         if not path.exists():
             self.ensure()
-            path.write_text(uuid.uuid4().hex, encoding="utf-8")
+            try:
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:  # another run made it first: use theirs
+                pass
+            else:
+                with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                    handle.write(uuid.uuid4().hex)
         return path.read_text(encoding="utf-8").strip()
 
     @property
@@ -62,13 +70,20 @@ class Workspace:
             os.chmod(self.key_file, SECRET_FILE_MODE)
             return False
         self.dir("secrets").chmod(PRIVATE_DIR_MODE)
-        descriptor = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_FILE_MODE)
+        try:
+            descriptor = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_FILE_MODE)
+        except FileExistsError:  # another run made it first
+            return False
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(secrets.token_urlsafe(32))
         return True
 
     def read_key(self) -> str:
         return self.key_file.read_text(encoding="utf-8").strip()
+
+    def key_fingerprint(self) -> str:
+        """sha256 of the key: tells a server started with an older key apart, reveals nothing."""
+        return hashlib.sha256(self.read_key().encode()).hexdigest()
 
     @contextmanager
     def lock(self, name: str):
