@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import psutil
@@ -100,6 +102,19 @@ def test_a_job_whose_process_died_is_started_again_and_a_failure_carries_its_err
     assert "/nonexistent/train.jsonl" in str(error) and "job.log" in str(error)
 
 
+def test_a_queued_job_whose_process_lives_is_adopted_not_started_twice(trained):
+    target, dataset, _ = trained
+    starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "targets.local.training_job"])
+    try:
+        job_dir = target.ws.dir("jobs", "queued-job")
+        write_json_atomic(job_dir / "status.json", {"state": "Queued", "pid": starting.pid, "step": 0})
+        assert target.find_or_submit_job("queued-job", dataset) is False
+        assert json.loads((job_dir / "status.json").read_text())["pid"] == starting.pid
+    finally:
+        starting.kill()
+        starting.wait()
+
+
 def test_registry_versions_with_lineage_and_loads_as_mlflow_model(trained):
     import mlflow.pyfunc
 
@@ -188,6 +203,16 @@ def test_chat_flow_tool_answers_raises_on_http_errors_and_never_logs_the_key(dep
     with pytest.raises(requests.HTTPError, match="401"):
         query_phi3_model("Who founded Apple?", bad)
     assert key not in caplog.text and "Full JSON response" in caplog.text
+
+
+def test_a_replaced_key_restarts_the_server_with_the_new_key(deployed):
+    target, model, deployment = deployed
+    target.ws.key_file.unlink()
+    target.ensure_identity()
+    again = target.deploy(model)
+    assert again.created is True
+    auth = {"Authorization": f"Bearer {target.endpoint_key(again)}"}
+    assert requests.post(again.scoring_uri, json=CHAT, headers=auth, timeout=60).status_code == 200
 
 
 def test_teardown_stops_the_server_and_is_idempotent(trained):
