@@ -62,12 +62,14 @@ def prefect_server(session_home: Path):
         server.kill()
         pytest.fail("Prefect server did not start; see " + str(session_home / "prefect-server.log"))
     os.environ["PREFECT_API_URL"] = api_url
-    yield api_url
-    from prefect.logging.handlers import APILogWorker
+    try:
+        yield api_url
+        from prefect.logging.handlers import APILogWorker
 
-    APILogWorker.drain_all(timeout=5)  # send this process's last Prefect logs while the server still listens
-    server.terminate()
-    server.wait(30)
+        APILogWorker.drain_all(timeout=5)  # send this process's last Prefect logs while the server listens
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
