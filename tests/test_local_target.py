@@ -115,6 +115,19 @@ def test_a_queued_job_whose_process_lives_is_adopted_not_started_twice(trained):
         starting.wait()
 
 
+def test_a_local_hugging_face_checkpoint_can_be_the_base_model(trained):
+    target, dataset, name = trained
+    checkpoint = target.ws.root / "jobs" / name / "output" / "model"
+    training = target.settings.training.model_copy(update={"base_model": str(checkpoint), "epochs": 1})
+    settings = target.settings.model_copy(update={"training": training})
+    other_job = job_name(settings, dataset.content_hash)
+    assert other_job != name
+    assert LocalTarget(settings).find_or_submit_job(other_job, dataset) is True
+    assert wait_for_job(target, other_job).state == "Completed"
+    adapter = json.loads((target.ws.root / "jobs" / other_job / "output" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(checkpoint)
+
+
 def test_registry_versions_with_lineage_and_loads_as_mlflow_model(trained):
     import mlflow.pyfunc
 
