@@ -124,7 +124,8 @@ def test_a_local_hugging_face_checkpoint_can_be_the_base_model(trained):
     assert other_job != name
     assert LocalTarget(settings).find_or_submit_job(other_job, dataset) is True
     assert wait_for_job(target, other_job).state == "Completed"
-    adapter = json.loads((target.ws.root / "jobs" / other_job / "output" / "adapter" / "adapter_config.json").read_text())
+    adapter_config = target.ws.root / "jobs" / other_job / "output" / "adapter" / "adapter_config.json"
+    adapter = json.loads(adapter_config.read_text())
     assert adapter["base_model_name_or_path"] == str(checkpoint)
 
 
