@@ -8,6 +8,7 @@ from collections.abc import Callable
 from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest._http_response_impl import HttpResponseImpl
+from azure.core.utils import CaseInsensitiveDict
 
 Answer = tuple[int, dict] | tuple[int, dict, dict]
 
@@ -26,7 +27,7 @@ class _JsonResponse(HttpResponseImpl):
     def __init__(self, request, status: int, body: dict, headers: dict):
         super().__init__(request=request, internal_response=None, status_code=status, reason="scripted",
                          content_type="application/json",
-                         headers={"Content-Type": "application/json", **headers},
+                         headers=CaseInsensitiveDict({"Content-Type": "application/json", **headers}),
                          stream_download_generator=None)
         self._content = json.dumps(body).encode()
         self._is_closed = True
@@ -67,3 +68,74 @@ class ScriptedTransport(HttpTransport):
 def request_json(request) -> dict:
     """The JSON body the SDK sent."""
     return json.loads(request.body)
+
+
+class FakeArm:
+    """An in-memory Azure Resource Manager for one workspace, answering the SDK's REST calls.
+
+    PUT stores the resource and answers 201 with an Azure-AsyncOperation to poll (so the SDK's own
+    long-running-operation poller runs), GET reads an item or lists a collection, DELETE removes,
+    POST .../listKeys returns keys. `inject(method, fragment, answer)` queues a one-off fault;
+    `fail_provisioning(fragment, message)` makes the next matching PUT end in a failed operation.
+    """
+
+    BASE = "https://management.azure.com"
+
+    def __init__(self, workspace_id: str, location: str = "eastus2"):
+        self.workspace_id = workspace_id
+        self.location = location
+        self.resources: dict[str, dict] = {}
+        self.faults: list[tuple[str, str, Answer]] = []
+        self.failing: dict[str, str] = {}
+        self.operations: dict[str, dict] = {}
+
+    def inject(self, method: str, fragment: str, answer: Answer) -> None:
+        self.faults.append((method, fragment, answer))
+
+    def fail_provisioning(self, fragment: str, message: str) -> None:
+        self.failing[fragment] = message
+
+    def _operation(self, status: str, error: str | None = None) -> dict:
+        operation_id = f"op{len(self.operations)}"
+        self.operations[operation_id] = {"status": status, **({"error": {"code": "DeploymentFailed",
+                                                                          "message": error}} if error else {})}
+        url = f"{self.BASE}{self.workspace_id}/operations/{operation_id}?api-version=2024-10-01"
+        return {"Azure-AsyncOperation": url, "Location": url, "Retry-After": "0"}
+
+    def __call__(self, request) -> Answer:
+        path = request.url.split("?")[0].removeprefix(self.BASE)
+        for index, (method, fragment, answer) in enumerate(self.faults):
+            if request.method == method and fragment in path:
+                del self.faults[index]
+                return answer
+        if "/operations/" in path:
+            return 200, self.operations[path.rsplit("/", 1)[1]]
+        if path == self.workspace_id:
+            return 200, {"id": path, "name": path.rsplit("/", 1)[1], "location": self.location, "properties": {}}
+        if request.method == "PUT":
+            return self._put(path, request_json(request))
+        if request.method == "POST" and path.endswith("/listKeys"):
+            return 200, {"primaryKey": "primary-key-1", "secondaryKey": "secondary-key-1"}
+        if request.method == "DELETE":
+            if self.resources.pop(path, None) is None:
+                return 204, {}
+            return 202, {}, self._operation("Succeeded")
+        if path in self.resources:
+            return 200, self.resources[path]
+        children = [r for key, r in self.resources.items() if key.rsplit("/", 1)[0] == path]
+        if request.method == "GET" and (children or path.endswith("/deployments")):
+            return 200, {"value": children}
+        return 404, {"error": {"code": "ResourceNotFound", "message": f"{path} not found"}}
+
+    def _put(self, path: str, body: dict) -> Answer:
+        body = {**body, "id": path, "name": path.rsplit("/", 1)[1], "location": self.location}
+        properties = body.setdefault("properties", {})
+        if "/deployments/" in path:
+            properties.setdefault("scaleSettings", {"scaleType": "Default"})  # what the service fills in
+        elif "/onlineEndpoints/" in path:
+            properties["scoringUri"] = f"https://{body['name']}.{self.location}.inference.ml.azure.com/score"
+        failure = next((message for fragment, message in self.failing.items() if fragment in path), None)
+        properties["provisioningState"] = "Failed" if failure else "Succeeded"
+        self.resources[path] = body
+        creating = {**body, "properties": {**properties, "provisioningState": "Creating"}}
+        return 201, creating, self._operation("Failed" if failure else "Succeeded", failure)

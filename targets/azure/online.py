@@ -1,0 +1,79 @@
+"""The managed online endpoint and deployment on Azure: get-or-create, traffic at 100 %, teardown.
+
+The endpoint is never deleted and re-created by a run (that would reset its traffic and its
+scoring URI); a deployment is created once per model version and waited on through the SDK's
+long-running-operation poller. Keys are read when used and never returned from here but by
+`endpoint_key`.
+"""
+
+from __future__ import annotations
+
+from azure.ai.ml import MLClient
+from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+from pipeline.config import AzureSettings
+from pipeline.errors import PipelineError
+from targets.azure.entities import online_deployment, online_endpoint, with_full_traffic
+
+SUCCEEDED = "succeeded"
+
+
+def _succeeded(resource) -> bool:
+    return str(resource.provisioning_state).lower().endswith(SUCCEEDED)
+
+
+def ensure_endpoint(ml_client: MLClient, name: str, tags: dict[str, str]) -> tuple[ManagedOnlineEndpoint, bool]:
+    """The endpoint of that name, created (key auth) only if it does not exist; (endpoint, created)."""
+    try:
+        return ml_client.online_endpoints.get(name), False
+    except ResourceNotFoundError:
+        return ml_client.online_endpoints.begin_create_or_update(online_endpoint(name, tags)).result(), True
+
+
+def ensure_deployment(ml_client: MLClient, azure: AzureSettings, endpoint_name: str, deployment_name: str,
+                      model_id: str, tags: dict[str, str]) -> tuple[ManagedOnlineDeployment, bool]:
+    """The deployment of that name if it provisioned; else create it and wait (a failure says where to look)."""
+    try:
+        existing = ml_client.online_deployments.get(deployment_name, endpoint_name)
+        if _succeeded(existing):
+            return existing, False
+    except ResourceNotFoundError:
+        pass
+    entity = online_deployment(azure, endpoint_name, deployment_name, model_id, tags)
+    try:
+        deployment = ml_client.online_deployments.begin_create_or_update(entity).result()
+    except HttpResponseError as error:
+        raise PipelineError(
+            f"deployment {deployment_name} on {endpoint_name} failed: {error.message}. Its logs: "
+            f"az ml online-deployment get-logs -n {deployment_name} -e {endpoint_name}"
+        ) from None
+    return deployment, True
+
+
+def route_all_traffic(ml_client: MLClient, endpoint_name: str, deployment_name: str) -> dict[str, int]:
+    """Put 100 % of live traffic on the deployment, then read it back (at 0 % it cannot be tested)."""
+    endpoint = ml_client.online_endpoints.get(endpoint_name)
+    if (endpoint.traffic or {}).get(deployment_name) != 100:
+        ml_client.online_endpoints.begin_create_or_update(with_full_traffic(endpoint, deployment_name)).result()
+    # `get` lists every deployment, those without traffic at 0: keep the ones that take traffic
+    traffic = {name: share for name, share in (ml_client.online_endpoints.get(endpoint_name).traffic or {}).items()
+               if share}
+    if traffic.get(deployment_name) != 100:
+        raise PipelineError(f"endpoint {endpoint_name} reports traffic {traffic}, not 100 % on {deployment_name}")
+    return traffic
+
+
+def endpoint_key(ml_client: MLClient, endpoint_name: str) -> str:
+    return ml_client.online_endpoints.get_keys(endpoint_name).primary_key
+
+
+def delete_endpoint(ml_client: MLClient, endpoint_name: str) -> bool:
+    """Delete the endpoint with its deployments (what costs money); False if it was already gone
+    (Resource Manager answers a delete of a missing resource with success, so look first)."""
+    try:
+        ml_client.online_endpoints.get(endpoint_name)
+        ml_client.online_endpoints.begin_delete(endpoint_name).result()
+    except ResourceNotFoundError:
+        return False
+    return True
