@@ -168,7 +168,10 @@ class LocalTarget(Target):
             staging = self.ws.dir("datasets", f".{split.content_hash[:16]}.{os.getpid()}")
             shutil.copy2(split.train_file, staging / TRAIN_FILE)
             shutil.copy2(split.test_file, staging / TEST_FILE)
-            os.replace(staging, folder)
+            try:
+                os.replace(staging, folder)
+            except OSError:  # another run stored the same content meanwhile
+                shutil.rmtree(staging, ignore_errors=True)
         return DatasetRef(content_hash=split.content_hash, train_uri=str(folder / TRAIN_FILE),
                           test_uri=str(folder / TEST_FILE), train_rows=split.train_rows,
                           test_rows=split.test_rows, created=created)
@@ -196,7 +199,8 @@ class LocalTarget(Target):
             job_dir.mkdir(parents=True)
             write_json_atomic(job_dir / "spec.json", self._job_spec(dataset))
             pid = _spawn(TRAINING_MODULE, job_dir, "job.log")
-            write_json_atomic(job_dir / "status.json", {"state": "Queued", "pid": pid, "step": 0})
+            if not (job_dir / "status.json").exists():  # the job reports itself once it has started
+                write_json_atomic(job_dir / "status.json", {"state": "Queued", "pid": pid, "step": 0})
             return True
 
     def job_status(self, job_name: str) -> JobStatus:
