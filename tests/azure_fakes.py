@@ -80,6 +80,7 @@ class FakeArm:
     """
 
     BASE = "https://management.azure.com"
+    COLLECTIONS = {"deployments", "versions", "computes", "jobs", "onlineEndpoints"}
 
     def __init__(self, workspace_id: str, location: str = "eastus2"):
         self.workspace_id = workspace_id
@@ -122,16 +123,17 @@ class FakeArm:
             return 202, {}, self._operation("Succeeded")
         if path in self.resources:
             return 200, self.resources[path]
-        children = [r for key, r in self.resources.items() if key.rsplit("/", 1)[0] == path]
-        if request.method == "GET" and (children or path.endswith("/deployments")):
-            return 200, {"value": children}
+        if request.method == "GET" and path.rsplit("/", 1)[1] in self.COLLECTIONS:
+            return 200, {"value": [r for key, r in self.resources.items() if key.rsplit("/", 1)[0] == path]}
         return 404, {"error": {"code": "ResourceNotFound", "message": f"{path} not found"}}
 
     def _put(self, path: str, body: dict) -> Answer:
         body = {**body, "id": path, "name": path.rsplit("/", 1)[1], "location": self.location}
         properties = body.setdefault("properties", {})
-        if "/deployments/" in path:
-            properties.setdefault("scaleSettings", {"scaleType": "Default"})  # what the service fills in
+        if "/deployments/" in path:  # what the service fills in
+            properties.setdefault("scaleSettings", {"scaleType": "Default"})
+        elif "/models/" in path:
+            properties.setdefault("flavors", {})
         elif "/onlineEndpoints/" in path:
             properties["scoringUri"] = f"https://{body['name']}.{self.location}.inference.ml.azure.com/score"
         failure = next((message for fragment, message in self.failing.items() if fragment in path), None)
