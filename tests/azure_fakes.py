@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from azure.ai.ml import MLClient
 from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest._http_response_impl import HttpResponseImpl
 from azure.core.utils import CaseInsensitiveDict
 
+from pipeline.config import AzureSettings
+
 Answer = tuple[int, dict] | tuple[int, dict, dict]
+SUB = "00000000-0000-0000-0000-000000000000"
+WORKSPACE = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
+AZURE = AzureSettings(subscription_id=SUB, resource_group="rg", workspace_name="ws", location="eastus2")
 
 
 class OfflineCredential:
@@ -141,3 +147,9 @@ class FakeArm:
         self.resources[path] = body
         creating = {**body, "properties": {**properties, "provisioningState": "Creating"}}
         return 201, creating, self._operation("Failed" if failure else "Succeeded", failure)
+
+
+def offline_ml_client(handler: Callable[[object], Answer]) -> tuple[MLClient, ScriptedTransport]:
+    """The real MLClient for workspace `ws`, its HTTP answered by `handler`; retries without long waits."""
+    transport = ScriptedTransport(handler)
+    return MLClient(OfflineCredential(), SUB, "rg", "ws", transport=transport, retry_backoff_factor=0.01), transport

@@ -72,6 +72,22 @@ def prefect_server(session_home: Path):
         server.wait(30)
 
 
+@pytest.fixture
+def arm():
+    """An in-memory Azure Resource Manager for the test workspace."""
+    from tests.azure_fakes import WORKSPACE, FakeArm
+
+    return FakeArm(WORKSPACE)
+
+
+@pytest.fixture
+def cloud(arm):
+    """(MLClient, transport) whose requests the in-memory Resource Manager answers."""
+    from tests.azure_fakes import offline_ml_client
+
+    return offline_ml_client(arm)
+
+
 def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m module args` from the repository root, as a user would."""
     return subprocess.run(

@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import warnings
 
-import pytest
-from azure.ai.ml import MLClient
-
-from pipeline.config import AzureSettings
 from targets.azure import assets
 from targets.azure.entities import resource_tags
-from tests.azure_fakes import FakeArm, OfflineCredential, ScriptedTransport, request_json
+from tests.azure_fakes import AZURE, request_json
 
 warnings.filterwarnings("ignore", message=".*experimental")
-SUB = "00000000-0000-0000-0000-000000000000"
-WORKSPACE = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
-AZURE = AzureSettings(subscription_id=SUB, resource_group="rg", workspace_name="ws", location="eastus2")
 TAGS = resource_tags("run-1")
-
-
-@pytest.fixture
-def cloud() -> tuple[MLClient, ScriptedTransport]:
-    transport = ScriptedTransport(FakeArm(WORKSPACE))
-    return MLClient(OfflineCredential(), SUB, "rg", "ws", transport=transport), transport
 
 
 def test_the_cluster_is_created_once_with_the_tutorials_settings(cloud):

@@ -6,12 +6,11 @@ import warnings
 
 import pytest
 
-from pipeline.config import AzureSettings, TrainingSettings
+from pipeline.config import TrainingSettings
 from targets.azure import entities
+from tests.azure_fakes import AZURE
 
 warnings.filterwarnings("ignore", message=".*experimental")
-AZURE = AzureSettings(subscription_id="00000000-0000-0000-0000-000000000000", resource_group="rg",
-                      workspace_name="ws", location="eastus2")
 TAGS = entities.resource_tags("run-1")
 
 

@@ -7,28 +7,14 @@ import warnings
 import pytest
 from azure.ai.ml import MLClient
 
-from pipeline.config import AzureSettings, TrainingSettings
+from pipeline.config import TrainingSettings
 from targets.azure import finetune
 from targets.azure.entities import resource_tags
-from tests.azure_fakes import FakeArm, OfflineCredential, ScriptedTransport, request_json
+from tests.azure_fakes import AZURE, WORKSPACE, request_json
 
 warnings.filterwarnings("ignore", message=".*experimental")
-SUB = "00000000-0000-0000-0000-000000000000"
-WORKSPACE = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
-AZURE = AzureSettings(subscription_id=SUB, resource_group="rg", workspace_name="ws", location="eastus2")
 JOB = "phi3-custom-ft-0123456789ab"
 JOB_PATH = f"{WORKSPACE}/jobs/{JOB}"
-
-
-@pytest.fixture
-def arm() -> FakeArm:
-    return FakeArm(WORKSPACE)
-
-
-@pytest.fixture
-def cloud(arm) -> tuple[MLClient, ScriptedTransport]:
-    transport = ScriptedTransport(arm)
-    return MLClient(OfflineCredential(), SUB, "rg", "ws", transport=transport, retry_backoff_factor=0.01), transport
 
 
 def submit(ml_client: MLClient) -> bool:

@@ -8,29 +8,14 @@ import warnings
 import pytest
 from azure.ai.ml import MLClient
 
-from pipeline.config import AzureSettings
 from pipeline.errors import PipelineError
 from targets.azure import online
 from targets.azure.entities import resource_tags
-from tests.azure_fakes import FakeArm, OfflineCredential, ScriptedTransport, request_json
+from tests.azure_fakes import AZURE, WORKSPACE, request_json
 
 warnings.filterwarnings("ignore", message=".*experimental")
-SUB = "00000000-0000-0000-0000-000000000000"
-WORKSPACE = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
-AZURE = AzureSettings(subscription_id=SUB, resource_group="rg", workspace_name="ws", location="eastus2")
 MODEL = f"{WORKSPACE}/models/phi3-custom/versions/1"
 TAGS = resource_tags("run-1")
-
-
-@pytest.fixture
-def arm() -> FakeArm:
-    return FakeArm(WORKSPACE)
-
-
-@pytest.fixture
-def cloud(arm) -> tuple[MLClient, ScriptedTransport]:
-    transport = ScriptedTransport(arm)
-    return MLClient(OfflineCredential(), SUB, "rg", "ws", transport=transport, retry_backoff_factor=0.01), transport
 
 
 def deploy(ml_client: MLClient) -> dict[str, int]:

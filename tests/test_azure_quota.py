@@ -7,15 +7,12 @@ import warnings
 import pytest
 from azure.ai.ml import MLClient
 
-from pipeline.config import AzureSettings
 from pipeline.errors import InsufficientResourcesError, PipelineError
 from targets.azure.quota import vcpu_checks
 from targets.base import raise_if_short
-from tests.azure_fakes import OfflineCredential, ScriptedTransport
+from tests.azure_fakes import AZURE, SUB, ScriptedTransport, offline_ml_client
 
 warnings.filterwarnings("ignore", message=".*experimental")
-SUB = "00000000-0000-0000-0000-000000000000"
-AZURE = AzureSettings(subscription_id=SUB, resource_group="rg", workspace_name="ws", location="eastus2")
 SIZES = {"value": [
     {"name": "Standard_NC24ads_A100_v4", "family": "standardNCADSA100v4Family", "vCPUs": 24, "gpus": 1},
     {"name": "Standard_NC6s_v3", "family": "standardNCSv3Family", "vCPUs": 6, "gpus": 1},
@@ -43,8 +40,7 @@ def client(usage_body: dict, sizes: dict = SIZES) -> tuple[MLClient, ScriptedTra
             return 200, usage_body
         return 404, {"error": {"code": "NotFound", "message": request.url}}
 
-    transport = ScriptedTransport(handler)
-    return MLClient(OfflineCredential(), SUB, "rg", "ws", transport=transport), transport
+    return offline_ml_client(handler)
 
 
 def test_the_tutorials_24_core_quotas_are_enough():

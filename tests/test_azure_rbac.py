@@ -11,20 +11,17 @@ from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from tenacity import wait_none
 
-from pipeline.config import AzureSettings
 from pipeline.errors import PipelineError
 from targets.azure import rbac
 from targets.azure.entities import resource_tags, role_assignment_name
-from tests.azure_fakes import OfflineCredential, ScriptedTransport, request_json
+from tests.azure_fakes import AZURE, SUB, OfflineCredential, ScriptedTransport, request_json
 
-SUB = "00000000-0000-0000-0000-000000000000"
 RG = f"/subscriptions/{SUB}/resourceGroups/rg"
 SCOPES = rbac.RoleScopes(
     resource_group=RG,
     storage_account=f"{RG}/providers/Microsoft.Storage/storageAccounts/wsstorage",
     container_registry=f"{RG}/providers/Microsoft.ContainerRegistry/registries/wsacr",
 )
-AZURE = AzureSettings(subscription_id=SUB, resource_group="rg", workspace_name="ws", location="eastus2")
 IDENTITY = {"id": f"{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/phi3-pipeline-identity",
             "name": "phi3-pipeline-identity", "location": "eastus2",
             "properties": {"principalId": "principal-1", "clientId": "client-1", "tenantId": "tenant-1"}}
