@@ -8,11 +8,12 @@ from collections.abc import Callable
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
-from pipeline.chat_data import check_source
-from pipeline.config import PipelineSettings
+from pipeline.chat_data import check_source, split_and_write
+from pipeline.config import VM_PRICES_AS_OF, PipelineSettings
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.naming import job_name
 from targets import get_target
-from targets.base import TeardownReport, raise_if_short
+from targets.base import PlanItem, TeardownReport, raise_if_short
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -46,10 +47,30 @@ def _fail(error: BaseException) -> int:
     return EXIT_BAD_INPUT if isinstance(error, ConfigError) else EXIT_FAILED
 
 
+def plan(settings: PipelineSettings) -> list[PlanItem]:
+    """The dry run: the split is made locally to name the data and the job; the target only reads."""
+    target = get_target(settings)
+    split = split_and_write(settings.dataset, target.scratch_dir())
+    return target.plan(split, job_name(settings, split.content_hash))
+
+
+def print_plan(items: list[PlanItem]) -> None:
+    print(f"{'resource':<58} {'action':<16} {'USD/h':>6}  detail")
+    for item in items:
+        cost = f"{item.usd_per_hour:.2f}" if item.usd_per_hour else ""
+        print(f"{item.resource:<58} {item.action:<16} {cost:>6}  {item.detail}")
+    total = sum(item.usd_per_hour for item in items)
+    print(f"\nestimated: up to {total:.2f} USD/hour while everything it starts runs (VM list prices of "
+          f"{VM_PRICES_AS_OF}, azure.vm_prices_usd_per_hour; storage and traffic not included). Nothing was created.")
+
+
 def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Callable) -> int:
     """Settings, checks, then the flow; any failure ends in one `error:` line and a non-zero exit."""
     try:
         settings = load_settings(argv, prog)
+        if settings.plan:
+            print_plan(plan(settings))
+            return 0
         check(settings)
     except (PipelineError, OSError) as error:  # e.g. a workspace folder that cannot be written
         return _fail(error)

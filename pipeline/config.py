@@ -23,6 +23,13 @@ BUILTIN_BASE_MODEL = "builtin:tiny-phi3"
 CONFIG_FILE_ENV = "PHI3_CONFIG"
 DEFAULT_CONFIG_FILE = Path("phi3-pipeline.toml")
 
+# The tutorial's "advanced settings" the Azure fine-tune takes; the other training fields are the local job's.
+AZURE_TRAINING_FIELDS = ("learning_rate", "lr_scheduler_type", "epochs", "batch_size")
+# Pay-as-you-go Linux list prices (USD per VM hour) in eastus2 as published on the Azure VM pricing page,
+# read 2026-11-25; they vary by region and over time and exclude storage and traffic: an estimate only.
+VM_PRICES_AS_OF = "2026-11-25"
+VM_PRICES_USD_PER_HOUR = {"Standard_NC24ads_A100_v4": 3.67, "Standard_NC6s_v3": 3.06}
+
 SchedulerType = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
 ]
@@ -83,7 +90,7 @@ class LocalSettings(BaseModel):
 
 
 class AzureSettings(BaseModel):
-    """The Azure resources of the tutorial; defaults are its values (the target comes in a later release)."""
+    """The Azure resources of the tutorial; defaults are its values."""
 
     subscription_id: str | None = Field(None, description="Azure subscription id.")
     resource_group: str | None = Field(None, description="Resource group holding the workspace.")
@@ -105,6 +112,15 @@ class AzureSettings(BaseModel):
         600, ge=0, description="Seconds the liveness/readiness probes wait: a large model loads slowly."
     )
     request_timeout_ms: int = Field(90000, ge=1000, le=180000, description="Scoring request timeout.")
+    hub_name: str = Field("phi3-pipeline-hub", description="Azure AI Foundry hub to get or create.")
+    project_name: str = Field("phi3-pipeline-project", description="Azure AI Foundry project in the hub.")
+    teardown_everything: bool = Field(
+        False, description="Teardown also deletes the compute cluster, the Foundry connection, project and hub."
+    )
+    vm_prices_usd_per_hour: dict[str, float] = Field(
+        VM_PRICES_USD_PER_HOUR,
+        description=f"VM list prices `--plan` estimates with (USD/hour, eastus2, as of {VM_PRICES_AS_OF}).",
+    )
 
 
 class PipelineSettings(BaseSettings):
@@ -124,6 +140,9 @@ class PipelineSettings(BaseSettings):
     target: Literal["local", "azure"] = Field("local", description="Where every stage runs.")
     question: str = Field("Who founded Microsoft?", min_length=1, description="Question of the smoke chat.")
     teardown: bool = Field(False, description="Tear the deployment down after the smoke chat.")
+    plan: bool = Field(
+        False, description="Only list what a run would create or reuse and its hourly cost (read calls only)."
+    )
     model_name: str = Field(
         "phi3-custom", pattern=r"^[a-z0-9][a-z0-9-]{1,40}$", description="Name of the registered model."
     )
@@ -133,7 +152,9 @@ class PipelineSettings(BaseSettings):
         description="Name of the Prompt flow custom connection the chat flow uses.",
     )
     smoke_chat_timeout_s: float = Field(180.0, gt=0, description="Seconds the smoke chat may take.")
-    job_timeout_s: float = Field(3600.0, gt=0, description="Seconds the fine-tune job may take.")
+    job_timeout_s: float = Field(
+        21600.0, gt=0, description="Seconds the run waits for the fine-tune job (it keeps running after)."
+    )
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)

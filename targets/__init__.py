@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pipeline.config import PipelineSettings
-from pipeline.errors import ConfigError
 from targets.base import Target
 
 
-def get_target(settings: PipelineSettings) -> Target:
-    if settings.target == "local":
-        from targets.local.target import LocalTarget
+def get_target(settings: PipelineSettings, run_id: str = "cli") -> Target:
+    """The target the settings name; `run_id` is tagged on what it creates."""
+    if settings.target == "azure":
+        from targets.azure.target import AzureTarget
 
-        return LocalTarget(settings)
-    raise ConfigError(
-        "target=azure is not available in this release: the Azure implementation of the stage "
-        "interface (targets/base.py) is still being built. Use target=local."
-    )
+        return AzureTarget(settings, run_id)
+    from targets.local.target import LocalTarget
+
+    return LocalTarget(settings, run_id)

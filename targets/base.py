@@ -18,12 +18,12 @@ from pipeline.errors import InsufficientResourcesError
 
 class IdentityRef(BaseModel):
     workspace_id: str
-    key_location: str
+    detail: str
     created: bool
 
     @property
     def label(self) -> str:
-        return f"key at {self.key_location}"
+        return self.detail
 
 
 class ResourceCheck(BaseModel):
@@ -107,6 +107,15 @@ class ConnectionRef(BaseModel):
         return f"{self.name} -> {self.endpoint}"
 
 
+class PlanItem(BaseModel):
+    """One line of `--plan`: what a run would do with a resource, and what it costs per hour while up."""
+
+    resource: str
+    action: str  # reuse | create | submit | start | check | ok | short
+    detail: str = ""
+    usd_per_hour: float = 0.0
+
+
 class TeardownReport(BaseModel):
     removed: list[str]
     already_gone: list[str]
@@ -116,10 +125,13 @@ class Target(ABC):
     """One implementation per place the pipeline can run; it never imports Prefect."""
 
     name: str
+    # status calls of a fine-tune job: the first wait, growing by half each poll up to the maximum
+    first_poll_interval_s: float = 0.5
     max_poll_interval_s: float = 60.0
 
-    def __init__(self, settings: PipelineSettings):
+    def __init__(self, settings: PipelineSettings, run_id: str = "cli"):
         self.settings = settings
+        self.run_id = run_id  # tagged on what this run creates
 
     @abstractmethod
     def scratch_dir(self) -> Path:
@@ -168,6 +180,10 @@ class Target(ABC):
     @abstractmethod
     def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
         """The Prompt flow custom connection (endpoint, key as secret) the chat flow uses."""
+
+    @abstractmethod
+    def plan(self, split: SplitFiles, job_name: str) -> list[PlanItem]:
+        """What a run would create or reuse, found with read calls only."""
 
     @abstractmethod
     def teardown(self) -> TeardownReport:

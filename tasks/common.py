@@ -6,10 +6,14 @@ import time
 from dataclasses import dataclass, field
 
 import requests
+from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.task_engine import TaskRunTimeoutError
 
+from pipeline.config import PipelineSettings
 from pipeline.errors import TransientError
+from targets import get_target
+from targets.base import Target
 
 TRANSIENT_ERRORS = (TransientError, ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)
 RETRY_POLICY = {"retries": 3, "retry_delay_seconds": [2, 8, 30], "retry_jitter_factor": 0.5}
@@ -20,6 +24,11 @@ def is_transient(task, task_run, state: State) -> bool:
     does a task past its own time limit (the limit bounds the stage, retries included)."""
     error = state.result(raise_on_failure=False)
     return isinstance(error, TRANSIENT_ERRORS) and not isinstance(error, TaskRunTimeoutError)
+
+
+def stage_target(settings: PipelineSettings) -> Target:
+    """The target a stage works on; what it creates is tagged with this flow run's id."""
+    return get_target(settings, run_id=str(flow_run.id or "cli"))
 
 
 def stage_retries() -> dict:

@@ -3,14 +3,13 @@
 from prefect import get_run_logger, task
 
 from pipeline.config import PipelineSettings
-from targets import get_target
 from targets.base import ConnectionRef, DeploymentRef
-from tasks.common import stage_retries
+from tasks.common import stage_retries, stage_target
 
 
 @task(name="connection", **stage_retries())
 def create_connection(settings: PipelineSettings, deployment: DeploymentRef) -> ConnectionRef:
-    connection = get_target(settings).create_connection(deployment)
+    connection = stage_target(settings).create_connection(deployment)
     get_run_logger().info("Prompt flow connection %s -> %s (key stored as secret)", connection.name,
                           connection.endpoint)
     return connection

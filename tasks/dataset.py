@@ -5,9 +5,8 @@ from prefect import get_run_logger, task
 from pipeline.chat_data import source_fingerprint, split_and_write
 from pipeline.config import PipelineSettings
 from pipeline.naming import content_hash
-from targets import get_target
 from targets.base import DatasetRef, IdentityRef
-from tasks.common import stage_retries
+from tasks.common import stage_retries, stage_target
 
 
 def dataset_cache_key(context, parameters) -> str:
@@ -22,7 +21,7 @@ def dataset_cache_key(context, parameters) -> str:
 
 @task(name="dataset", cache_key_fn=dataset_cache_key, **stage_retries())
 def prepare_dataset(settings: PipelineSettings, identity: IdentityRef) -> DatasetRef:
-    target = get_target(settings)
+    target = stage_target(settings)
     split = split_and_write(settings.dataset, target.scratch_dir())
     dataset = target.store_dataset(split)
     get_run_logger().info(

@@ -3,14 +3,13 @@
 from prefect import get_run_logger, task
 
 from pipeline.config import PipelineSettings
-from targets import get_target
 from targets.base import DeploymentRef, ModelRef
-from tasks.common import stage_retries
+from tasks.common import stage_retries, stage_target
 
 
 @task(name="deploy", **stage_retries())
 def deploy(settings: PipelineSettings, model: ModelRef) -> DeploymentRef:
-    deployment = get_target(settings).deploy(model)
+    deployment = stage_target(settings).deploy(model)
     get_run_logger().info("deployment %s (%s) live at %s with 100 %% of traffic", deployment.deployment_name,
                           "started" if deployment.created else "already running", deployment.scoring_uri)
     return deployment

@@ -10,11 +10,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pipeline.config import PipelineSettings
 from pipeline.errors import JobFailedError
 from pipeline.naming import content_hash, job_name
-from targets import get_target
 from targets.base import DatasetRef, JobRef, JobStatus
-from tasks.common import stage_retries
+from tasks.common import stage_retries, stage_target
 
-FIRST_POLL_S = 0.5
 BACKOFF = 1.5
 PROGRESS_LOG_EVERY_S = 5
 TERMINAL_STATES = ("Completed", "Failed", "Lost")
@@ -27,13 +25,13 @@ def finetune_cache_key(context, parameters) -> str:
                                        "workspace": parameters["workspace_id"]})
 
 
-def poll_job(target, name: str, timeout_s: float, max_interval_s: float) -> JobStatus:
-    """Poll until the job ends; interval grows from FIRST_POLL_S to the target's maximum."""
+def poll_job(target, name: str, timeout_s: float) -> JobStatus:
+    """Poll until the job ends; the interval grows from the target's first to its maximum."""
     logger = get_run_logger()
     progress_id = create_progress_artifact(progress=0.0, key="fine-tune-progress",
                                            description=f"fine-tune job {name}")
     started = time.monotonic()
-    interval, last_log = FIRST_POLL_S, 0.0
+    interval, last_log = target.first_poll_interval_s, 0.0
     while True:
         status = target.job_status(name)
         elapsed = time.monotonic() - started
@@ -51,16 +49,16 @@ def poll_job(target, name: str, timeout_s: float, max_interval_s: float) -> JobS
             raise JobFailedError(f"fine-tune job {name} still {status.state} after {timeout_s:.0f} s "
                                  "(job_timeout_s); it keeps running: re-run the pipeline to adopt it")
         time.sleep(interval)
-        interval = min(interval * BACKOFF, max_interval_s)
+        interval = min(interval * BACKOFF, target.max_poll_interval_s)
 
 
 @task(name="fine-tune", cache_key_fn=finetune_cache_key, **stage_retries())
 def fine_tune(settings: PipelineSettings, dataset: DatasetRef, workspace_id: str) -> JobRef:
-    target = get_target(settings)
+    target = stage_target(settings)
     name = job_name(settings, dataset.content_hash)
     submitted = target.find_or_submit_job(name, dataset)
     get_run_logger().info("%s fine-tune job %s", "submitted" if submitted else "adopted existing", name)
-    status = poll_job(target, name, settings.job_timeout_s, target.max_poll_interval_s)
+    status = poll_job(target, name, settings.job_timeout_s)
     if status.state != "Completed":
         raise target.job_failure(name, status)
     job = target.job_result(name).model_copy(update={"created": submitted})

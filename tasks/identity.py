@@ -3,16 +3,12 @@
 from prefect import get_run_logger, task
 
 from pipeline.config import PipelineSettings
-from targets import get_target
 from targets.base import IdentityRef
-from tasks.common import stage_retries
+from tasks.common import stage_retries, stage_target
 
 
 @task(name="identity-and-rbac", **stage_retries())
 def ensure_identity(settings: PipelineSettings) -> IdentityRef:
-    identity = get_target(settings).ensure_identity()
-    get_run_logger().info(
-        "%s endpoint key; kept at %s (owner-only)", "made a new" if identity.created else "reusing the",
-        identity.key_location,
-    )
+    identity = stage_target(settings).ensure_identity()
+    get_run_logger().info("identity %s: %s", "created" if identity.created else "reused", identity.detail)
     return identity

@@ -3,14 +3,13 @@
 from prefect import get_run_logger, task
 
 from pipeline.config import PipelineSettings
-from targets import get_target
 from targets.base import ResourceCheck, raise_if_short
-from tasks.common import stage_retries
+from tasks.common import stage_retries, stage_target
 
 
 @task(name="quota-check", **stage_retries())
 def check_quota(settings: PipelineSettings) -> list[ResourceCheck]:
-    target = get_target(settings)
+    target = stage_target(settings)
     checks = target.check_resources()
     logger = get_run_logger()
     for check in checks:

@@ -4,9 +4,8 @@ from prefect import get_run_logger, task
 
 from pipeline.config import PipelineSettings
 from pipeline.naming import content_hash
-from targets import get_target
 from targets.base import DatasetRef, JobRef, ModelRef
-from tasks.common import stage_retries
+from tasks.common import stage_retries, stage_target
 
 
 def register_cache_key(context, parameters) -> str:
@@ -16,7 +15,7 @@ def register_cache_key(context, parameters) -> str:
 
 @task(name="register-model", cache_key_fn=register_cache_key, **stage_retries())
 def register_model(settings: PipelineSettings, job: JobRef, dataset: DatasetRef, workspace_id: str) -> ModelRef:
-    model = get_target(settings).register_model(job, dataset)
+    model = stage_target(settings).register_model(job, dataset)
     get_run_logger().info("model %s version %d (%s) from job %s", model.name, model.version,
                           "registered" if model.created else "already registered", job.name)
     return model

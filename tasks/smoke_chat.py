@@ -6,14 +6,13 @@ from prefect.artifacts import create_markdown_artifact
 from pipeline import promptflow_chat
 from pipeline.config import PipelineSettings
 from pipeline.errors import PipelineError
-from targets import get_target
 from targets.base import ConnectionRef
-from tasks.common import stage_retries
+from tasks.common import stage_retries, stage_target
 
 
 @task(name="smoke-chat", **stage_retries())
 def smoke_chat(settings: PipelineSettings, connection: ConnectionRef) -> str:
-    flow_dir = promptflow_chat.prepare_flow(get_target(settings).scratch_dir() / "chat_flow", connection.name)
+    flow_dir = promptflow_chat.prepare_flow(stage_target(settings).scratch_dir() / "chat_flow", connection.name)
     answer = promptflow_chat.run_chat_flow(flow_dir, settings.question).strip()
     if not answer:
         raise PipelineError(f"the chat flow returned an empty answer from {connection.endpoint}")

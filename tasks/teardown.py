@@ -3,14 +3,13 @@
 from prefect import get_run_logger, task
 
 from pipeline.config import PipelineSettings
-from targets import get_target
 from targets.base import TeardownReport
-from tasks.common import stage_retries
+from tasks.common import stage_retries, stage_target
 
 
 @task(name="teardown", **stage_retries())
 def tear_down(settings: PipelineSettings) -> TeardownReport:
-    report = get_target(settings).teardown()
+    report = stage_target(settings).teardown()
     logger = get_run_logger()
     logger.info("removed: %s", ", ".join(report.removed) or "nothing")
     logger.info("already gone: %s", ", ".join(report.already_gone) or "nothing")

@@ -88,6 +88,35 @@ def cloud(arm):
     return offline_ml_client(arm)
 
 
+@pytest.fixture
+def azure_cloud(arm, monkeypatch):
+    """The Azure target's real SDK clients, every request answered by the in-memory Resource Manager.
+    Blob uploads and the hub/project template deployments (which bypass the clients' transport) are
+    recorded instead of sent. Yields (arm, transport, uploads, template deployments)."""
+    from types import SimpleNamespace
+
+    from azure.ai.ml._artifacts._blob_storage_helper import BlobStorageClient
+    from azure.ai.ml.operations import _workspace_operations_base
+
+    from targets.azure import clients
+    from tests.azure_fakes import FakeTemplateDeployments, OfflineCredential, ScriptedTransport
+
+    transport = ScriptedTransport(arm)
+    uploads: list[tuple[str, str, str]] = []
+    templates = FakeTemplateDeployments(arm)
+
+    def upload(self, source, name, version, ignore_file=None, asset_hash=None, show_progress=True):
+        uploads.append((source, name, version))
+        remote = f"LocalUpload/{asset_hash}/{os.path.basename(source)}"
+        return {"remote path": remote, "name": name, "version": version, "indicator file": remote}
+
+    monkeypatch.setattr(BlobStorageClient, "upload", upload)
+    monkeypatch.setattr(_workspace_operations_base, "ArmDeploymentExecutor", templates.executor)
+    monkeypatch.setattr(clients, "connect", lambda azure: clients.make_clients(
+        azure, clients.sign_in(azure, OfflineCredential()), transport=transport, retry_backoff_factor=0.01))
+    return SimpleNamespace(arm=arm, transport=transport, uploads=uploads, templates=templates)
+
+
 def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m module args` from the repository root, as a user would."""
     return subprocess.run(

@@ -10,26 +10,10 @@ from azure.ai.ml import MLClient
 from pipeline.errors import InsufficientResourcesError, PipelineError
 from targets.azure.quota import vcpu_checks
 from targets.base import raise_if_short
-from tests.azure_fakes import AZURE, SUB, ScriptedTransport, offline_ml_client
+from tests.azure_fakes import AZURE, VM_SIZES, ScriptedTransport, offline_ml_client, vcpu_usages
 
 warnings.filterwarnings("ignore", message=".*experimental")
-SIZES = {"value": [
-    {"name": "Standard_NC24ads_A100_v4", "family": "standardNCADSA100v4Family", "vCPUs": 24, "gpus": 1},
-    {"name": "Standard_NC6s_v3", "family": "standardNCSv3Family", "vCPUs": 6, "gpus": 1},
-]}
-
-
-def usages(a100_used: int, a100_limit: int, ncv3_used: int, ncv3_limit: int) -> dict:
-    def usage(family, label, used, limit):
-        return {"id": f"/subscriptions/{SUB}/providers/Microsoft.MachineLearningServices/locations/eastus2/"
-                      f"usages/{family}", "type": "Microsoft.MachineLearningServices/vmFamily/usages",
-                "unit": "Count", "currentValue": used, "limit": limit,
-                "name": {"value": family, "localizedValue": label}}
-    return {"value": [
-        usage("standardNCADSA100v4Family", "Standard NCADSA100v4 Family Cluster Dedicated vCPUs", a100_used,
-              a100_limit),
-        usage("standardNCSv3Family", "Standard NCSv3 Family Cluster Dedicated vCPUs", ncv3_used, ncv3_limit),
-    ]}
+SIZES = {"value": VM_SIZES}
 
 
 def client(usage_body: dict, sizes: dict = SIZES) -> tuple[MLClient, ScriptedTransport]:
@@ -44,7 +28,7 @@ def client(usage_body: dict, sizes: dict = SIZES) -> tuple[MLClient, ScriptedTra
 
 
 def test_the_tutorials_24_core_quotas_are_enough():
-    ml_client, transport = client(usages(0, 24, 0, 24))
+    ml_client, transport = client(vcpu_usages(0, 24, 0, 24))
     checks = vcpu_checks(ml_client, AZURE)
     assert [(c.needed, c.available) for c in checks] == [(24, 24), (12, 24)]  # 6 vCPUs x1, doubled for updates
     raise_if_short(checks)
@@ -52,7 +36,7 @@ def test_the_tutorials_24_core_quotas_are_enough():
 
 
 def test_short_quota_names_family_cores_region_and_where_to_ask():
-    ml_client, _ = client(usages(0, 0, 6, 12))
+    ml_client, _ = client(vcpu_usages(0, 0, 6, 12))
     with pytest.raises(InsufficientResourcesError) as error:
         raise_if_short(vcpu_checks(ml_client, AZURE))
     message = str(error.value)
@@ -62,6 +46,6 @@ def test_short_quota_names_family_cores_region_and_where_to_ask():
 
 
 def test_a_vm_size_the_region_does_not_offer_is_a_clear_error():
-    ml_client, _ = client(usages(0, 24, 0, 24), sizes={"value": SIZES["value"][1:]})
+    ml_client, _ = client(vcpu_usages(0, 24, 0, 24), sizes={"value": SIZES["value"][1:]})
     with pytest.raises(PipelineError, match="Standard_NC24ads_A100_v4 is not offered in eastus2"):
         vcpu_checks(ml_client, AZURE)

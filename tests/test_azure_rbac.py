@@ -53,15 +53,15 @@ def no_replication_wait(monkeypatch):
 def test_existing_identity_is_reused_without_a_write():
     transport = ScriptedTransport(lambda request: (200, IDENTITY))
     msi = ManagedServiceIdentityClient(OfflineCredential(), SUB, transport=transport)
-    identity = rbac.ensure_identity(msi, AZURE, resource_tags("run-1"))
-    assert identity.principal_id == "principal-1"
+    identity, created = rbac.ensure_identity(msi, AZURE, resource_tags("run-1"))
+    assert identity.principal_id == "principal-1" and not created
     assert [r.method for r in transport.requests] == ["GET"]
 
 
 def test_missing_identity_is_created_in_the_region_with_tags():
     transport = ScriptedTransport(lambda request: NOT_FOUND if request.method == "GET" else (201, IDENTITY))
     msi = ManagedServiceIdentityClient(OfflineCredential(), SUB, transport=transport)
-    rbac.ensure_identity(msi, AZURE, resource_tags("run-1"))
+    assert rbac.ensure_identity(msi, AZURE, resource_tags("run-1"))[1] is True
     (put,) = transport.calls("PUT", "/userAssignedIdentities/phi3-pipeline-identity")
     body = request_json(put)
     assert body["location"] == "eastus2" and body["tags"]["managed-by"] == "phi3-pipeline"

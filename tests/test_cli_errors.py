@@ -61,8 +61,7 @@ def test_port_in_use(workspace_env):
     assert_one_line_error(result, f"port {port}", "local.port=0")
 
 
-def test_azure_target_is_refused_before_any_work(workspace_env):
-    env = {**workspace_env, "PHI3_AZURE": json.dumps({"subscription_id": "s", "resource_group": "g",
-                                                       "workspace_name": "w", "location": "eastus2"})}
+def test_azure_target_without_its_workspace_is_refused_before_any_work(workspace_env):
+    env = {**workspace_env, "PHI3_AZURE": json.dumps({"subscription_id": "s", "resource_group": "g"})}
     result = run_cli("flows.full_pipeline", "--target", "azure", env=env)
-    assert_one_line_error(result, "target=azure is not available")
+    assert_one_line_error(result, "target=azure needs azure.workspace_name, azure.location")

@@ -66,14 +66,14 @@ def test_bad_env_value_is_rejected(monkeypatch):
         load_settings([], "test")
 
 
-def test_azure_target_is_refused_honestly():
+def test_the_azure_target_needs_its_workspace_and_makes_no_request_until_used():
     with pytest.raises(ConfigError, match="azure.subscription_id"):
         load_settings(["--target", "azure"], "test")
     settings = load_settings(
         ["--target", "azure", "--azure.subscription_id", "s", "--azure.resource_group", "g",
          "--azure.workspace_name", "w", "--azure.location", "eastus2"], "test")
-    with pytest.raises(ConfigError, match="not available in this release"):
-        get_target(settings)
+    target = get_target(settings)
+    assert target.name == "azure" and "clients" not in vars(target)  # signs in on first use only
 
 
 def _setting_names(model, prefix=""):

@@ -14,6 +14,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 import tasks.finetune as finetune
 from pipeline.config import PipelineSettings
 from pipeline.errors import ConfigError, JobFailedError, TransientError
+from targets.azure.target import AzureTarget
 from targets.base import DatasetRef, JobRef, JobStatus
 from tasks.common import stage_retries
 
@@ -21,6 +22,7 @@ from tasks.common import stage_retries
 class ScriptedJob:
     """A target whose job reports the given states, one per poll."""
 
+    first_poll_interval_s = 0.5
     max_poll_interval_s = 2.0
 
     def __init__(self, states: list[JobStatus]):
@@ -44,7 +46,7 @@ def sleeps(monkeypatch) -> list[float]:
 def run_poll(prefect_server: str, target: ScriptedJob, timeout_s: float = 3600) -> JobStatus:
     @flow(name="poll-test")
     def poll_flow() -> JobStatus:
-        return finetune.poll_job(target, "job-x", timeout_s, target.max_poll_interval_s)
+        return finetune.poll_job(target, "job-x", timeout_s)
 
     with temporary_settings({PREFECT_API_URL: prefect_server}):
         return poll_flow()
@@ -56,12 +58,41 @@ def test_poll_backs_off_to_the_cap_and_reports_progress(prefect_server, sleeps):
     target = ScriptedJob(running + [JobStatus(state="Completed", step=10, total_steps=10)])
     assert run_poll(prefect_server, target).state == "Completed"
     assert target.polls == 10
-    assert sleeps[0] == finetune.FIRST_POLL_S
+    assert sleeps[0] == target.first_poll_interval_s
     assert sleeps == sorted(sleeps) and max(sleeps) == target.max_poll_interval_s
     artifacts = requests.post(f"{prefect_server}/artifacts/filter", timeout=10, json={
         "artifacts": {"key": {"any_": ["fine-tune-progress"]}}, "sort": "CREATED_DESC", "limit": 1}).json()
     assert artifacts[0]["data"] == 100.0
     assert "step 10/10" in artifacts[0]["description"]
+
+
+class AzureLengthJob:
+    """A job that runs `hours` on a simulated clock, polled at the Azure target's cadence."""
+
+    first_poll_interval_s = AzureTarget.first_poll_interval_s
+    max_poll_interval_s = AzureTarget.max_poll_interval_s
+
+    def __init__(self, hours: float):
+        self.ends_at = hours * 3600
+        self.now = 0.0
+        self.calls: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def job_status(self, name: str) -> JobStatus:
+        self.calls.append(self.now)
+        return JobStatus(state="Completed" if self.now >= self.ends_at else "Running")
+
+
+def test_azure_jobs_get_at_most_60_status_calls_an_hour_and_completion_is_seen_within_a_minute(
+        prefect_server, monkeypatch):
+    job = AzureLengthJob(hours=2.51)
+    monkeypatch.setattr(finetune, "time", types.SimpleNamespace(monotonic=lambda: job.now, sleep=job.sleep))
+    assert run_poll(prefect_server, job, timeout_s=6 * 3600).state == "Completed"
+    calls_per_hour = [sum(1 for t in job.calls if hour * 3600 <= t < (hour + 1) * 3600) for hour in range(3)]
+    assert max(calls_per_hour) <= 60
+    assert job.calls[-1] - job.ends_at <= 60
 
 
 def test_a_failed_job_ends_the_poll_with_its_state(prefect_server, sleeps):
@@ -88,7 +119,7 @@ class JobThatDidNotLearn(ScriptedJob):
 
 
 def test_a_job_whose_loss_did_not_go_down_is_not_registered(prefect_server, monkeypatch, tmp_path):
-    monkeypatch.setattr(finetune, "get_target", lambda settings: JobThatDidNotLearn())
+    monkeypatch.setattr(finetune, "stage_target", lambda settings: JobThatDidNotLearn())
     settings = PipelineSettings(local={"workspace_dir": tmp_path})
     dataset = DatasetRef(content_hash="c" * 64, train_uri="t", test_uri="v", train_rows=1, test_rows=1, created=True)
 

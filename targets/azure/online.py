@@ -14,6 +14,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from pipeline.config import AzureSettings
 from pipeline.errors import PipelineError
+from targets.azure.clients import found
 from targets.azure.entities import online_deployment, online_endpoint, with_full_traffic
 
 SUCCEEDED = "succeeded"
@@ -64,6 +65,14 @@ def route_all_traffic(ml_client: MLClient, endpoint_name: str, deployment_name: 
     return traffic
 
 
+def remove_other_deployments(ml_client: MLClient, endpoint_name: str, keep: str) -> list[str]:
+    """Delete the endpoint's deployments other than `keep` (they take no traffic but bill by the hour)."""
+    others = [d.name for d in ml_client.online_deployments.list(endpoint_name) if d.name != keep]
+    for name in others:
+        ml_client.online_deployments.begin_delete(name, endpoint_name).result()
+    return others
+
+
 def endpoint_key(ml_client: MLClient, endpoint_name: str) -> str:
     return ml_client.online_endpoints.get_keys(endpoint_name).primary_key
 
@@ -71,9 +80,5 @@ def endpoint_key(ml_client: MLClient, endpoint_name: str) -> str:
 def delete_endpoint(ml_client: MLClient, endpoint_name: str) -> bool:
     """Delete the endpoint with its deployments (what costs money); False if it was already gone
     (Resource Manager answers a delete of a missing resource with success, so look first)."""
-    try:
-        ml_client.online_endpoints.get(endpoint_name)
-        ml_client.online_endpoints.begin_delete(endpoint_name).result()
-    except ResourceNotFoundError:
-        return False
-    return True
+    return found(lambda: (ml_client.online_endpoints.get(endpoint_name),
+                          ml_client.online_endpoints.begin_delete(endpoint_name).result()))

@@ -40,14 +40,15 @@ class RoleGrant:
     created: bool
 
 
-def ensure_identity(msi: ManagedServiceIdentityClient, azure: AzureSettings, tags: dict[str, str]) -> Identity:
-    """The user-assigned identity of that name, created (with tags) only if it is missing."""
+def ensure_identity(msi: ManagedServiceIdentityClient, azure: AzureSettings,
+                    tags: dict[str, str]) -> tuple[Identity, bool]:
+    """The user-assigned identity of that name, created (with tags) only if it is missing; (identity, created)."""
     identities = msi.user_assigned_identities
     try:
-        return identities.get(azure.resource_group, azure.identity_name)
+        return identities.get(azure.resource_group, azure.identity_name), False
     except ResourceNotFoundError:
         return identities.create_or_update(azure.resource_group, azure.identity_name,
-                                           managed_identity(azure, tags))
+                                           managed_identity(azure, tags)), True
 
 
 def role_definition_id(authorization: AuthorizationManagementClient, scope: str, role: str) -> str:

@@ -28,6 +28,7 @@ from targets.base import (
     JobRef,
     JobStatus,
     ModelRef,
+    PlanItem,
     ResourceCheck,
     Target,
     TeardownReport,
@@ -126,7 +127,8 @@ class LocalTarget(Target):
     def ensure_identity(self) -> IdentityRef:
         self.ws.ensure()
         created = self.ws.ensure_key()
-        return IdentityRef(workspace_id=self.ws.workspace_id, key_location=str(self.ws.key_file), created=created)
+        return IdentityRef(workspace_id=self.ws.workspace_id, detail=f"endpoint key at {self.ws.key_file} (owner-only)",
+                           created=created)
 
     # ---- quota ---------------------------------------------------------------------------------
     def check_resources(self) -> list[ResourceCheck]:
@@ -374,6 +376,27 @@ class LocalTarget(Target):
         name = self.settings.connection_name
         promptflow_chat.upsert_connection(name, deployment.scoring_uri, self.endpoint_key(deployment))
         return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
+
+    # ---- plan ----------------------------------------------------------------------------------
+    def plan(self, split: SplitFiles, job_name: str) -> list[PlanItem]:
+        """What exists in the workspace and what a run would make; nothing local is billed."""
+        def item(resource: str, exists: bool, detail: str = "") -> PlanItem:
+            return PlanItem(resource=resource, action="reuse" if exists else "create", detail=detail)
+
+        job = self.job_status(job_name)
+        servers = [d.name for d in self._deployments() if self._server_state(d)]
+        items = [item(f"endpoint key in {self.ws.root}", self.ws.key_file.exists())]
+        items += [PlanItem(resource=c.resource, action="ok" if not c.short_by else "short",
+                           detail=f"need {c.needed:g}, free {c.available:g} {c.unit}") for c in self.check_resources()]
+        items += [
+            item(f"dataset {split.content_hash[:16]}",
+                 (self.ws.root / "datasets" / split.content_hash[:16] / TEST_FILE).exists()),
+            PlanItem(resource=f"fine-tune job {job_name}",
+                     action="submit" if job.state in ("Missing", "Lost") else f"adopt ({job.state})"),
+            PlanItem(resource=f"scoring server on 127.0.0.1 ({', '.join(servers) or 'none running'})",
+                     action="get or create"),
+        ]
+        return items
 
     # ---- teardown ------------------------------------------------------------------------------
     def teardown(self) -> TeardownReport:

@@ -1,0 +1,239 @@
+"""The Azure target: every stage in the user's Azure ML workspace, get-or-create, nothing billed twice.
+
+The stage logic lives in the sibling modules (rbac, quota, assets, finetune, online, foundry); this
+class assembles them behind `targets.base.Target`. Clients are made once per target, on first use,
+through `clients.connect` (sign-in is checked there, before anything else).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import requests
+
+from pipeline import promptflow_chat
+from pipeline.chat_data import SplitFiles
+from pipeline.config import PipelineSettings
+from pipeline.errors import JobFailedError, PipelineError, TransientError
+from pipeline.naming import content_hash
+from targets.azure import assets, clients, finetune, foundry, online, quota, rbac
+from targets.azure.entities import resource_tags
+from targets.base import (
+    ConnectionRef,
+    DatasetRef,
+    DeploymentRef,
+    IdentityRef,
+    JobRef,
+    JobStatus,
+    ModelRef,
+    PlanItem,
+    ResourceCheck,
+    Target,
+    TeardownReport,
+)
+from targets.local.workspace import Workspace
+
+SMOKE_PROBE = "Who founded Microsoft?"
+
+
+class AzureTarget(Target):
+    name = "azure"
+    # at most 60 status calls per job-hour, and a finished job is noticed within a minute
+    first_poll_interval_s = 60.0
+    max_poll_interval_s = 60.0
+
+    def __init__(self, settings: PipelineSettings, run_id: str = "cli"):
+        super().__init__(settings, run_id)
+        self.azure = settings.azure
+
+    @cached_property
+    def clients(self) -> clients.AzureClients:
+        return clients.connect(self.azure)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return resource_tags(self.run_id)
+
+    def scratch_dir(self) -> Path:
+        """Files prepared here before upload (the split, the chat flow), in the private local workspace."""
+        return Workspace(self.settings.local.workspace_dir).dir("azure", "scratch")
+
+    # ---- names: derived from the workspace and the model, so a re-run finds what the last one made ----
+    @property
+    def endpoint_name(self) -> str:
+        """Endpoint names are unique per region (3-32 characters): the model name plus a workspace hash."""
+        workspace = content_hash([self.azure.subscription_id, self.azure.resource_group, self.azure.workspace_name])
+        return f"ep-{self.settings.model_name[:19]}-{workspace[:8]}"
+
+    @staticmethod
+    def deployment_name(model: ModelRef) -> str:
+        return f"deploy-v{model.version}"
+
+    def asset_name(self, part: str) -> str:
+        return f"{self.settings.model_name}-{part}"
+
+    # ---- identity and RBAC -------------------------------------------------------------------
+    def _role_scopes(self) -> tuple[str, rbac.RoleScopes]:
+        """(the workspace's immutable GUID, the three role scopes): a workspace deleted and made again under
+        the same name has a new GUID, so nothing cached against the old one is reused."""
+        workspace = self.clients.ml.workspaces.get(self.azure.workspace_name)
+        group = f"/subscriptions/{self.azure.subscription_id}/resourceGroups/{self.azure.resource_group}"
+        return workspace._workspace_id, rbac.RoleScopes(
+            resource_group=group, storage_account=workspace.storage_account,
+            container_registry=workspace.container_registry)
+
+    def ensure_identity(self) -> IdentityRef:
+        workspace_id, scopes = self._role_scopes()
+        identity, created = rbac.ensure_identity(self.clients.msi, self.azure, self.tags)
+        grants = rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes)
+        roles = ", ".join(f"{g.role} ({'granted' if g.created else 'held'})" for g in grants)
+        return IdentityRef(workspace_id=workspace_id, detail=f"{self.azure.identity_name}: {roles}", created=created)
+
+    # ---- quota ---------------------------------------------------------------------------------
+    def check_resources(self) -> list[ResourceCheck]:
+        return quota.vcpu_checks(self.clients.ml, self.azure)
+
+    # ---- dataset -------------------------------------------------------------------------------
+    def store_dataset(self, split: SplitFiles) -> DatasetRef:
+        created = False
+        uris = {}
+        for part, path in (("train", split.train_file), ("test", split.test_file)):
+            asset, uploaded = assets.ensure_data_asset(self.clients.ml, self.asset_name(part), path,
+                                                       split.content_hash, self.tags)
+            uris[part] = f"azureml:{asset.name}:{asset.version}"
+            created = created or uploaded
+        return DatasetRef(content_hash=split.content_hash, train_uri=uris["train"], test_uri=uris["test"],
+                          train_rows=split.train_rows, test_rows=split.test_rows, created=created)
+
+    # ---- fine-tune -----------------------------------------------------------------------------
+    def find_or_submit_job(self, job_name: str, dataset: DatasetRef) -> bool:
+        if finetune.job_status(self.clients.ml, job_name).state != "Missing":
+            return False  # adopt it in whatever state: never a second paid job for the same inputs
+        assets.ensure_cluster(self.clients.ml, self.azure, self.tags)
+        return finetune.submit_or_adopt(self.clients.ml, self.azure, self.settings.training, job_name,
+                                        dataset.train_uri, dataset.test_uri, self.settings.model_name, self.tags)
+
+    def job_status(self, job_name: str) -> JobStatus:
+        return finetune.job_status(self.clients.ml, job_name)
+
+    def job_result(self, job_name: str) -> JobRef:
+        """Azure keeps the job's loss curve in its run history; the studio link points there."""
+        return JobRef(name=job_name, created=False,
+                      metrics={"studio_url": self.clients.ml.jobs.get(job_name).studio_url})
+
+    def job_failure(self, job_name: str, status: JobStatus) -> JobFailedError:
+        return JobFailedError(
+            f"fine-tune job {job_name} did not complete: {status.error or status.state}. A re-run adopts "
+            f"the same job; to start it afresh, change a setting or archive the job in the studio."
+        )
+
+    # ---- register ------------------------------------------------------------------------------
+    def register_model(self, job: JobRef, dataset: DatasetRef) -> ModelRef:
+        lineage = {**self.tags, "train-data": dataset.train_uri, "test-data": dataset.test_uri}
+        model, created = assets.register_job_output(self.clients.ml, self.settings.model_name, job.name, lineage)
+        return ModelRef(name=model.name, version=int(model.version), uri=model.id, job_name=job.name,
+                        created=created)
+
+    # ---- deploy --------------------------------------------------------------------------------
+    def deploy(self, model: ModelRef) -> DeploymentRef:
+        ml, endpoint_name, deployment_name = self.clients.ml, self.endpoint_name, self.deployment_name(model)
+        online.ensure_endpoint(ml, endpoint_name, self.tags)
+        _, created = online.ensure_deployment(ml, self.azure, endpoint_name, deployment_name, model.uri, self.tags)
+        traffic = online.route_all_traffic(ml, endpoint_name, deployment_name)
+        scoring_uri = ml.online_endpoints.get(endpoint_name).scoring_uri
+        self._verify_traffic(scoring_uri, deployment_name)
+        online.remove_other_deployments(ml, endpoint_name, keep=deployment_name)
+        return DeploymentRef(endpoint_name=endpoint_name, deployment_name=deployment_name, scoring_uri=scoring_uri,
+                             traffic=traffic, model_version=model.version, created=created)
+
+    def _verify_traffic(self, scoring_uri: str, deployment_name: str) -> None:
+        """100 % of traffic is proven by a real, authenticated scoring request through the endpoint."""
+        body = {"input_data": {"input_string": [{"role": "user", "content": SMOKE_PROBE}],
+                               "parameters": {"temperature": 0.7, "max_new_tokens": 16}}}
+        key = online.endpoint_key(self.clients.ml, self.endpoint_name)
+        timeout_s = self.azure.request_timeout_ms / 1000 + 10
+        try:
+            response = requests.post(scoring_uri, json=body, headers={"Authorization": f"Bearer {key}"},
+                                     timeout=timeout_s)
+        except requests.RequestException as error:
+            raise TransientError(f"scoring request to {deployment_name} failed: {error}") from None
+        if response.status_code in (429, 502, 503, 504):
+            raise TransientError(f"deployment {deployment_name} answered HTTP {response.status_code}")
+        if response.status_code != 200:
+            raise PipelineError(f"deployment {deployment_name} answered HTTP {response.status_code}: "
+                                f"{response.text[:300]}")
+
+    def endpoint_key(self, deployment: DeploymentRef) -> str:
+        return online.endpoint_key(self.clients.ml, deployment.endpoint_name)
+
+    # ---- connection ----------------------------------------------------------------------------
+    def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
+        """The Custom keys connection in the Foundry project, and the same one for local Prompt flow."""
+        name, key = self.settings.connection_name, self.endpoint_key(deployment)
+        foundry.ensure_project(self.clients.resource_group_ml, self.azure, self.tags)
+        foundry.upsert_custom_connection(self.clients.project_ml, name, deployment.scoring_uri, key, self.tags)
+        promptflow_chat.upsert_connection(name, deployment.scoring_uri, key)
+        return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
+
+    # ---- plan ----------------------------------------------------------------------------------
+    def _price(self, vm_size: str, count: int) -> float:
+        return round(self.azure.vm_prices_usd_per_hour.get(vm_size, 0.0) * count, 2)
+
+    def plan(self, split: SplitFiles, job_name: str) -> list[PlanItem]:
+        """Read calls only: what exists already, what a run would create, and what that bills per hour."""
+        ml, azure = self.clients.ml, self.azure
+
+        def get_or_create(resource: str, read, usd: float = 0.0, detail: str = "") -> PlanItem:
+            return PlanItem(resource=resource, action="reuse" if clients.found(read) else "create",
+                            usd_per_hour=usd, detail=detail)
+
+        _, scopes = self._role_scopes()
+        identities = self.clients.msi.user_assigned_identities
+        items = [get_or_create(f"managed identity {azure.identity_name}",
+                               lambda: identities.get(azure.resource_group, azure.identity_name))]
+        items += [PlanItem(resource=f"role {role} on {scope.rsplit('/', 1)[-1]}", action="get or create")
+                  for role, scope in ((r, getattr(scopes, f)) for r, f in rbac.REQUIRED_ROLES)]
+        items += [PlanItem(resource=check.resource, action="ok" if not check.short_by else "short",
+                           detail=f"need {check.needed:g}, free {check.available:g} {check.unit}")
+                  for check in self.check_resources()]
+        version = split.content_hash[:16]
+        items += [get_or_create(f"data asset {self.asset_name(part)}:{version}",
+                                lambda part=part: ml.data.get(self.asset_name(part), version))
+                  for part in ("train", "test")]
+        cluster_usd = self._price(azure.finetune_vm_size, azure.compute_max_nodes)
+        items.append(get_or_create(f"compute {azure.compute_name} ({azure.finetune_vm_size})",
+                                   lambda: ml.compute.get(azure.compute_name),
+                                   detail=f"scales to {azure.compute_min_nodes} nodes after "
+                                          f"{azure.compute_idle_seconds} s idle"))
+        job = finetune.job_status(ml, job_name)
+        items.append(PlanItem(resource=f"fine-tune job {job_name}",
+                              action="submit" if job.state == "Missing" else f"adopt ({job.phase})",
+                              usd_per_hour=cluster_usd if job.state in ("Missing", "Queued", "Running") else 0.0,
+                              detail="billed while the job runs"))
+        items.append(get_or_create(f"endpoint {self.endpoint_name}",
+                                   lambda: ml.online_endpoints.get(self.endpoint_name)))
+        items.append(PlanItem(resource=f"deployment ({azure.deploy_vm_size} x{azure.deploy_instance_count})",
+                              action="get or create", detail="billed until teardown",
+                              usd_per_hour=self._price(azure.deploy_vm_size, azure.deploy_instance_count)))
+        items += foundry.plan(self.clients.resource_group_ml, azure, self.settings.connection_name)
+        return items
+
+    # ---- teardown ------------------------------------------------------------------------------
+    def teardown(self) -> TeardownReport:
+        """The endpoint and its deployments (what bills by the hour); with azure.teardown_everything also
+        the cluster and the Foundry connection, project and hub."""
+        removed, gone = [], []
+
+        def note(what: str, existed: bool) -> None:
+            (removed if existed else gone).append(what)
+
+        ml, name = self.clients.ml, self.settings.connection_name
+        note(f"endpoint {self.endpoint_name}", online.delete_endpoint(ml, self.endpoint_name))
+        note(f"local connection {name}", promptflow_chat.delete_connection(name))
+        if self.azure.teardown_everything:
+            note(f"compute {self.azure.compute_name}", assets.delete_cluster(ml, self.azure.compute_name))
+            for what, existed in foundry.delete_all(self.clients.resource_group_ml, self.clients.project_ml,
+                                                    self.azure, name):
+                note(what, existed)
+        return TeardownReport(removed=removed, already_gone=gone)

@@ -1,0 +1,158 @@
+"""The whole pipeline on the Azure target, offline: the real SDK clients against the in-memory Resource
+Manager (tests/azure_fakes.py), a 127.0.0.1 stand-in for the endpoint's scoring URI, real Prefect and
+Prompt flow. Checks what a subscription would end up holding, and that a re-run creates nothing."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+from azure.core.exceptions import ClientAuthenticationError
+from azure.identity import CredentialUnavailableError
+
+from flows.cli import run_pipeline_cli
+from pipeline import promptflow_chat
+from pipeline.config import PipelineSettings
+from pipeline.errors import ConfigError, JobFailedError, PipelineError
+from targets.azure import clients
+from targets.azure.target import AzureTarget
+from tests.azure_fakes import AZURE, ENDPOINT_KEY, GROUP, WORKSPACE, WORKSPACES, scoring_stub, vcpu_usages
+
+warnings.filterwarnings("ignore", message=".*experimental")
+ANSWER = "Microsoft was founded by Bill Gates and Paul Allen."
+AZURE_ARGS = ["--target", "azure", "--azure.subscription_id", AZURE.subscription_id, "--azure.resource_group", "rg",
+              "--azure.workspace_name", "ws", "--azure.location", "eastus2"]
+
+
+@pytest.fixture
+def settings(tmp_path, session_home, monkeypatch) -> PipelineSettings:
+    monkeypatch.setattr(AzureTarget, "first_poll_interval_s", 0.01)  # the fake job needs no minute-long waits
+    monkeypatch.setattr(AzureTarget, "max_poll_interval_s", 0.01)
+    return PipelineSettings(target="azure", azure=AZURE, local={"workspace_dir": tmp_path / "ws"},
+                            dataset={"sample_size": 200}, connection_name="phi3_azure_test")
+
+
+@pytest.fixture
+def endpoint(azure_cloud):
+    with scoring_stub(ANSWER) as (scoring_uri, answered):
+        azure_cloud.arm.scoring_uri = scoring_uri
+        azure_cloud.arm.job_states = ["Queued", "Running", "Completed"]
+        yield answered
+
+
+def puts(transport, fragment: str = "") -> list[str]:
+    return [r.url.split("?")[0] for r in transport.calls("PUT", fragment)]
+
+
+def test_the_pipeline_does_every_step_in_azure_and_a_rerun_creates_nothing(prefect_server, settings,
+                                                                            azure_cloud, endpoint):
+    from flows.full_pipeline import full_pipeline
+
+    arm, transport = azure_cloud.arm, azure_cloud.transport
+    result = full_pipeline(settings)
+    assert result["answer"] == ANSWER and result["model_version"] == 1
+    assert ENDPOINT_KEY not in json.dumps(result)
+
+    identity = arm.resources[f"{GROUP}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
+                             "phi3-pipeline-identity"]
+    assert identity["tags"]["managed-by"] == "phi3-pipeline" and identity["tags"]["pipeline-run"] != "cli"
+    grants = sorted((path.split("/providers/Microsoft.Authorization")[0].rsplit("/", 1)[-1],
+                     body["properties"]["roleDefinitionId"].rsplit("/", 1)[-1])
+                    for path, body in arm.resources.items() if "/roleAssignments/" in path)
+    assert grants == [("rg", "contributor"), ("wsregistry", "acrpull"), ("wsstorage", "storage-blob-data-reader")]
+    assert sorted(name for _, name, _ in azure_cloud.uploads) == ["phi3-custom-test", "phi3-custom-train"]
+    cluster = arm.resources[f"{WORKSPACE}/computes/phi3-a100-cluster"]["properties"]["properties"]
+    assert cluster["vmSize"] == "Standard_NC24ads_A100_v4" and cluster["scaleSettings"]["maxNodeCount"] == 1
+    (job_put,) = puts(transport, "/jobs/")
+    assert job_put.endswith(result["job"])
+    endpoint_path = next(p for p in arm.resources if "/onlineEndpoints/" in p and "/deployments/" not in p)
+    assert arm.resources[endpoint_path]["properties"]["traffic"] == {"deploy-v1": 100}
+    assert len(endpoint) == 2  # the deploy stage's proof of traffic, then the smoke chat through Prompt flow
+    kinds = {values["kind"]: values for values in azure_cloud.templates.deployed}
+    assert kinds["hub"]["storageAccountOption"] == "existing"  # the hub adds no storage account of its own
+    assert kinds["project"]["workspace_hub"] == f"{WORKSPACES}/phi3-pipeline-hub"
+    (connection_put,) = transport.calls("PUT", "/workspaces/phi3-pipeline-project/connections/phi3_azure_test")
+    connection = json.loads(connection_put.body)["properties"]
+    assert connection["authType"] == "CustomKeys" and connection["category"] == "CustomKeys"
+    assert connection["credentials"]["keys"] == {"endpoint": endpoint_path and arm.scoring_uri, "key": ENDPOINT_KEY}
+    assert promptflow_chat.connection_endpoint("phi3_azure_test") == arm.scoring_uri
+
+    writes_before = puts(transport)
+    again = full_pipeline(settings)
+    assert again["answer"] == ANSWER
+    new_writes = puts(transport)[len(writes_before):]
+    assert all("/roleAssignments/" in url or "/connections/" in url for url in new_writes), new_writes
+    assert transport.calls("DELETE") == []
+    assert {row["stage"]: row["outcome"] for row in again["stages"]}["fine-tune"] == "reused (cached)"
+
+
+def test_teardown_deletes_the_endpoint_and_a_second_teardown_finds_it_gone(prefect_server, settings,
+                                                                           azure_cloud, endpoint):
+    from flows.full_pipeline import full_pipeline
+    from flows.teardown import teardown
+
+    full_pipeline(settings)
+    report = teardown(settings)
+    assert any(item.startswith("endpoint ep-phi3-custom-") for item in report.removed)
+    assert not [p for p in azure_cloud.arm.resources if "/onlineEndpoints/" in p]
+    assert promptflow_chat.connection_endpoint("phi3_azure_test") is None
+    again = teardown(settings)
+    assert again.removed == [] and any(item.startswith("endpoint ") for item in again.already_gone)
+
+
+def test_a_failed_job_stops_the_run_with_its_studio_link_and_deploys_nothing(prefect_server, settings,
+                                                                              azure_cloud):
+    from flows.full_pipeline import full_pipeline
+
+    azure_cloud.arm.job_states = ["Running", "Failed"]
+    with pytest.raises(JobFailedError, match="ended Failed; logs and details: .*ml.azure.com"):
+        full_pipeline(settings)
+    assert puts(azure_cloud.transport, "/onlineEndpoints/") == []
+
+
+def test_a_deployment_that_fails_is_torn_down_so_nothing_keeps_billing(prefect_server, settings, azure_cloud,
+                                                                       endpoint):
+    from flows.full_pipeline import full_pipeline
+
+    azure_cloud.arm.fail_provisioning("/deployments/deploy-v1", "Liveness probe failed")
+    with pytest.raises(PipelineError, match="Liveness probe failed"):
+        full_pipeline(settings)
+    assert puts(azure_cloud.transport, "/onlineEndpoints/"), "the endpoint was made"
+    assert not [p for p in azure_cloud.arm.resources if "/onlineEndpoints/" in p], "and removed after the failure"
+
+
+def test_no_sign_in_is_one_clear_error_before_any_request(monkeypatch, tmp_path, capsys):
+    class NoSignIn:
+        def __init__(self, **kwargs):
+            pass
+
+        def get_token(self, *scopes, **kwargs):
+            raise CredentialUnavailableError("DefaultAzureCredential failed to retrieve a token")
+
+    monkeypatch.setattr(clients, "DefaultAzureCredential", NoSignIn)
+    code = run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path)])
+    assert code == 2
+    assert "error: no Azure sign-in works on this machine: run `az login`" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="service principal"):
+        clients.sign_in(AZURE, NoSignIn())
+    assert issubclass(CredentialUnavailableError, ClientAuthenticationError)
+
+
+def test_short_quota_stops_before_anything_is_created(azure_cloud, tmp_path, capsys):
+    azure_cloud.arm.usages = vcpu_usages(0, 0, 0, 24)
+    code = run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path)])
+    assert code == 1
+    assert "standardNCADSA100v4Family vCPUs in eastus2" in capsys.readouterr().err
+    assert puts(azure_cloud.transport) == [] and azure_cloud.uploads == []
+
+
+def test_plan_reads_only_and_prices_what_the_run_would_start(azure_cloud, tmp_path, capsys):
+    code = run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path), "--plan"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert {r.method for r in azure_cloud.transport.requests} == {"GET"} and azure_cloud.uploads == []
+    lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines() if len(line.split()) > 2}
+    assert "create" in lines["managed identity"] and "submit" in lines["fine-tune job"]
+    assert "3.67" in lines["fine-tune job"] and "3.06" in out
+    assert "up to 6.73 USD/hour" in out and "2026-11-25" in out
