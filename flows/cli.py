@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
 from pipeline.chat_data import check_source, split_and_write
-from pipeline.config import VM_PRICES_AS_OF, PipelineSettings
+from pipeline.config import VM_PRICES_AS_OF, PipelineSettings, TeardownSettings
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.naming import job_name
 from targets import get_target
@@ -20,11 +20,11 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-def load_settings(argv: list[str], prog: str) -> PipelineSettings:
+def load_settings(argv: list[str], prog: str, model: type[PipelineSettings] = PipelineSettings) -> PipelineSettings:
     """Parse flags (highest precedence) over env and config file; --help lists every option."""
-    source = CliSettingsSource(PipelineSettings, cli_prog_name=prog, cli_implicit_flags=True)
+    source = CliSettingsSource(model, cli_prog_name=prog, cli_implicit_flags=True)
     try:
-        return PipelineSettings(**source(args=argv)())
+        return model(**source(args=argv)())
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}" for item in error.errors()
@@ -64,10 +64,11 @@ def print_plan(items: list[PlanItem]) -> None:
           f"{VM_PRICES_AS_OF}, azure.vm_prices_usd_per_hour; storage and traffic not included). Nothing was created.")
 
 
-def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Callable) -> int:
+def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Callable,
+         model: type[PipelineSettings] = PipelineSettings) -> int:
     """Settings, checks, then the flow; any failure ends in one `error:` line and a non-zero exit."""
     try:
-        settings = load_settings(argv, prog)
+        settings = load_settings(argv, prog, model)
         if settings.plan:
             print_plan(plan(settings))
             return 0
@@ -100,10 +101,10 @@ def _print_answer(settings: PipelineSettings, result: dict) -> None:
     print(f"Q: {settings.question}\nA: {result['answer']}")
 
 
-def _run_teardown(settings: PipelineSettings) -> TeardownReport:
+def _run_teardown(settings: TeardownSettings) -> TeardownReport:
     from flows.teardown import teardown
 
-    return teardown(settings)
+    return teardown(PipelineSettings(**settings.model_dump(exclude={"older_than_hours"})), settings.older_than_hours)
 
 
 def _print_report(settings: PipelineSettings, report: TeardownReport) -> None:
@@ -116,4 +117,4 @@ def run_pipeline_cli(argv: list[str]) -> int:
 
 
 def run_teardown_cli(argv: list[str]) -> int:
-    return _run(argv, "python -m flows.teardown", get_target, _run_teardown, _print_report)
+    return _run(argv, "python -m flows.teardown", get_target, _run_teardown, _print_report, TeardownSettings)

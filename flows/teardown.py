@@ -1,6 +1,6 @@
 """The teardown flow: stop what costs money. A subflow of the pipeline and a flow of its own.
 
-    python -m flows.teardown [--local.workspace_dir DIR ...]
+    python -m flows.teardown [--older_than_hours 24] [--target azure ...]
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from tasks.teardown import tear_down
 
 
 @flow(name="phi3-teardown")
-def teardown(settings: PipelineSettings | None = None) -> TeardownReport:
-    """Delete the deployments/endpoint and the connection; idempotent."""
-    return tear_down(settings or PipelineSettings())
+def teardown(settings: PipelineSettings | None = None, older_than_hours: float | None = None) -> TeardownReport:
+    """Delete the endpoint with its deployments and the connection; idempotent. With `older_than_hours`:
+    every endpoint this project made that is older than that (the reaper)."""
+    return tear_down(settings or PipelineSettings(), older_than_hours)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,16 @@ class PipelineSettings(BaseSettings):
         return tuple(sources)
 
 
+class TeardownSettings(PipelineSettings):
+    """The teardown command's settings: the pipeline's (which endpoint, where), plus the reaper's age limit."""
+
+    older_than_hours: float | None = Field(
+        None, gt=0, description=(
+            "Remove every endpoint this project made (any run, any model) older than this many hours; "
+            "unset: this configuration's endpoint, whatever its age."),
+    )
+
+
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet"))
 

@@ -189,6 +189,10 @@ class Target(ABC):
     def teardown(self) -> TeardownReport:
         """Remove the deployments and the connection; what is already gone is reported, not an error."""
 
+    @abstractmethod
+    def sweep(self, older_than_hours: float) -> TeardownReport:
+        """Remove every endpoint this project made (any run, any model) that is older than the limit."""
+
 
 def raise_if_short(checks: list[ResourceCheck]) -> None:
     """Raise one error naming every short resource, by how much, and what to change."""

@@ -8,8 +8,9 @@ from tasks.common import stage_retries, stage_target
 
 
 @task(name="teardown", **stage_retries())
-def tear_down(settings: PipelineSettings) -> TeardownReport:
-    report = stage_target(settings).teardown()
+def tear_down(settings: PipelineSettings, older_than_hours: float | None = None) -> TeardownReport:
+    target = stage_target(settings)
+    report = target.teardown() if older_than_hours is None else target.sweep(older_than_hours)
     logger = get_run_logger()
     logger.info("removed: %s", ", ".join(report.removed) or "nothing")
     logger.info("already gone: %s", ", ".join(report.already_gone) or "nothing")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
@@ -14,7 +15,7 @@ from azure.identity import CredentialUnavailableError
 from flows.cli import run_pipeline_cli
 from pipeline import promptflow_chat
 from pipeline.config import PipelineSettings
-from pipeline.errors import ConfigError, JobFailedError, PipelineError
+from pipeline.errors import ConfigError, JobFailedError, PipelineError, TransientError
 from targets.azure import clients
 from targets.azure.target import AzureTarget
 from tests.azure_fakes import AZURE, ENDPOINT_KEY, GROUP, WORKSPACE, WORKSPACES, scoring_stub, vcpu_usages
@@ -156,3 +157,34 @@ def test_plan_reads_only_and_prices_what_the_run_would_start(azure_cloud, tmp_pa
     assert "create" in lines["managed identity"] and "submit" in lines["fine-tune job"]
     assert "3.67" in lines["fine-tune job"] and "3.06" in out
     assert "up to 6.73 USD/hour" in out and "2026-11-25" in out
+
+
+def test_the_sweep_removes_only_this_projects_endpoints_past_their_age(azure_cloud, settings):
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    from targets.azure import online
+    from targets.azure.entities import resource_tags
+
+    ml_client = clients.connect(AZURE).ml
+    now = datetime.now(UTC)
+    online.ensure_endpoint(ml_client, "ep-old", resource_tags("run-1", now - timedelta(hours=30)))
+    online.ensure_endpoint(ml_client, "ep-fresh", resource_tags("run-2", now - timedelta(hours=1)))
+    ml_client.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="ep-not-ours", auth_mode="key",
+                                                                            tags={"owner": "someone"})).result()
+    report = AzureTarget(settings).sweep(older_than_hours=24)
+    assert report.removed == ["endpoint ep-old"]
+    assert sorted(p.rsplit("/", 1)[1] for p in azure_cloud.arm.resources if "/onlineEndpoints/" in p) == [
+        "ep-fresh", "ep-not-ours"]
+
+
+def test_azure_errors_that_may_pass_are_retried_and_refusals_say_what_to_do(azure_cloud, settings):
+    arm, target = azure_cloud.arm, AzureTarget(settings)
+    for _ in range(12):
+        arm.inject("GET", "/vmSizes", (503, {"error": {"code": "ServiceUnavailable", "message": "busy"}}))
+    with pytest.raises(TransientError, match="503"):
+        target.check_resources()
+    arm.faults.clear()
+    arm.inject("GET", "/vmSizes", (403, {"error": {"code": "AuthorizationFailed", "message": "may not read"}}))
+    with pytest.raises(PipelineError, match="may not read.*User Access Administrator") as refused:
+        target.check_resources()
+    assert not isinstance(refused.value, TransientError)

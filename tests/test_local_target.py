@@ -256,3 +256,27 @@ def test_a_gpu_short_of_memory_is_reported_with_the_cpu_way_out(tmp_path, monkey
         raise_if_short(target.check_resources())
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert not [check for check in target.check_resources() if check.resource.startswith("GPU")]
+
+
+def test_the_sweep_removes_endpoints_past_their_age_and_keeps_fresh_ones(tmp_path):
+    target = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path}))
+    for name, age_hours in (("old-endpoint", 30), ("fresh-endpoint", 1)):
+        target.ws.dir("deployments", f"{name}-v1")
+        write_json_atomic(target.ws.dir("endpoints") / f"{name}.json", {
+            "scoring_uri": "http://127.0.0.1:9/score", "traffic": {f"{name}-v1": 100},
+            "created_at": time.time() - age_hours * 3600})
+    report = target.sweep(older_than_hours=24)
+    assert report.removed == ["server old-endpoint-v1", "endpoint old-endpoint"]
+    assert sorted(p.name for p in (tmp_path / "endpoints").iterdir()) == ["fresh-endpoint.json"]
+    assert sorted(p.name for p in (tmp_path / "deployments").iterdir()) == ["fresh-endpoint-v1"]
+
+
+def test_the_teardown_command_sweeps_with_an_age_limit(prefect_server, tmp_path, capsys):
+    from flows.cli import run_teardown_cli
+
+    target = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path}))
+    write_json_atomic(target.ws.dir("endpoints") / "phi3-custom-endpoint.json", {
+        "scoring_uri": "http://127.0.0.1:9/score", "traffic": {}, "created_at": time.time() - 48 * 3600})
+    assert run_teardown_cli(["--older_than_hours", "24", "--local.workspace_dir", str(tmp_path)]) == 0
+    assert "removed: endpoint phi3-custom-endpoint" in capsys.readouterr().out
+    assert not (tmp_path / "endpoints" / "phi3-custom-endpoint.json").exists()

@@ -8,6 +8,8 @@ long-running-operation poller. Keys are read when used and never returned from h
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from azure.ai.ml import MLClient
 from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -15,7 +17,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from pipeline.config import AzureSettings
 from pipeline.errors import PipelineError
 from targets.azure.clients import found
-from targets.azure.entities import online_deployment, online_endpoint, with_full_traffic
+from targets.azure.entities import MANAGED_BY, online_deployment, online_endpoint, with_full_traffic
 
 SUCCEEDED = "succeeded"
 
@@ -82,3 +84,14 @@ def delete_endpoint(ml_client: MLClient, endpoint_name: str) -> bool:
     (Resource Manager answers a delete of a missing resource with success, so look first)."""
     return found(lambda: (ml_client.online_endpoints.get(endpoint_name),
                           ml_client.online_endpoints.begin_delete(endpoint_name).result()))
+
+
+def expired_endpoints(ml_client: MLClient, older_than_hours: float) -> list[str]:
+    """Endpoints tagged as made by this project whose created-at tag is older than the limit."""
+    cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
+    expired = []
+    for endpoint in ml_client.online_endpoints.list():
+        tags = endpoint.tags or {}
+        if tags.get("managed-by") == MANAGED_BY and datetime.fromisoformat(tags["created-at"]) < cutoff:
+            expired.append(endpoint.name)
+    return expired

@@ -19,6 +19,7 @@ from pipeline.errors import JobFailedError, PipelineError, TransientError
 from pipeline.naming import content_hash
 from targets.azure import assets, clients, finetune, foundry, online, quota, rbac
 from targets.azure.entities import resource_tags
+from targets.azure.errors import translated
 from targets.base import (
     ConnectionRef,
     DatasetRef,
@@ -83,6 +84,7 @@ class AzureTarget(Target):
             resource_group=group, storage_account=workspace.storage_account,
             container_registry=workspace.container_registry)
 
+    @translated
     def ensure_identity(self) -> IdentityRef:
         workspace_id, scopes = self._role_scopes()
         identity, created = rbac.ensure_identity(self.clients.msi, self.azure, self.tags)
@@ -91,10 +93,12 @@ class AzureTarget(Target):
         return IdentityRef(workspace_id=workspace_id, detail=f"{self.azure.identity_name}: {roles}", created=created)
 
     # ---- quota ---------------------------------------------------------------------------------
+    @translated
     def check_resources(self) -> list[ResourceCheck]:
         return quota.vcpu_checks(self.clients.ml, self.azure)
 
     # ---- dataset -------------------------------------------------------------------------------
+    @translated
     def store_dataset(self, split: SplitFiles) -> DatasetRef:
         created = False
         uris = {}
@@ -107,6 +111,7 @@ class AzureTarget(Target):
                           train_rows=split.train_rows, test_rows=split.test_rows, created=created)
 
     # ---- fine-tune -----------------------------------------------------------------------------
+    @translated
     def find_or_submit_job(self, job_name: str, dataset: DatasetRef) -> bool:
         if finetune.job_status(self.clients.ml, job_name).state != "Missing":
             return False  # adopt it in whatever state: never a second paid job for the same inputs
@@ -114,9 +119,11 @@ class AzureTarget(Target):
         return finetune.submit_or_adopt(self.clients.ml, self.azure, self.settings.training, job_name,
                                         dataset.train_uri, dataset.test_uri, self.settings.model_name, self.tags)
 
+    @translated
     def job_status(self, job_name: str) -> JobStatus:
         return finetune.job_status(self.clients.ml, job_name)
 
+    @translated
     def job_result(self, job_name: str) -> JobRef:
         """Azure keeps the job's loss curve in its run history; the studio link points there."""
         return JobRef(name=job_name, created=False,
@@ -129,6 +136,7 @@ class AzureTarget(Target):
         )
 
     # ---- register ------------------------------------------------------------------------------
+    @translated
     def register_model(self, job: JobRef, dataset: DatasetRef) -> ModelRef:
         lineage = {**self.tags, "train-data": dataset.train_uri, "test-data": dataset.test_uri}
         model, created = assets.register_job_output(self.clients.ml, self.settings.model_name, job.name, lineage)
@@ -136,6 +144,7 @@ class AzureTarget(Target):
                         created=created)
 
     # ---- deploy --------------------------------------------------------------------------------
+    @translated
     def deploy(self, model: ModelRef) -> DeploymentRef:
         ml, endpoint_name, deployment_name = self.clients.ml, self.endpoint_name, self.deployment_name(model)
         online.ensure_endpoint(ml, endpoint_name, self.tags)
@@ -164,10 +173,12 @@ class AzureTarget(Target):
             raise PipelineError(f"deployment {deployment_name} answered HTTP {response.status_code}: "
                                 f"{response.text[:300]}")
 
+    @translated
     def endpoint_key(self, deployment: DeploymentRef) -> str:
         return online.endpoint_key(self.clients.ml, deployment.endpoint_name)
 
     # ---- connection ----------------------------------------------------------------------------
+    @translated
     def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
         """The Custom keys connection in the Foundry project, and the same one for local Prompt flow."""
         name, key = self.settings.connection_name, self.endpoint_key(deployment)
@@ -180,6 +191,7 @@ class AzureTarget(Target):
     def _price(self, vm_size: str, count: int) -> float:
         return round(self.azure.vm_prices_usd_per_hour.get(vm_size, 0.0) * count, 2)
 
+    @translated
     def plan(self, split: SplitFiles, job_name: str) -> list[PlanItem]:
         """Read calls only: what exists already, what a run would create, and what that bills per hour."""
         ml, azure = self.clients.ml, self.azure
@@ -220,6 +232,7 @@ class AzureTarget(Target):
         return items
 
     # ---- teardown ------------------------------------------------------------------------------
+    @translated
     def teardown(self) -> TeardownReport:
         """The endpoint and its deployments (what bills by the hour); with azure.teardown_everything also
         the cluster and the Foundry connection, project and hub."""
@@ -237,3 +250,10 @@ class AzureTarget(Target):
                                                     self.azure, name):
                 note(what, existed)
         return TeardownReport(removed=removed, already_gone=gone)
+
+    @translated
+    def sweep(self, older_than_hours: float) -> TeardownReport:
+        ml = self.clients.ml
+        expired = online.expired_endpoints(ml, older_than_hours)
+        removed = [f"endpoint {name}" for name in expired if online.delete_endpoint(ml, name)]
+        return TeardownReport(removed=removed, already_gone=[])

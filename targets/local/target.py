@@ -116,8 +116,8 @@ class LocalTarget(Target):
     name = "local"
     max_poll_interval_s = 2.0
 
-    def __init__(self, settings: PipelineSettings):
-        super().__init__(settings)
+    def __init__(self, settings: PipelineSettings, run_id: str = "cli"):
+        super().__init__(settings, run_id)
         self.ws = Workspace(settings.local.workspace_dir)
 
     # ---- identity and RBAC -------------------------------------------------------------------
@@ -308,7 +308,9 @@ class LocalTarget(Target):
                 state = self._start_server(deployment_dir, model)
             scoring_uri = f"http://{state['host']}:{state['port']}/score"
             traffic = {deployment_name: 100}
-            write_json_atomic(self._endpoint_file(), {"scoring_uri": scoring_uri, "traffic": traffic})
+            created_at = (read_json(self._endpoint_file()) or {}).get("created_at", time.time())
+            write_json_atomic(self._endpoint_file(), {"scoring_uri": scoring_uri, "traffic": traffic,
+                                                      "created_at": created_at})
             self._verify_traffic(scoring_uri, deployment_name)
             for other in self._deployments():
                 if other != deployment_dir:
@@ -410,3 +412,19 @@ class LocalTarget(Target):
         name = self.settings.connection_name
         (removed if promptflow_chat.delete_connection(name) else gone).append(f"connection {name}")
         return TeardownReport(removed=removed, already_gone=gone)
+
+    def sweep(self, older_than_hours: float) -> TeardownReport:
+        """Every endpoint of this workspace (any model) created longer ago than the limit: its servers stop."""
+        cutoff = time.time() - older_than_hours * 3600
+        removed = []
+        for endpoint_file in sorted((self.ws.root / "endpoints").glob("*.json")):
+            endpoint = read_json(endpoint_file) or {}
+            if endpoint.get("created_at", 0) >= cutoff:
+                continue
+            with self.ws.lock(f"endpoint-{endpoint_file.stem}"):
+                for deployment_name in endpoint.get("traffic", {}):
+                    self._stop_deployment(self.ws.root / "deployments" / deployment_name)
+                    removed.append(f"server {deployment_name}")
+                endpoint_file.unlink(missing_ok=True)
+                removed.append(f"endpoint {endpoint_file.stem}")
+        return TeardownReport(removed=removed, already_gone=[])

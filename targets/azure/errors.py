@@ -1,0 +1,30 @@
+"""Azure errors as the stages need them: transient ones (the SDK's own retries exhausted) retried by the
+task, permanent ones failing at once with what to do. Not-found is handled where it means something."""
+
+from __future__ import annotations
+
+import functools
+
+from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+from pipeline.errors import PipelineError, TransientError
+
+PERMISSION_HELP = ("the signed-in account needs Contributor and User Access Administrator (or Owner) on the "
+                   "resource group; see the README's Azure section")
+
+
+def translated(method):
+    """Turn an Azure SDK error escaping a target method into TransientError or PipelineError."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (ServiceRequestError, ServiceResponseError) as error:
+            raise TransientError(f"Azure did not answer: {error}") from None
+        except HttpResponseError as error:
+            status = error.status_code or 0
+            if status in (408, 429) or status >= 500:
+                raise TransientError(f"Azure answered {status} after retries: {error.message}") from None
+            advice = PERMISSION_HELP if status in (401, 403) else "fix the request or the setting it names"
+            raise PipelineError(f"Azure refused the request ({status}): {error.message}; {advice}") from None
+    return wrapper
