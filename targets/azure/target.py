@@ -77,7 +77,8 @@ class AzureTarget(Target):
     # ---- identity and RBAC -------------------------------------------------------------------
     def _role_scopes(self) -> tuple[str, rbac.RoleScopes]:
         """(the workspace's immutable GUID, the three role scopes): a workspace deleted and made again under
-        the same name has a new GUID, so nothing cached against the old one is reused."""
+        the same name has a new GUID, so nothing cached against the old one is reused (azure-ai-ml 1.35
+        keeps the GUID in a private attribute)."""
         workspace = self.clients.ml.workspaces.get(self.azure.workspace_name)
         group = f"/subscriptions/{self.azure.subscription_id}/resourceGroups/{self.azure.resource_group}"
         return workspace._workspace_id, rbac.RoleScopes(
@@ -131,8 +132,9 @@ class AzureTarget(Target):
 
     def job_failure(self, job_name: str, status: JobStatus) -> JobFailedError:
         return JobFailedError(
-            f"fine-tune job {job_name} did not complete: {status.error or status.state}. A re-run adopts "
-            f"the same job; to start it afresh, change a setting or archive the job in the studio."
+            f"fine-tune job {job_name} did not complete: {status.error or status.state}. A re-run with the "
+            "same data and settings adopts this job (Azure keeps job names for good): fix the cause, then "
+            "change the data or a setting (e.g. training.epochs) so a new job is named."
         )
 
     # ---- register ------------------------------------------------------------------------------
