@@ -97,6 +97,9 @@ def _print_answer(settings: PipelineSettings, result: dict) -> None:
     print("\nstage                outcome            seconds  detail")
     for row in result["stages"]:
         print(f"{row['stage']:<20} {row['outcome']:<18} {row['seconds']:>7.2f}  {row['detail']}")
+    if "unchanged" in result:
+        print(f"\nnothing to retrain: {result['unchanged']}")
+        return
     print(f"\nmodel version {result['model_version']} (job {result['job']})")
     print(f"Q: {settings.question}\nA: {result['answer']}")
 

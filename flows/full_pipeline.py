@@ -1,52 +1,73 @@
 """Fine-tune, deploy and wire up a custom Phi-3 model, stage by stage as in the tutorial.
 
-    python -m flows.full_pipeline [--help] [--teardown] [--training.epochs 4 ...]
+    python -m flows.full_pipeline [--help] [--plan] [--teardown] [--training.epochs 4 ...]
 """
 
 from __future__ import annotations
 
 import sys
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.teardown import teardown
 from pipeline.config import PipelineSettings
 from tasks.common import StageSummary
 from tasks.connection import create_connection
 from tasks.dataset import prepare_dataset
-from tasks.deploy import deploy
+from tasks.deploy import deploy, go_live
+from tasks.evaluate import evaluation_gate
 from tasks.finetune import fine_tune
 from tasks.identity import ensure_identity
+from tasks.live_model import find_live_model
 from tasks.quota import check_quota
 from tasks.register import register_model
 from tasks.smoke_chat import smoke_chat
-from tasks.summary import publish_summary
+from tasks.summary import publish_failure_notice, publish_summary
+from tasks.teardown import clean_up_after_failure
 
 
 @flow(name="phi3-full-pipeline")
 def full_pipeline(settings: PipelineSettings | None = None) -> dict:
-    """Identity -> quota -> dataset -> fine-tune -> register -> deploy -> connection -> smoke chat."""
+    """Live model -> identity -> quota -> dataset -> fine-tune -> register -> deploy beside the live one ->
+    evaluation gate -> go live (100 % traffic) -> connection -> smoke chat."""
     settings = settings or PipelineSettings()
     stages = StageSummary()
+    live = None
     try:
+        live = stages.run("live model", find_live_model, settings)
+        if settings.skip_unchanged and live.unchanged:
+            get_run_logger().info("nothing to retrain: %s", live.label)
+            return {"unchanged": live.label, "job": live.planned_job, "stages": stages.rows()}
         identity = stages.run("identity and RBAC", ensure_identity, settings)
         stages.run("quota check", check_quota, settings)
         dataset = stages.run("dataset", prepare_dataset, settings, identity)
         job = stages.run("fine-tune", fine_tune, settings, dataset, identity.workspace_id)
         model = stages.run("register", register_model, settings, job, dataset, identity.workspace_id)
-        deployment = stages.run("deploy", deploy, settings, model)
+        candidate = stages.run("deploy", deploy, settings, model)
+        stages.run("evaluation gate", evaluation_gate, settings, candidate, live.deployment)
+        deployment = stages.run("go live", go_live, settings, candidate)
         connection = stages.run("connection", create_connection, settings, deployment)
         answer = stages.run("smoke chat", smoke_chat.with_options(timeout_seconds=settings.smoke_chat_timeout_s),
                             settings, connection)
         if settings.teardown:
             stages.run("teardown", teardown, settings)
-    except BaseException:
-        if stages.reached("deploy") and not stages.reached("teardown"):  # never leave a server running
-            teardown(settings, return_state=True)  # a teardown failure must not hide the original error
+    except BaseException as error:
+        _after_failure(settings, stages, live, error)
         raise
     finally:
         publish_summary(stages)
     return {"answer": answer, "model_version": model.version, "job": job.name, "stages": stages.rows()}
+
+
+def _after_failure(settings: PipelineSettings, stages: StageSummary, live, error: BaseException) -> None:
+    """Never leave by accident what this run started; say what failed and what still runs."""
+    live_before = live.deployment if live else None
+    removed, still_serving = [], live_before.deployment_name if live_before else None
+    if stages.reached("deploy") and not stages.reached("teardown"):
+        state = clean_up_after_failure(settings, live_before, return_state=True)
+        if state.is_completed():  # a clean-up failure must not hide the original error
+            removed, still_serving = state.result().removed, state.result().still_serving
+    publish_failure_notice(stages, error, still_serving, removed)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,20 @@ class TrainingSettings(BaseModel):
     )
 
 
+class EvaluationSettings(BaseModel):
+    """The gate a retrained model passes before it takes the live model's traffic (blue/green)."""
+
+    questions: int = Field(
+        8, ge=1, le=500, description="Held-out test conversations both models answer (first user turn each)."
+    )
+    margin: float = Field(
+        0.05, ge=-1.0, le=1.0,
+        description="How much lower the candidate's mean token F1 against the reference answers may be than "
+                    "the live model's (negative: it must be better by that much).",
+    )
+    max_new_tokens: int = Field(48, ge=1, le=1024, description="Answer length asked of each model.")
+
+
 class LocalSettings(BaseModel):
     """Where the local target keeps its workspace and serves the model."""
 
@@ -140,6 +154,11 @@ class PipelineSettings(BaseSettings):
     target: Literal["local", "azure"] = Field("local", description="Where every stage runs.")
     question: str = Field("Who founded Microsoft?", min_length=1, description="Question of the smoke chat.")
     teardown: bool = Field(False, description="Tear the deployment down after the smoke chat.")
+    skip_unchanged: bool = Field(
+        False, description=(
+            "Finish at once, with no training and no cloud write, when the live model was trained on the same "
+            "data and settings (the scheduled retraining deployment sets this)."),
+    )
     plan: bool = Field(
         False, description="Only list what a run would create or reuse and its hourly cost (read calls only)."
     )
@@ -157,6 +176,7 @@ class PipelineSettings(BaseSettings):
     )
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
     azure: AzureSettings = Field(default_factory=AzureSettings)
 

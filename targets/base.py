@@ -9,11 +9,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+import requests
 from pydantic import BaseModel
 
 from pipeline.chat_data import SplitFiles
 from pipeline.config import PipelineSettings
-from pipeline.errors import InsufficientResourcesError
+from pipeline.errors import InsufficientResourcesError, PipelineError, TransientError
+
+SMOKE_PROBE = "Who founded Microsoft?"
+# Azure ML routes a request with this header to the named deployment, whatever the traffic split.
+DEPLOYMENT_HEADER = "azureml-model-deployment"
 
 
 class IdentityRef(BaseModel):
@@ -89,9 +94,14 @@ class DeploymentRef(BaseModel):
     endpoint_name: str
     deployment_name: str
     scoring_uri: str
-    traffic: dict[str, int]
+    traffic: dict[str, int]  # the endpoint's split when the reference was made
     model_version: int
+    job_name: str  # the fine-tune job whose model it serves: tells a retraining run what is live
     created: bool
+
+    @property
+    def live(self) -> bool:
+        return self.traffic.get(self.deployment_name) == 100
 
     @property
     def label(self) -> str:
@@ -171,7 +181,23 @@ class Target(ABC):
 
     @abstractmethod
     def deploy(self, model: ModelRef) -> DeploymentRef:
-        """Get or create the endpoint and a deployment of the model, with 100 % of traffic on it."""
+        """Get or create the endpoint and a deployment of the model beside the live one; no traffic moves."""
+
+    @abstractmethod
+    def live_deployment(self) -> DeploymentRef | None:
+        """The deployment holding 100 % of the endpoint's traffic, if one is up (read only)."""
+
+    @abstractmethod
+    def ask(self, deployment: DeploymentRef, question: str, max_new_tokens: int, temperature: float = 0.0) -> str:
+        """One authenticated scoring request to that deployment (whatever its traffic); its answer."""
+
+    @abstractmethod
+    def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
+        """Move 100 % of traffic to the deployment, prove it with a request, then remove the others."""
+
+    @abstractmethod
+    def remove_deployments(self, keep: str) -> list[str]:
+        """Remove the endpoint's deployments other than `keep`; their names."""
 
     @abstractmethod
     def endpoint_key(self, deployment: DeploymentRef) -> str:
@@ -202,3 +228,22 @@ def raise_if_short(checks: list[ResourceCheck]) -> None:
             f"{c.resource} short by {c.short_by:g} {c.unit} (need {c.needed:g}, free {c.available:g}): {c.advice}"
             for c in short
         ))
+
+
+def ask_scoring_uri(scoring_uri: str, key: str, deployment_name: str, question: str, max_new_tokens: int,
+                    temperature: float, timeout_s: float) -> str:
+    """The tutorial's scoring request (bearer key, chat body), addressed to one deployment. Temperature 0
+    is greedy decoding: the evaluation gate gets the same answer every time."""
+    body = {"input_data": {"input_string": [{"role": "user", "content": question}],
+                           "parameters": {"temperature": temperature, "max_new_tokens": max_new_tokens}}}
+    headers = {"Authorization": f"Bearer {key}", DEPLOYMENT_HEADER: deployment_name}
+    try:
+        response = requests.post(scoring_uri, json=body, headers=headers, timeout=timeout_s)
+    except requests.RequestException as error:
+        raise TransientError(f"scoring request to {deployment_name} failed: {error}") from None
+    if response.status_code in (429, 502, 503, 504):
+        raise TransientError(f"deployment {deployment_name} answered HTTP {response.status_code}")
+    if response.status_code != 200 or not isinstance(response.json(), dict) or "output" not in response.json():
+        raise PipelineError(f"deployment {deployment_name} answered HTTP {response.status_code}: "
+                            f"{response.text[:300]}")
+    return str(response.json()["output"])

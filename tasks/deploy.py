@@ -1,4 +1,5 @@
-"""Stage 6: deploy the model behind the endpoint and put 100 % of traffic on it (verified)."""
+"""Stages 6-7 of blue/green: deploy the model beside the live one, then (after the gate) move 100 % of
+traffic to it, verified by a real request, and remove the old deployment."""
 
 from prefect import get_run_logger, task
 
@@ -10,6 +11,14 @@ from tasks.common import stage_retries, stage_target
 @task(name="deploy", **stage_retries())
 def deploy(settings: PipelineSettings, model: ModelRef) -> DeploymentRef:
     deployment = stage_target(settings).deploy(model)
-    get_run_logger().info("deployment %s (%s) live at %s with 100 %% of traffic", deployment.deployment_name,
-                          "started" if deployment.created else "already running", deployment.scoring_uri)
+    get_run_logger().info("deployment %s %s at %s (traffic now: %s)", deployment.deployment_name,
+                          "started" if deployment.created else "already running", deployment.scoring_uri,
+                          deployment.traffic or "none")
     return deployment
+
+
+@task(name="go-live", **stage_retries())
+def go_live(settings: PipelineSettings, deployment: DeploymentRef) -> DeploymentRef:
+    live = stage_target(settings).go_live(deployment)
+    get_run_logger().info("deployment %s live at %s with 100 %% of traffic", live.deployment_name, live.scoring_uri)
+    return live

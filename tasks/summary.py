@@ -20,3 +20,16 @@ def publish_summary(stages: StageSummary) -> None:
     if isinstance(job, JobRef):
         create_markdown_artifact(key="loss-curve", markdown=loss_curve_markdown(job),
                                  description="fine-tune loss per step")
+
+
+def publish_failure_notice(stages: StageSummary, error: BaseException, still_serving: str | None,
+                           removed: list[str]) -> str:
+    """A notice on the failed run (Artifacts tab) and in its log: which stage failed, what was cleaned up,
+    and whether a paid deployment is still running."""
+    failed = next((r.stage for r in reversed(stages.records) if r.outcome == "failed"), "before the first stage")
+    running = (f"**Still running: deployment {still_serving}** (it served before this run or passed its gate; "
+               "stop it with the teardown flow)" if still_serving else "Nothing is left running.")
+    notice = (f"# Pipeline failed at stage: {failed}\n\n{type(error).__name__}: {error}\n\n"
+              f"Cleaned up: {', '.join(removed) or 'nothing to clean up'}.\n\n{running}\n")
+    create_markdown_artifact(key="failure-notice", markdown=notice, description="why this run failed")
+    return notice

@@ -253,7 +253,7 @@ class FakeTemplateDeployments:
 @contextmanager
 def scoring_stub(answer: str) -> Iterator[tuple[str, list[dict]]]:
     """A 127.0.0.1 stand-in for the endpoint's scoring URI: the tutorial's contract behind the key.
-    Yields (scoring URI, the request bodies it answered)."""
+    Yields (scoring URI, the request bodies it answered, each with the deployment it was addressed to)."""
     answered: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -262,7 +262,7 @@ def scoring_stub(answer: str) -> Iterator[tuple[str, list[dict]]]:
             authorised = self.headers.get("Authorization") == f"Bearer {ENDPOINT_KEY}"
             status, reply = (200, {"output": answer}) if authorised else (401, {"error": "bad key"})
             if authorised:
-                answered.append(body)
+                answered.append({**body, "deployment": self.headers.get("azureml-model-deployment")})
             payload = json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -69,7 +69,8 @@ def test_the_pipeline_does_every_step_in_azure_and_a_rerun_creates_nothing(prefe
     assert job_put.endswith(result["job"])
     endpoint_path = next(p for p in arm.resources if "/onlineEndpoints/" in p and "/deployments/" not in p)
     assert arm.resources[endpoint_path]["properties"]["traffic"] == {"deploy-v1": 100}
-    assert len(endpoint) == 2  # the deploy stage's proof of traffic, then the smoke chat through Prompt flow
+    # the gate's smoke question and the proof of traffic to deploy-v1, then the smoke chat through Prompt flow
+    assert [request["deployment"] for request in endpoint] == ["deploy-v1", "deploy-v1", None]
     kinds = {values["kind"]: values for values in azure_cloud.templates.deployed}
     assert kinds["hub"]["storageAccountOption"] == "existing"  # the hub adds no storage account of its own
     assert kinds["project"]["workspace_hub"] == f"{WORKSPACES}/phi3-pipeline-hub"
@@ -188,3 +189,24 @@ def test_azure_errors_that_may_pass_are_retried_and_refusals_say_what_to_do(azur
     with pytest.raises(PipelineError, match="may not read.*User Access Administrator") as refused:
         target.check_resources()
     assert not isinstance(refused.value, TransientError)
+
+
+def test_retraining_on_azure_is_blue_green_under_one_endpoint(prefect_server, settings, azure_cloud, endpoint):
+    from flows.full_pipeline import full_pipeline
+
+    arm, transport = azure_cloud.arm, azure_cloud.transport
+    full_pipeline(settings)
+    unchanged = full_pipeline(settings.model_copy(update={"skip_unchanged": True}))
+    assert unchanged["unchanged"].startswith("live: deploy-v1")
+    retrained = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"sample_size": 210})})
+    endpoint.clear()
+    result = full_pipeline(retrained)
+    assert result["model_version"] == 2
+    asked = {request["deployment"] for request in endpoint if request["input_data"]["parameters"]["temperature"] == 0}
+    assert asked == {"deploy-v1", "deploy-v2"}, "the gate asked both deployments, each by name"
+    endpoint_path = next(p for p in arm.resources if p.endswith("/onlineEndpoints/" + p.rsplit("/", 1)[1])
+                         and "/deployments/" not in p)
+    assert arm.resources[endpoint_path]["properties"]["traffic"] == {"deploy-v2": 100}
+    assert [p.rsplit("/", 1)[1] for p in arm.resources if "/deployments/" in p] == ["deploy-v2"]
+    assert len([u for u in puts(transport, "/onlineEndpoints/") if "/deployments/" not in u]) == 3, \
+        "the endpoint was created once and only its traffic changed (v1, then v2)"

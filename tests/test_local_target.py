@@ -57,7 +57,7 @@ def trained(tmp_path_factory, session_home):
 def deployed(trained):
     target, dataset, name = trained
     model = target.register_model(target.job_result(name), dataset)
-    deployment = target.deploy(model)
+    deployment = target.go_live(target.deploy(model))
     yield target, model, deployment
     target.teardown()
 
@@ -181,9 +181,10 @@ def test_server_listens_on_loopback_only(deployed):
 def test_deploy_again_reuses_the_live_server_with_full_traffic(deployed):
     target, model, deployment = deployed
     again = target.deploy(model)
-    assert again.created is False
+    assert again.created is False and again.live
     assert again.scoring_uri == deployment.scoring_uri
     assert again.traffic == {deployment.deployment_name: 100}
+    assert target.live_deployment() == again
 
 
 def test_port_in_use_is_reported_before_any_work(trained, tmp_path):

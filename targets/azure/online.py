@@ -54,14 +54,17 @@ def ensure_deployment(ml_client: MLClient, azure: AzureSettings, endpoint_name: 
     return deployment, True
 
 
+def live_traffic(endpoint: ManagedOnlineEndpoint) -> dict[str, int]:
+    """The endpoint's traffic split; `get` lists every deployment, those without traffic at 0: leave those out."""
+    return {name: share for name, share in (endpoint.traffic or {}).items() if share}
+
+
 def route_all_traffic(ml_client: MLClient, endpoint_name: str, deployment_name: str) -> dict[str, int]:
     """Put 100 % of live traffic on the deployment, then read it back (at 0 % it cannot be tested)."""
     endpoint = ml_client.online_endpoints.get(endpoint_name)
     if (endpoint.traffic or {}).get(deployment_name) != 100:
         ml_client.online_endpoints.begin_create_or_update(with_full_traffic(endpoint, deployment_name)).result()
-    # `get` lists every deployment, those without traffic at 0: keep the ones that take traffic
-    traffic = {name: share for name, share in (ml_client.online_endpoints.get(endpoint_name).traffic or {}).items()
-               if share}
+    traffic = live_traffic(ml_client.online_endpoints.get(endpoint_name))
     if traffic.get(deployment_name) != 100:
         raise PipelineError(f"endpoint {endpoint_name} reports traffic {traffic}, not 100 % on {deployment_name}")
     return traffic

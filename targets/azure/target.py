@@ -10,17 +10,18 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-import requests
+from azure.core.exceptions import ResourceNotFoundError
 
 from pipeline import promptflow_chat
 from pipeline.chat_data import SplitFiles
 from pipeline.config import PipelineSettings
-from pipeline.errors import JobFailedError, PipelineError, TransientError
+from pipeline.errors import JobFailedError
 from pipeline.naming import content_hash
 from targets.azure import assets, clients, finetune, foundry, online, quota, rbac
 from targets.azure.entities import resource_tags
 from targets.azure.errors import translated
 from targets.base import (
+    SMOKE_PROBE,
     ConnectionRef,
     DatasetRef,
     DeploymentRef,
@@ -32,10 +33,9 @@ from targets.base import (
     ResourceCheck,
     Target,
     TeardownReport,
+    ask_scoring_uri,
 )
 from targets.local.workspace import Workspace
-
-SMOKE_PROBE = "Who founded Microsoft?"
 
 
 class AzureTarget(Target):
@@ -146,34 +146,48 @@ class AzureTarget(Target):
                         created=created)
 
     # ---- deploy --------------------------------------------------------------------------------
+    def _deployment_ref(self, deployment_name: str, created: bool) -> DeploymentRef:
+        ml = self.clients.ml
+        endpoint = ml.online_endpoints.get(self.endpoint_name)
+        tags = ml.online_deployments.get(deployment_name, self.endpoint_name).tags or {}
+        return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment_name,
+                             scoring_uri=endpoint.scoring_uri, traffic=online.live_traffic(endpoint),
+                             model_version=int(tags.get("model-version", 0)), job_name=tags.get("job", ""),
+                             created=created)
+
     @translated
     def deploy(self, model: ModelRef) -> DeploymentRef:
-        ml, endpoint_name, deployment_name = self.clients.ml, self.endpoint_name, self.deployment_name(model)
-        online.ensure_endpoint(ml, endpoint_name, self.tags)
-        _, created = online.ensure_deployment(ml, self.azure, endpoint_name, deployment_name, model.uri, self.tags)
-        traffic = online.route_all_traffic(ml, endpoint_name, deployment_name)
-        scoring_uri = ml.online_endpoints.get(endpoint_name).scoring_uri
-        self._verify_traffic(scoring_uri, deployment_name)
-        online.remove_other_deployments(ml, endpoint_name, keep=deployment_name)
-        return DeploymentRef(endpoint_name=endpoint_name, deployment_name=deployment_name, scoring_uri=scoring_uri,
-                             traffic=traffic, model_version=model.version, created=created)
+        ml, name = self.clients.ml, self.deployment_name(model)
+        online.ensure_endpoint(ml, self.endpoint_name, self.tags)
+        tags = {**self.tags, "job": model.job_name, "model-version": str(model.version)}
+        _, created = online.ensure_deployment(ml, self.azure, self.endpoint_name, name, model.uri, tags)
+        return self._deployment_ref(name, created)
 
-    def _verify_traffic(self, scoring_uri: str, deployment_name: str) -> None:
-        """100 % of traffic is proven by a real, authenticated scoring request through the endpoint."""
-        body = {"input_data": {"input_string": [{"role": "user", "content": SMOKE_PROBE}],
-                               "parameters": {"temperature": 0.7, "max_new_tokens": 16}}}
-        key = online.endpoint_key(self.clients.ml, self.endpoint_name)
-        timeout_s = self.azure.request_timeout_ms / 1000 + 10
+    @translated
+    def live_deployment(self) -> DeploymentRef | None:
         try:
-            response = requests.post(scoring_uri, json=body, headers={"Authorization": f"Bearer {key}"},
-                                     timeout=timeout_s)
-        except requests.RequestException as error:
-            raise TransientError(f"scoring request to {deployment_name} failed: {error}") from None
-        if response.status_code in (429, 502, 503, 504):
-            raise TransientError(f"deployment {deployment_name} answered HTTP {response.status_code}")
-        if response.status_code != 200:
-            raise PipelineError(f"deployment {deployment_name} answered HTTP {response.status_code}: "
-                                f"{response.text[:300]}")
+            traffic = online.live_traffic(self.clients.ml.online_endpoints.get(self.endpoint_name))
+        except ResourceNotFoundError:
+            return None
+        live = next((name for name, share in traffic.items() if share == 100), None)
+        return self._deployment_ref(live, created=False) if live else None
+
+    @translated
+    def ask(self, deployment: DeploymentRef, question: str, max_new_tokens: int, temperature: float = 0.0) -> str:
+        return ask_scoring_uri(deployment.scoring_uri, self.endpoint_key(deployment), deployment.deployment_name,
+                               question, max_new_tokens, temperature,
+                               timeout_s=self.azure.request_timeout_ms / 1000 + 10)
+
+    @translated
+    def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
+        traffic = online.route_all_traffic(self.clients.ml, self.endpoint_name, deployment.deployment_name)
+        self.ask(deployment, SMOKE_PROBE, 16)  # 100 % of traffic, proven by an authenticated answer
+        online.remove_other_deployments(self.clients.ml, self.endpoint_name, keep=deployment.deployment_name)
+        return deployment.model_copy(update={"traffic": traffic, "created": not deployment.live})
+
+    @translated
+    def remove_deployments(self, keep: str) -> list[str]:
+        return online.remove_other_deployments(self.clients.ml, self.endpoint_name, keep=keep)
 
     @translated
     def endpoint_key(self, deployment: DeploymentRef) -> str:

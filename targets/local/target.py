@@ -21,6 +21,7 @@ from pipeline.config import BUILTIN_BASE_MODEL, PipelineSettings
 from pipeline.errors import ConfigError, JobFailedError, PipelineError, TransientError
 from pipeline.naming import content_hash
 from targets.base import (
+    SMOKE_PROBE,
     ConnectionRef,
     DatasetRef,
     DeploymentRef,
@@ -32,6 +33,7 @@ from targets.base import (
     ResourceCheck,
     Target,
     TeardownReport,
+    ask_scoring_uri,
 )
 from targets.local.workspace import Workspace, read_json, write_json_atomic
 
@@ -47,7 +49,6 @@ BUILTIN_DISK_GIB = 0.2
 BUILTIN_GPU_GIB = 0.5
 SERVER_START_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 10
-SMOKE_PROBE = "Who founded Microsoft?"
 
 
 def _process_alive(pid: int | None, module: str) -> bool:
@@ -289,9 +290,17 @@ class LocalTarget(Target):
     def _port_held_by_us(self, port: int) -> bool:
         return any((self._server_state(d) or {}).get("port") == port for d in self._deployments())
 
+    def _deployment_ref(self, deployment_dir: Path, state: dict, created: bool) -> DeploymentRef:
+        spec = read_json(deployment_dir / "spec.json") or {}
+        traffic = (read_json(self._endpoint_file()) or {}).get("traffic", {})
+        return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment_dir.name,
+                             scoring_uri=f"http://{state['host']}:{state['port']}/score", traffic=traffic,
+                             model_version=spec.get("model_version", 0), job_name=spec.get("job_name", ""),
+                             created=created)
+
     def deploy(self, model: ModelRef) -> DeploymentRef:
-        deployment_name = f"{model.name}-v{model.version}"
-        deployment_dir = self.ws.dir("deployments", deployment_name)
+        """The model's server, started beside the live one (or found running); traffic moves in go_live."""
+        deployment_dir = self.ws.dir("deployments", f"{model.name}-v{model.version}")
         with self.ws.lock(f"endpoint-{self.endpoint_name}"):
             state = self._server_state(deployment_dir)
             spec = read_json(deployment_dir / "spec.json") or {}
@@ -300,32 +309,49 @@ class LocalTarget(Target):
                 state = None
             created = state is None
             if created:
-                port = self.settings.local.port
-                if port and self._port_held_by_us(port):  # a fixed port: the old deployment makes room
-                    for other in self._deployments():
-                        if other != deployment_dir:
-                            self._stop_deployment(other)
                 state = self._start_server(deployment_dir, model)
-            scoring_uri = f"http://{state['host']}:{state['port']}/score"
-            traffic = {deployment_name: 100}
+        return self._deployment_ref(deployment_dir, state, created)
+
+    def live_deployment(self) -> DeploymentRef | None:
+        traffic = (read_json(self._endpoint_file()) or {}).get("traffic", {})
+        live = next((name for name, share in traffic.items() if share == 100), None)
+        state = self._server_state(self.ws.root / "deployments" / live) if live else None
+        return self._deployment_ref(self.ws.root / "deployments" / live, state, created=False) if state else None
+
+    def ask(self, deployment: DeploymentRef, question: str, max_new_tokens: int, temperature: float = 0.0) -> str:
+        return ask_scoring_uri(deployment.scoring_uri, self.ws.read_key(), deployment.deployment_name, question,
+                               max_new_tokens, temperature, timeout_s=60)
+
+    def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
+        with self.ws.lock(f"endpoint-{self.endpoint_name}"):
+            traffic = {deployment.deployment_name: 100}
             created_at = (read_json(self._endpoint_file()) or {}).get("created_at", time.time())
-            write_json_atomic(self._endpoint_file(), {"scoring_uri": scoring_uri, "traffic": traffic,
+            write_json_atomic(self._endpoint_file(), {"scoring_uri": deployment.scoring_uri, "traffic": traffic,
                                                       "created_at": created_at})
-            self._verify_traffic(scoring_uri, deployment_name)
-            for other in self._deployments():
-                if other != deployment_dir:
-                    self._stop_deployment(other)
-        return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment_name,
-                             scoring_uri=scoring_uri, traffic=traffic, model_version=model.version,
-                             created=created)
+            self.ask(deployment, SMOKE_PROBE, 16)  # traffic is proven by an authenticated answer
+            self._remove_deployments_but(deployment.deployment_name)
+        return deployment.model_copy(update={"traffic": traffic, "created": not deployment.live})
+
+    def remove_deployments(self, keep: str) -> list[str]:
+        with self.ws.lock(f"endpoint-{self.endpoint_name}"):
+            return self._remove_deployments_but(keep)
+
+    def _remove_deployments_but(self, keep: str) -> list[str]:
+        others = [d for d in self._deployments() if d.name != keep]
+        for deployment_dir in others:
+            self._stop_deployment(deployment_dir)
+        return [d.name for d in others]
 
     def _start_server(self, deployment_dir: Path, model: ModelRef) -> dict:
         port = self.settings.local.port
+        if port and self._port_held_by_us(port):  # the live deployment holds it: the candidate starts beside
+            port = 0
         if port and not _port_is_free(port):
             raise ConfigError(f"local.port {port} is in use on 127.0.0.1: stop what listens there or set local.port=0")
         (deployment_dir / "state.json").unlink(missing_ok=True)
         write_json_atomic(deployment_dir / "spec.json", {
-            "model_dir": model.uri, "model_version": model.version, "key_file": str(self.ws.key_file),
+            "model_dir": model.uri, "model_version": model.version, "job_name": model.job_name,
+            "key_file": str(self.ws.key_file),
             "key_sha256": self.ws.key_fingerprint(),
             "port": port, "max_new_tokens_limit": self.settings.local.max_new_tokens_limit,
         })
@@ -348,19 +374,6 @@ class LocalTarget(Target):
             return requests.get(f"http://{state['host']}:{state['port']}/", timeout=2).ok
         except requests.RequestException:
             return False
-
-    def _verify_traffic(self, scoring_uri: str, deployment_name: str) -> None:
-        """Traffic is 100 % on the deployment only if a real, authenticated request gets an answer."""
-        body = {"input_data": {"input_string": [{"role": "user", "content": SMOKE_PROBE}],
-                               "parameters": {"temperature": 0.7, "max_new_tokens": 16}}}
-        headers = {"Authorization": f"Bearer {self.ws.read_key()}"}
-        try:
-            response = requests.post(scoring_uri, json=body, headers=headers, timeout=60)
-        except requests.RequestException as error:
-            raise TransientError(f"scoring request to {deployment_name} failed: {error}") from None
-        if response.status_code != 200 or "output" not in response.json():
-            raise PipelineError(f"deployment {deployment_name} answered HTTP {response.status_code}: "
-                                f"{response.text[:300]}")
 
     def _stop_deployment(self, deployment_dir: Path) -> bool:
         state = read_json(deployment_dir / "state.json") or {}

@@ -1,0 +1,75 @@
+"""The evaluation gate of blue/green: a retrained model takes the traffic only if it answers the
+held-out test questions no worse than the live model (by `evaluation.margin`)."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel
+
+from pipeline.chat_data import split_and_write
+from pipeline.config import PipelineSettings
+from pipeline.errors import PipelineError
+from pipeline.evaluation import gate_questions, mean_f1
+from targets.base import DeploymentRef
+from tasks.common import stage_retries, stage_target
+
+# The smoke question is asked as the tutorial's chat flow asks it; the comparison decodes greedily.
+SMOKE_TEMPERATURE, SMOKE_MAX_NEW_TOKENS = 0.7, 128
+
+
+class GateFailedError(PipelineError):
+    """The candidate did worse than the live model: traffic stays where it was."""
+
+
+class GateResult(BaseModel):
+    candidate: str
+    live: str | None
+    questions: int
+    candidate_f1: float | None = None
+    live_f1: float | None = None
+    margin: float
+    passed: bool
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return self.reason
+
+
+def _compare(settings: PipelineSettings, target, candidate: DeploymentRef, live: DeploymentRef) -> GateResult:
+    evaluation = settings.evaluation
+    split = split_and_write(settings.dataset, target.scratch_dir())  # the dataset stage's split, made again
+    pairs = gate_questions(split.test_file, evaluation.questions)
+    scores = {deployment.deployment_name: mean_f1(
+        [target.ask(deployment, question, evaluation.max_new_tokens) for question, _ in pairs], pairs)
+        for deployment in (candidate, live)}
+    candidate_f1, live_f1 = scores[candidate.deployment_name], scores[live.deployment_name]
+    passed = candidate_f1 >= live_f1 - evaluation.margin
+    verdict = "passed" if passed else "failed"
+    return GateResult(
+        candidate=candidate.deployment_name, live=live.deployment_name, questions=len(pairs),
+        candidate_f1=round(candidate_f1, 4), live_f1=round(live_f1, 4), margin=evaluation.margin, passed=passed,
+        reason=f"gate {verdict}: {candidate.deployment_name} token F1 {candidate_f1:.3f} vs live "
+               f"{live.deployment_name} {live_f1:.3f} on {len(pairs)} test questions (margin {evaluation.margin:g})")
+
+
+@task(name="evaluation-gate", **stage_retries())
+def evaluation_gate(settings: PipelineSettings, candidate: DeploymentRef, live: DeploymentRef | None) -> GateResult:
+    """The candidate must answer the smoke question; beside a live model it must also score no worse."""
+    target = stage_target(settings)
+    if not target.ask(candidate, settings.question, SMOKE_MAX_NEW_TOKENS, SMOKE_TEMPERATURE).strip():
+        raise GateFailedError(f"{candidate.deployment_name} gave an empty answer to {settings.question!r}")
+    if live is None or live.deployment_name == candidate.deployment_name:
+        already = "the candidate is the live deployment already" if live else "no live model to compare with"
+        result = GateResult(candidate=candidate.deployment_name, live=None, questions=0,
+                            margin=settings.evaluation.margin, passed=True,
+                            reason=f"{already}; the smoke question was answered")
+    else:
+        result = _compare(settings, target, candidate, live)
+    get_run_logger().info(result.reason)
+    create_table_artifact(key="evaluation-gate", table=[result.model_dump()],
+                          description="blue/green gate: candidate against the live model on held-out questions")
+    if not result.passed:
+        raise GateFailedError(f"{result.reason}; traffic stays on {live.deployment_name}, the candidate is removed")
+    return result

@@ -1,0 +1,42 @@
+"""Stage 0: what serves now, and whether this run would train anything new (read calls only).
+
+A scheduled retraining run with `skip_unchanged` ends here when the live model was trained on the
+same data and settings: no training, no cloud write. The live deployment is also what a failed
+run must leave serving, and what a retrained candidate is compared with.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from pipeline.chat_data import split_and_write
+from pipeline.config import PipelineSettings
+from pipeline.naming import job_name
+from targets.base import DeploymentRef
+from tasks.common import stage_retries, stage_target
+
+
+class LiveModel(BaseModel):
+    deployment: DeploymentRef | None
+    planned_job: str
+
+    @property
+    def unchanged(self) -> bool:
+        return self.deployment is not None and self.deployment.job_name == self.planned_job
+
+    @property
+    def label(self) -> str:
+        if self.deployment is None:
+            return "nothing live yet"
+        state = "unchanged" if self.unchanged else "new data or settings"
+        return f"live: {self.deployment.deployment_name} (job {self.deployment.job_name}); {state}"
+
+
+@task(name="live-model", **stage_retries())
+def find_live_model(settings: PipelineSettings) -> LiveModel:
+    target = stage_target(settings)
+    split = split_and_write(settings.dataset, target.scratch_dir())
+    live = LiveModel(deployment=target.live_deployment(), planned_job=job_name(settings, split.content_hash))
+    get_run_logger().info(live.label)
+    return live

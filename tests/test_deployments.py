@@ -1,0 +1,87 @@
+"""prefect.yaml on a real Prefect server: `prefect deploy --all` onto a process work pool, then a process
+worker (started and stopped here) runs the full-pipeline deployment and the teardown deployment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.conftest import QUICK_TRAINING, ROOT
+from tests.test_e2e import processes_using
+
+POOL = "phi3-process"
+
+
+def prefect_cli(api_url: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PREFECT_API_URL": api_url, "PWD": str(ROOT)})
+
+
+@pytest.fixture(scope="module")
+def deployments(prefect_server) -> dict[str, dict]:
+    pool = prefect_cli(prefect_server, "work-pool", "create", POOL, "--type", "process", "--overwrite")
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    deployed = prefect_cli(prefect_server, "--no-prompt", "deploy", "--all")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    return {d["name"]: d for d in requests.post(f"{prefect_server}/deployments/filter", json={},
+                                                timeout=10).json()}
+
+
+def test_prefect_yaml_deploys_the_pipeline_retraining_teardown_and_reaper(deployments):
+    assert {"full-pipeline", "scheduled-retraining", "teardown", "reaper"} <= set(deployments)
+    for deployment in deployments.values():
+        assert deployment["work_pool_name"] == POOL
+        assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
+
+    form = deployments["full-pipeline"]["parameter_openapi_schema"]
+    settings_schema = form["definitions"]["PipelineSettings"]["properties"]
+    assert settings_schema["target"]["enum"] == ["local", "azure"]
+    training = form["definitions"]["TrainingSettings"]["properties"]
+    assert training["learning_rate"]["default"] == 0.005 and training["learning_rate"]["description"]
+
+    def crons(name: str) -> list[str]:
+        return [s["schedule"]["cron"] for s in deployments[name]["schedules"]]
+
+    assert crons("scheduled-retraining") == ["0 3 * * 1"] and crons("reaper") == ["0 * * * *"]
+    assert deployments["scheduled-retraining"]["parameters"] == {"settings": {"skip_unchanged": True}}
+    assert deployments["reaper"]["parameters"] == {"older_than_hours": 24}
+    assert crons("full-pipeline") == [] and crons("teardown") == []
+
+
+def test_a_worker_runs_the_pipeline_from_its_deployment_and_the_teardown_deployment_stops_it(
+        deployments, prefect_server, tmp_path):
+    workspace = tmp_path / "ws"
+    quick = {"epochs": int(QUICK_TRAINING["PHI3_TRAINING__EPOCHS"]),
+             "base_pretrain_steps": int(QUICK_TRAINING["PHI3_TRAINING__BASE_PRETRAIN_STEPS"])}
+    settings = {"local": {"workspace_dir": str(workspace)}, "training": quick,
+                "dataset": {"sample_size": int(QUICK_TRAINING["PHI3_DATASET__SAMPLE_SIZE"])},
+                "question": "Who founded Apple?"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL], cwd=ROOT, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PREFECT_API_URL": prefect_server})
+    try:
+        run = prefect_cli(prefect_server, "deployment", "run", "phi3-full-pipeline/full-pipeline", "--params",
+                          json.dumps({"settings": settings}), "--watch", "--watch-timeout", "600", timeout=700)
+        assert run.returncode == 0, run.stdout + run.stderr
+        answers = requests.post(f"{prefect_server}/artifacts/filter", timeout=10, json={
+            "artifacts": {"key": {"any_": ["smoke-chat-answer"]}}, "sort": "CREATED_DESC", "limit": 1}).json()
+        assert "**Q:** Who founded Apple?" in answers[0]["data"] and "**A:** " in answers[0]["data"]
+        scoring_uri = json.loads((workspace / "endpoints" / "phi3-custom-endpoint.json").read_text())["scoring_uri"]
+        assert requests.get(scoring_uri.removesuffix("score"), timeout=10).ok, "the server is up after the run"
+
+        stop = prefect_cli(prefect_server, "deployment", "run", "phi3-teardown/teardown", "--params",
+                           json.dumps({"settings": {"local": {"workspace_dir": str(workspace)}}}), "--watch",
+                           "--watch-timeout", "300", timeout=400)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert processes_using(workspace) == [], "nothing of the run is left running"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(scoring_uri.removesuffix("score"), timeout=5)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
