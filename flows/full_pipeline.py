@@ -47,8 +47,7 @@ def full_pipeline(settings: PipelineSettings | None = None) -> dict:
         stages.run("evaluation gate", evaluation_gate, settings, candidate, live.deployment)
         deployment = stages.run("go live", go_live, settings, candidate)
         connection = stages.run("connection", create_connection, settings, deployment)
-        answer = stages.run("smoke chat", smoke_chat.with_options(timeout_seconds=settings.smoke_chat_timeout_s),
-                            settings, connection)
+        answer = stages.run("smoke chat", smoke_chat, settings, connection)
         if settings.teardown:
             stages.run("teardown", teardown, settings)
     except BaseException as error:

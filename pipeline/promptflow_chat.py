@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import yaml
+
+from pipeline.errors import PipelineError
 
 CHAT_FLOW_DIR = Path(__file__).resolve().parents[1] / "chat_flow"
 FLOW_FILE = "flow.dag.yaml"
@@ -77,7 +80,25 @@ def prepare_flow(dest: Path, connection_name: str) -> Path:
     return dest
 
 
-def run_chat_flow(flow_dir: Path, question: str) -> str:
-    """Run the chat flow once with Prompt flow's client and return its answer."""
-    result = _client().test(flow=str(flow_dir), inputs={"input_data": question})
-    return str(result["answer"])
+def run_chat_flow(flow_dir: Path, question: str, timeout_s: float) -> str:
+    """Run the chat flow once with Prompt flow's client and return its answer, waiting at most `timeout_s`.
+
+    The flow runs in a daemon thread that is left behind on time-out rather than interrupted: an
+    exception injected into a running thread (how Prefect enforces task time-outs) can land while it
+    holds a lock, such as logging's, and hang the process at exit."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["answer"] = str(_client().test(flow=str(flow_dir), inputs={"input_data": question})["answer"])
+        except BaseException as error:  # handed to the waiting thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="smoke-chat", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise PipelineError(f"the chat flow gave no answer within {timeout_s:g} s (smoke_chat_timeout_s)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["answer"]

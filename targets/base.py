@@ -121,7 +121,7 @@ class PlanItem(BaseModel):
     """One line of `--plan`: what a run would do with a resource, and what it costs per hour while up."""
 
     resource: str
-    action: str  # reuse | create | submit | start | check | ok | short
+    action: str  # reuse, create, get or create, submit, adopt (<job state>), ok, short
     detail: str = ""
     usd_per_hour: float = 0.0
 
@@ -243,7 +243,11 @@ def ask_scoring_uri(scoring_uri: str, key: str, deployment_name: str, question: 
         raise TransientError(f"scoring request to {deployment_name} failed: {error}") from None
     if response.status_code in (429, 502, 503, 504):
         raise TransientError(f"deployment {deployment_name} answered HTTP {response.status_code}")
-    if response.status_code != 200 or not isinstance(response.json(), dict) or "output" not in response.json():
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if response.status_code != 200 or not isinstance(payload, dict) or "output" not in payload:
         raise PipelineError(f"deployment {deployment_name} answered HTTP {response.status_code}: "
                             f"{response.text[:300]}")
-    return str(response.json()["output"])
+    return str(payload["output"])

@@ -13,7 +13,7 @@ from tasks.common import stage_retries, stage_target
 @task(name="smoke-chat", **stage_retries())
 def smoke_chat(settings: PipelineSettings, connection: ConnectionRef) -> str:
     flow_dir = promptflow_chat.prepare_flow(stage_target(settings).scratch_dir() / "chat_flow", connection.name)
-    answer = promptflow_chat.run_chat_flow(flow_dir, settings.question).strip()
+    answer = promptflow_chat.run_chat_flow(flow_dir, settings.question, settings.smoke_chat_timeout_s).strip()
     if not answer:
         raise PipelineError(f"the chat flow returned an empty answer from {connection.endpoint}")
     get_run_logger().info("Q: %s | A: %s", settings.question, answer)

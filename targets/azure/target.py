@@ -241,8 +241,10 @@ class AzureTarget(Target):
                               detail="billed while the job runs"))
         items.append(get_or_create(f"endpoint {self.endpoint_name}",
                                    lambda: ml.online_endpoints.get(self.endpoint_name)))
+        live = self.live_deployment()
+        beside = f"beside live {live.deployment_name} until the gate decides; " if live else ""
         items.append(PlanItem(resource=f"deployment ({azure.deploy_vm_size} x{azure.deploy_instance_count})",
-                              action="get or create", detail="billed until teardown",
+                              action="get or create", detail=f"{beside}billed until teardown",
                               usd_per_hour=self._price(azure.deploy_vm_size, azure.deploy_instance_count)))
         items += foundry.plan(self.clients.resource_group_ml, azure, self.settings.connection_name)
         return items
