@@ -19,7 +19,7 @@ from tasks.common import stage_retries, stage_target
 
 class LiveModel(BaseModel):
     deployment: DeploymentRef | None
-    planned_job: str
+    planned_job: str | None  # the job this run needs; worked out only when asked to skip an unchanged run
 
     @property
     def unchanged(self) -> bool:
@@ -29,14 +29,18 @@ class LiveModel(BaseModel):
     def label(self) -> str:
         if self.deployment is None:
             return "nothing live yet"
-        state = "unchanged" if self.unchanged else "new data or settings"
-        return f"live: {self.deployment.deployment_name} (job {self.deployment.job_name}); {state}"
+        live = f"live: {self.deployment.deployment_name} (job {self.deployment.job_name})"
+        if self.planned_job is None:
+            return live
+        return f"{live}; {'unchanged' if self.unchanged else 'new data or settings'}"
 
 
 @task(name="live-model", **stage_retries())
 def find_live_model(settings: PipelineSettings) -> LiveModel:
     target = stage_target(settings)
-    split = split_and_write(settings.dataset, target.scratch_dir())
-    live = LiveModel(deployment=target.live_deployment(), planned_job=job_name(settings, split.content_hash))
+    planned_job = None
+    if settings.skip_unchanged:
+        planned_job = job_name(settings, split_and_write(settings.dataset, target.scratch_dir()).content_hash)
+    live = LiveModel(deployment=target.live_deployment(), planned_job=planned_job)
     get_run_logger().info(live.label)
     return live

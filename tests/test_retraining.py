@@ -56,8 +56,9 @@ def test_retraining_skips_unchanged_data_and_gates_a_changed_model(tmp_path, pre
     notice = artifact(prefect_server, "failure-notice")["data"]
     assert "failed at stage: evaluation gate" in notice and "Still running: deployment phi3-custom-v1" in notice
 
-    promoted = run_cli("flows.full_pipeline", *CHANGED_DATA, "--evaluation.margin", "1", env=env)
+    promoted = run_cli("flows.full_pipeline", *CHANGED_DATA, "--evaluation.margin", "1", "--skip_unchanged", env=env)
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    assert "live: phi3-custom-v1 (job " in promoted.stdout and "new data or settings" in promoted.stdout
     assert answer_of(promoted)
     assert "gate passed: phi3-custom-v2" in promoted.stdout
     assert "fine-tune            reused (cached)" in promoted.stdout, "the gated job is not trained twice"
