@@ -228,9 +228,9 @@ class TeardownSettings(PipelineSettings):
     """The teardown command's settings: the pipeline's (which endpoint, where), plus the reaper's age limit."""
 
     older_than_hours: float | None = Field(
-        None, gt=0, description=(
-            "Remove every endpoint this project made (any run, any model) older than this many hours; "
-            "unset: this configuration's endpoint, whatever its age."),
+        None, ge=0, description=(
+            "Remove every endpoint this project made (any run, any model) older than this many hours, 0 for "
+            "all of them; unset: this configuration's endpoint, whatever its age."),
     )
 
 

@@ -196,8 +196,10 @@ def test_retraining_on_azure_is_blue_green_under_one_endpoint(prefect_server, se
 
     arm, transport = azure_cloud.arm, azure_cloud.transport
     full_pipeline(settings)
+    requests_before = len(transport.requests)
     unchanged = full_pipeline(settings.model_copy(update={"skip_unchanged": True}))
     assert unchanged["unchanged"].startswith("live: deploy-v1")
+    assert {r.method for r in transport.requests[requests_before:]} == {"GET"}, "no cloud write when unchanged"
     retrained = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"sample_size": 210})})
     endpoint.clear()
     result = full_pipeline(retrained)
