@@ -8,11 +8,10 @@ from collections.abc import Callable
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
-from pipeline.chat_data import check_source, split_and_write
+from pipeline.chat_data import check_source
 from pipeline.config import VM_PRICES_AS_OF, PipelineSettings, TeardownSettings
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.naming import job_name
-from targets import get_target
+from pipeline.errors import ConfigError, PipelineError, TransientError
+from targets import get_target, plan_run
 from targets.base import PlanItem, TeardownReport, raise_if_short
 
 EXIT_FAILED = 1
@@ -47,13 +46,6 @@ def _fail(error: BaseException) -> int:
     return EXIT_BAD_INPUT if isinstance(error, ConfigError) else EXIT_FAILED
 
 
-def plan(settings: PipelineSettings) -> list[PlanItem]:
-    """The dry run: the split is made locally to name the data and the job; the target only reads."""
-    target = get_target(settings)
-    split = split_and_write(settings.dataset, target.scratch_dir())
-    return target.plan(split, job_name(settings, split.content_hash))
-
-
 def print_plan(items: list[PlanItem]) -> None:
     print(f"{'resource':<58} {'action':<16} {'USD/h':>6}  detail")
     for item in items:
@@ -70,10 +62,10 @@ def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Cal
     try:
         settings = load_settings(argv, prog, model)
         if settings.plan:
-            print_plan(plan(settings))
+            print_plan(plan_run(settings))
             return 0
         check(settings)
-    except (PipelineError, OSError) as error:  # e.g. a workspace folder that cannot be written
+    except (PipelineError, TransientError, OSError) as error:  # e.g. a folder that cannot be written
         return _fail(error)
     try:
         result = run(settings)

@@ -19,6 +19,7 @@ from tasks.evaluate import evaluation_gate
 from tasks.finetune import fine_tune
 from tasks.identity import ensure_identity
 from tasks.live_model import find_live_model
+from tasks.plan import dry_run
 from tasks.quota import check_quota
 from tasks.register import register_model
 from tasks.smoke_chat import smoke_chat
@@ -33,6 +34,8 @@ def full_pipeline(settings: PipelineSettings | None = None) -> dict:
     settings = settings or PipelineSettings()
     stages = StageSummary()
     live = None
+    if settings.plan:  # a dry run asked for from the UI: read calls only, nothing is created
+        return {"plan": [item.model_dump() for item in dry_run(settings)], "stages": stages.rows()}
     try:
         live = stages.run("live model", find_live_model, settings)
         if settings.skip_unchanged and live.unchanged:
@@ -61,12 +64,14 @@ def full_pipeline(settings: PipelineSettings | None = None) -> dict:
 def _after_failure(settings: PipelineSettings, stages: StageSummary, live, error: BaseException) -> None:
     """Never leave by accident what this run started; say what failed and what still runs."""
     live_before = live.deployment if live else None
-    removed, still_serving = [], live_before.deployment_name if live_before else None
+    removed, still_serving, clean_up_error = [], live_before.deployment_name if live_before else None, None
     if stages.reached("deploy") and not stages.reached("teardown"):
-        state = clean_up_after_failure(settings, live_before, return_state=True)
+        state = clean_up_after_failure(settings, live_before, "go live" in stages.results, return_state=True)
         if state.is_completed():  # a clean-up failure must not hide the original error
             removed, still_serving = state.result().removed, state.result().still_serving
-    publish_failure_notice(stages, error, still_serving, removed)
+        else:
+            clean_up_error = state.result(raise_on_failure=False)
+    publish_failure_notice(stages, error, still_serving, removed, clean_up_error)
 
 
 if __name__ == "__main__":

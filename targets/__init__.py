@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pipeline.chat_data import split_and_write
 from pipeline.config import PipelineSettings
-from targets.base import Target
+from pipeline.naming import job_name
+from targets.base import PlanItem, Target
 
 
 def get_target(settings: PipelineSettings, run_id: str = "cli") -> Target:
@@ -15,3 +17,10 @@ def get_target(settings: PipelineSettings, run_id: str = "cli") -> Target:
     from targets.local.target import LocalTarget
 
     return LocalTarget(settings, run_id)
+
+
+def plan_run(settings: PipelineSettings) -> list[PlanItem]:
+    """The dry run: the split is made locally to name the data and the job; the target only reads."""
+    target = get_target(settings)
+    split = split_and_write(settings.dataset, target.scratch_dir())
+    return target.plan(split, job_name(settings, split.content_hash))

@@ -193,7 +193,7 @@ class Target(ABC):
 
     @abstractmethod
     def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
-        """Move 100 % of traffic to the deployment, prove it with a request, then remove the others."""
+        """Move 100 % of traffic to the deployment and prove it with a request (the others stay, idle)."""
 
     @abstractmethod
     def remove_deployments(self, keep: str) -> list[str]:

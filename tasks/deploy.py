@@ -19,6 +19,9 @@ def deploy(settings: PipelineSettings, model: ModelRef) -> DeploymentRef:
 
 @task(name="go-live", **stage_retries())
 def go_live(settings: PipelineSettings, deployment: DeploymentRef) -> DeploymentRef:
-    live = stage_target(settings).go_live(deployment)
-    get_run_logger().info("deployment %s live at %s with 100 %% of traffic", live.deployment_name, live.scoring_uri)
+    target = stage_target(settings)
+    live = target.go_live(deployment)
+    retired = target.remove_deployments(keep=live.deployment_name)  # only once the new one answers live
+    get_run_logger().info("deployment %s live at %s with 100 %% of traffic; removed: %s", live.deployment_name,
+                          live.scoring_uri, ", ".join(retired) or "nothing")
     return live

@@ -1,5 +1,6 @@
 """Run artifacts from the flow: the stage table and the loss curve (also on a cached re-run)."""
 
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from targets.base import JobRef
@@ -23,13 +24,20 @@ def publish_summary(stages: StageSummary) -> None:
 
 
 def publish_failure_notice(stages: StageSummary, error: BaseException, still_serving: str | None,
-                           removed: list[str]) -> str:
+                           removed: list[str], clean_up_error: BaseException | None = None) -> str:
     """A notice on the failed run (Artifacts tab) and in its log: which stage failed, what was cleaned up,
     and whether a paid deployment is still running."""
     failed = next((r.stage for r in reversed(stages.records) if r.outcome == "failed"), "before the first stage")
-    running = (f"**Still running: deployment {still_serving}** (it served before this run or passed its gate; "
-               "stop it with the teardown flow)" if still_serving else "Nothing is left running.")
+    if clean_up_error is not None:
+        running = (f"**The clean-up failed ({type(clean_up_error).__name__}: {clean_up_error}): the endpoint and "
+                   "its deployments may still be running and billing. Run the teardown flow.**")
+    elif still_serving:
+        running = (f"**Still running: deployment {still_serving}** (it served before this run or passed its "
+                   "gate; stop it with the teardown flow)")
+    else:
+        running = "Nothing is left running."
     notice = (f"# Pipeline failed at stage: {failed}\n\n{type(error).__name__}: {error}\n\n"
-              f"Cleaned up: {', '.join(removed) or 'nothing to clean up'}.\n\n{running}\n")
+              f"Cleaned up: {', '.join(removed) or 'nothing'}.\n\n{running}\n")
     create_markdown_artifact(key="failure-notice", markdown=notice, description="why this run failed")
+    get_run_logger().error(notice)
     return notice

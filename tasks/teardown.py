@@ -26,13 +26,14 @@ def tear_down(settings: PipelineSettings, older_than_hours: float | None = None)
 
 
 @task(name="clean-up-after-failure", **stage_retries())
-def clean_up_after_failure(settings: PipelineSettings, live_before: DeploymentRef | None) -> CleanUp:
-    """Nothing served before the run: tear everything down. A model served: remove the deployments that
-    take no traffic (the candidate), so the live one keeps serving as it did."""
+def clean_up_after_failure(settings: PipelineSettings, live_before: DeploymentRef | None,
+                           went_live: bool) -> CleanUp:
+    """Nothing served before the run: tear everything down. A model served: if the new one never completed
+    going live, traffic goes back to the old one; either way the deployments without traffic go."""
     target = stage_target(settings)
     if live_before is None:
         return CleanUp(removed=target.teardown().removed, still_serving=None)
-    live = target.live_deployment()
+    live = target.go_live(live_before) if not went_live else target.live_deployment()
     if live is None:
         return CleanUp(removed=target.teardown().removed, still_serving=None)
     return CleanUp(removed=target.remove_deployments(keep=live.deployment_name), still_serving=live.deployment_name)

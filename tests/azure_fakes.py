@@ -179,6 +179,8 @@ class FakeArm:
                 return 204, {}
             for child in [key for key in self.resources if key.startswith(path + "/")]:
                 del self.resources[child]
+            if "/connections/" in path:  # not a long-running operation
+                return 200, {}
             return 202, {}, self._operation("Succeeded")
         if path in self.resources:
             if "/jobs/" in path and request.method == "GET" and self.job_states:
@@ -251,18 +253,23 @@ class FakeTemplateDeployments:
 
 
 @contextmanager
-def scoring_stub(answer: str) -> Iterator[tuple[str, list[dict]]]:
+def scoring_stub(answer: str) -> Iterator[tuple[str, list[dict], list]]:
     """A 127.0.0.1 stand-in for the endpoint's scoring URI: the tutorial's contract behind the key.
-    Yields (scoring URI, the request bodies it answered, each with the deployment it was addressed to)."""
+    Yields (scoring URI, the request bodies it answered, each with the deployment it was addressed to,
+    refusals: predicates on such a request that make it answer HTTP 400)."""
     answered: list[dict] = []
+    refusals: list[Callable[[dict], bool]] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body["deployment"] = self.headers.get("azureml-model-deployment")
             authorised = self.headers.get("Authorization") == f"Bearer {ENDPOINT_KEY}"
             status, reply = (200, {"output": answer}) if authorised else (401, {"error": "bad key"})
-            if authorised:
-                answered.append({**body, "deployment": self.headers.get("azureml-model-deployment")})
+            if authorised and any(refuse(body) for refuse in refusals):
+                status, reply = 400, {"error": "refused by the test"}
+            elif authorised:
+                answered.append(body)
             payload = json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -277,7 +284,7 @@ def scoring_stub(answer: str) -> Iterator[tuple[str, list[dict]]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/score", answered
+        yield f"http://127.0.0.1:{server.server_port}/score", answered, refusals
     finally:
         server.shutdown()
         server.server_close()

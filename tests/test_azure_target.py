@@ -9,6 +9,7 @@ import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import CredentialUnavailableError
 
@@ -35,11 +36,17 @@ def settings(tmp_path, session_home, monkeypatch) -> PipelineSettings:
 
 
 @pytest.fixture
-def endpoint(azure_cloud):
-    with scoring_stub(ANSWER) as (scoring_uri, answered):
+def scoring(azure_cloud):
+    """(requests the endpoint answered, refusals) of a 127.0.0.1 stand-in for the endpoint's scoring URI."""
+    with scoring_stub(ANSWER) as (scoring_uri, answered, refusals):
         azure_cloud.arm.scoring_uri = scoring_uri
         azure_cloud.arm.job_states = ["Queued", "Running", "Completed"]
-        yield answered
+        yield answered, refusals
+
+
+@pytest.fixture
+def endpoint(scoring):
+    return scoring[0]
 
 
 def puts(transport, fragment: str = "") -> list[str]:
@@ -172,10 +179,11 @@ def test_the_sweep_removes_only_this_projects_endpoints_past_their_age(azure_clo
     online.ensure_endpoint(ml_client, "ep-fresh", resource_tags("run-2", now - timedelta(hours=1)))
     ml_client.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="ep-not-ours", auth_mode="key",
                                                                             tags={"owner": "someone"})).result()
+    online.ensure_endpoint(ml_client, "ep-odd-tag", {"managed-by": "phi3-pipeline", "created-at": "yesterday"})
     report = AzureTarget(settings).sweep(older_than_hours=24)
     assert report.removed == ["endpoint ep-old"]
     assert sorted(p.rsplit("/", 1)[1] for p in azure_cloud.arm.resources if "/onlineEndpoints/" in p) == [
-        "ep-fresh", "ep-not-ours"]
+        "ep-fresh", "ep-not-ours", "ep-odd-tag"]
 
 
 def test_azure_errors_that_may_pass_are_retried_and_refusals_say_what_to_do(azure_cloud, settings):
@@ -212,3 +220,50 @@ def test_retraining_on_azure_is_blue_green_under_one_endpoint(prefect_server, se
     assert [p.rsplit("/", 1)[1] for p in arm.resources if "/deployments/" in p] == ["deploy-v2"]
     assert len([u for u in puts(transport, "/onlineEndpoints/") if "/deployments/" not in u]) == 3, \
         "the endpoint was created once and only its traffic changed (v1, then v2)"
+
+
+def test_a_new_model_that_fails_going_live_hands_the_traffic_back_to_the_old_one(
+        prefect_server, settings, azure_cloud, scoring):
+    from flows.full_pipeline import full_pipeline
+
+    answered, refusals = scoring
+    full_pipeline(settings)
+    retrained = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"sample_size": 210})})
+    going_live_probe = 16  # max_new_tokens of the request that proves traffic after it moved
+    refusals.append(lambda request: request["deployment"] == "deploy-v2"
+                    and request["input_data"]["parameters"]["max_new_tokens"] == going_live_probe)
+    with pytest.raises(PipelineError, match="deploy-v2 answered HTTP 400"):
+        full_pipeline(retrained)
+    arm = azure_cloud.arm
+    endpoint_path = next(p for p in arm.resources if "/onlineEndpoints/" in p and "/deployments/" not in p)
+    assert arm.resources[endpoint_path]["properties"]["traffic"] == {"deploy-v1": 100}
+    assert [p.rsplit("/", 1)[1] for p in arm.resources if "/deployments/" in p] == ["deploy-v1"]
+    notice = requests.post(f"{prefect_server}/artifacts/filter", timeout=10, json={
+        "artifacts": {"key": {"any_": ["failure-notice"]}}, "sort": "CREATED_DESC", "limit": 1}).json()[0]["data"]
+    assert "failed at stage: go live" in notice and "Still running: deployment deploy-v1" in notice
+    assert "Cleaned up: deploy-v2" in notice
+
+
+def test_teardown_everything_also_removes_the_cluster_and_the_foundry_resources(prefect_server, settings,
+                                                                                azure_cloud, endpoint):
+    from flows.full_pipeline import full_pipeline
+    from flows.teardown import teardown
+
+    full_pipeline(settings)
+    report = teardown(settings.model_copy(update={"azure": settings.azure.model_copy(
+        update={"teardown_everything": True})}))
+    assert [item.split()[0] for item in report.removed] == ["endpoint", "local", "compute", "Foundry", "Foundry",
+                                                            "Foundry"]
+    left = [p for p in azure_cloud.arm.resources if "/computes/" in p or "/connections/" in p
+            or p.endswith(("/phi3-pipeline-hub", "/phi3-pipeline-project"))]
+    assert left == []
+    deletes = [r.url for r in azure_cloud.transport.calls("DELETE", "/workspaces/phi3-pipeline-")]
+    assert deletes and all("forceToPurge=true" in url for url in deletes if "/connections/" not in url)
+
+
+def test_a_plan_asked_for_from_the_ui_creates_nothing(prefect_server, settings, azure_cloud):
+    from flows.full_pipeline import full_pipeline
+
+    result = full_pipeline(settings.model_copy(update={"plan": True}))
+    assert "fine-tune job" in " ".join(item["resource"] for item in result["plan"])
+    assert {r.method for r in azure_cloud.transport.requests} == {"GET"} and azure_cloud.uploads == []

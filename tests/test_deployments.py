@@ -64,7 +64,9 @@ def test_a_worker_runs_the_pipeline_from_its_deployment_and_the_teardown_deploym
                 "question": "Who founded Apple?"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL], cwd=ROOT, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PREFECT_API_URL": prefect_server})
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # a scheduled run (the hourly reaper) that comes due meanwhile works in a test folder, not the repository's
+        env={**os.environ, "PREFECT_API_URL": prefect_server, "PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "other")})
     try:
         run = prefect_cli(prefect_server, "deployment", "run", "phi3-full-pipeline/full-pipeline", "--params",
                           json.dumps({"settings": settings}), "--watch", "--watch-timeout", "600", timeout=700)

@@ -265,9 +265,12 @@ def test_the_sweep_removes_endpoints_past_their_age_and_keeps_fresh_ones(tmp_pat
         target.ws.dir("deployments", f"{name}-v1")
         write_json_atomic(target.ws.dir("endpoints") / f"{name}.json", {
             "scoring_uri": "http://127.0.0.1:9/score", "traffic": {f"{name}-v1": 100},
-            "created_at": time.time() - age_hours * 3600})
+            "live_since": time.time() - age_hours * 3600})
+    stray = target.ws.dir("deployments", "killed-run-candidate-v2")  # a candidate no endpoint routes to
+    write_json_atomic(stray / "spec.json", {"model_version": 2})
+    os.utime(stray / "spec.json", (time.time() - 30 * 3600,) * 2)
     report = target.sweep(older_than_hours=24)
-    assert report.removed == ["server old-endpoint-v1", "endpoint old-endpoint"]
+    assert report.removed == ["server old-endpoint-v1", "endpoint old-endpoint", "server killed-run-candidate-v2"]
     assert sorted(p.name for p in (tmp_path / "endpoints").iterdir()) == ["fresh-endpoint.json"]
     assert sorted(p.name for p in (tmp_path / "deployments").iterdir()) == ["fresh-endpoint-v1"]
 
@@ -277,7 +280,7 @@ def test_the_teardown_command_sweeps_with_an_age_limit(prefect_server, tmp_path,
 
     target = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path}))
     write_json_atomic(target.ws.dir("endpoints") / "phi3-custom-endpoint.json", {
-        "scoring_uri": "http://127.0.0.1:9/score", "traffic": {}, "created_at": time.time() - 48 * 3600})
+        "scoring_uri": "http://127.0.0.1:9/score", "traffic": {}, "live_since": time.time() - 48 * 3600})
     assert run_teardown_cli(["--older_than_hours", "24", "--local.workspace_dir", str(tmp_path)]) == 0
     assert "removed: endpoint phi3-custom-endpoint" in capsys.readouterr().out
     assert not (tmp_path / "endpoints" / "phi3-custom-endpoint.json").exists()

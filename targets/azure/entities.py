@@ -26,6 +26,7 @@ from azure.mgmt.msi.models import Identity
 from pipeline.config import AzureSettings, TrainingSettings
 
 MANAGED_BY = "phi3-pipeline"
+LIVE_SINCE = "live-since"
 FINETUNE_OUTPUT = "registered_model"
 # SEED.md: the three roles the user-assigned identity gets, and the scope each one applies to.
 REQUIRED_ROLES = (
@@ -137,7 +138,10 @@ def online_deployment(azure: AzureSettings, endpoint_name: str, deployment_name:
     )
 
 
-def with_full_traffic(endpoint: ManagedOnlineEndpoint, deployment_name: str) -> ManagedOnlineEndpoint:
-    """SEED.md: live traffic must be 100 % on the deployment, or it cannot be tested."""
+def with_full_traffic(endpoint: ManagedOnlineEndpoint, deployment_name: str,
+                      now: datetime | None = None) -> ManagedOnlineEndpoint:
+    """SEED.md: live traffic must be 100 % on the deployment, or it cannot be tested. The `live-since` tag
+    is what the reaper ages: the time the model now serving took the traffic."""
     endpoint.traffic = {deployment_name: 100}
+    endpoint.tags = {**(endpoint.tags or {}), LIVE_SINCE: (now or datetime.now(UTC)).isoformat(timespec="seconds")}
     return endpoint

@@ -71,7 +71,8 @@ def delete_all(resource_group_ml: MLClient, project_ml: MLClient, azure: AzureSe
 
     def delete_workspace(name: str) -> bool:
         return exists(name) and found(
-            lambda: resource_group_ml.workspaces.begin_delete(name, delete_dependent_resources=False).result())
+            lambda: resource_group_ml.workspaces.begin_delete(  # a soft-deleted name stays taken for 14 days
+                name, delete_dependent_resources=False, permanently_delete=True).result())
 
     connection = exists(azure.project_name) and found(lambda: (project_ml.connections.get(connection_name),
                                                                project_ml.connections.delete(connection_name)))

@@ -17,7 +17,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from pipeline.config import AzureSettings
 from pipeline.errors import PipelineError
 from targets.azure.clients import found
-from targets.azure.entities import MANAGED_BY, online_deployment, online_endpoint, with_full_traffic
+from targets.azure.entities import LIVE_SINCE, MANAGED_BY, online_deployment, online_endpoint, with_full_traffic
 
 SUCCEEDED = "succeeded"
 
@@ -47,6 +47,8 @@ def ensure_deployment(ml_client: MLClient, azure: AzureSettings, endpoint_name: 
     try:
         deployment = ml_client.online_deployments.begin_create_or_update(entity).result()
     except HttpResponseError as error:
+        if error.status_code in (408, 409, 429) or (error.status_code or 0) >= 500:
+            raise  # may pass (409: an earlier run's deployment still provisioning): the stage is retried
         raise PipelineError(
             f"deployment {deployment_name} on {endpoint_name} failed: {error.message}. Its logs: "
             f"az ml online-deployment get-logs -n {deployment_name} -e {endpoint_name}"
@@ -89,12 +91,22 @@ def delete_endpoint(ml_client: MLClient, endpoint_name: str) -> bool:
                           ml_client.online_endpoints.begin_delete(endpoint_name).result()))
 
 
+def _tag_time(value: str | None) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
+
+
 def expired_endpoints(ml_client: MLClient, older_than_hours: float) -> list[str]:
-    """Endpoints tagged as made by this project whose created-at tag is older than the limit."""
+    """Endpoints tagged as made by this project whose model has served (or, never routed, whose endpoint has
+    existed) longer than the limit; an endpoint without a readable time is left alone."""
     cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
     expired = []
     for endpoint in ml_client.online_endpoints.list():
         tags = endpoint.tags or {}
-        if tags.get("managed-by") == MANAGED_BY and datetime.fromisoformat(tags["created-at"]) < cutoff:
+        since = _tag_time(tags.get(LIVE_SINCE) or tags.get("created-at"))
+        if tags.get("managed-by") == MANAGED_BY and since is not None and since < cutoff:
             expired.append(endpoint.name)
     return expired

@@ -63,9 +63,11 @@ class AzureTarget(Target):
     # ---- names: derived from the workspace and the model, so a re-run finds what the last one made ----
     @property
     def endpoint_name(self) -> str:
-        """Endpoint names are unique per region (3-32 characters): the model name plus a workspace hash."""
-        workspace = content_hash([self.azure.subscription_id, self.azure.resource_group, self.azure.workspace_name])
-        return f"ep-{self.settings.model_name[:19]}-{workspace[:8]}"
+        """Endpoint names are unique per region (3-32 characters): the model name plus a hash of workspace and
+        model."""
+        owner = content_hash([self.azure.subscription_id, self.azure.resource_group, self.azure.workspace_name,
+                              self.settings.model_name])  # two models never share an endpoint
+        return f"ep-{self.settings.model_name[:19]}-{owner[:8]}"
 
     @staticmethod
     def deployment_name(model: ModelRef) -> str:
@@ -182,7 +184,6 @@ class AzureTarget(Target):
     def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
         traffic = online.route_all_traffic(self.clients.ml, self.endpoint_name, deployment.deployment_name)
         self.ask(deployment, SMOKE_PROBE, 16)  # 100 % of traffic, proven by an authenticated answer
-        online.remove_other_deployments(self.clients.ml, self.endpoint_name, keep=deployment.deployment_name)
         return deployment.model_copy(update={"traffic": traffic, "created": not deployment.live})
 
     @translated

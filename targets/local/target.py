@@ -324,22 +324,20 @@ class LocalTarget(Target):
 
     def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
         with self.ws.lock(f"endpoint-{self.endpoint_name}"):
+            endpoint = read_json(self._endpoint_file()) or {}
             traffic = {deployment.deployment_name: 100}
-            created_at = (read_json(self._endpoint_file()) or {}).get("created_at", time.time())
-            write_json_atomic(self._endpoint_file(), {"scoring_uri": deployment.scoring_uri, "traffic": traffic,
-                                                      "created_at": created_at})
+            moved = endpoint.get("traffic") != traffic
+            write_json_atomic(self._endpoint_file(), {
+                "scoring_uri": deployment.scoring_uri, "traffic": traffic,
+                "live_since": time.time() if moved else endpoint["live_since"]})  # what the reaper ages
             self.ask(deployment, SMOKE_PROBE, 16)  # traffic is proven by an authenticated answer
-            self._remove_deployments_but(deployment.deployment_name)
-        return deployment.model_copy(update={"traffic": traffic, "created": not deployment.live})
+        return deployment.model_copy(update={"traffic": traffic, "created": moved})
 
     def remove_deployments(self, keep: str) -> list[str]:
         with self.ws.lock(f"endpoint-{self.endpoint_name}"):
-            return self._remove_deployments_but(keep)
-
-    def _remove_deployments_but(self, keep: str) -> list[str]:
-        others = [d for d in self._deployments() if d.name != keep]
-        for deployment_dir in others:
-            self._stop_deployment(deployment_dir)
+            others = [d for d in self._deployments() if d.name != keep]
+            for deployment_dir in others:
+                self._stop_deployment(deployment_dir)
         return [d.name for d in others]
 
     def _start_server(self, deployment_dir: Path, model: ModelRef) -> dict:
@@ -427,17 +425,24 @@ class LocalTarget(Target):
         return TeardownReport(removed=removed, already_gone=gone)
 
     def sweep(self, older_than_hours: float) -> TeardownReport:
-        """Every endpoint of this workspace (any model) created longer ago than the limit: its servers stop."""
+        """Every endpoint of this workspace (any model) whose model has served longer than the limit, and
+        any server no endpoint routes to that was started before it (a candidate left by a killed run)."""
         cutoff = time.time() - older_than_hours * 3600
-        removed = []
+        removed, routed = [], set()
         for endpoint_file in sorted((self.ws.root / "endpoints").glob("*.json")):
-            endpoint = read_json(endpoint_file) or {}
-            if endpoint.get("created_at", 0) >= cutoff:
-                continue
             with self.ws.lock(f"endpoint-{endpoint_file.stem}"):
+                endpoint = read_json(endpoint_file) or {}
+                if endpoint.get("live_since", 0) >= cutoff:
+                    routed.update(endpoint.get("traffic", {}))
+                    continue
                 for deployment_name in endpoint.get("traffic", {}):
                     self._stop_deployment(self.ws.root / "deployments" / deployment_name)
                     removed.append(f"server {deployment_name}")
                 endpoint_file.unlink(missing_ok=True)
                 removed.append(f"endpoint {endpoint_file.stem}")
+        for deployment_dir in self._deployments():
+            spec = deployment_dir / "spec.json"
+            if deployment_dir.name not in routed and (not spec.exists() or spec.stat().st_mtime < cutoff):
+                self._stop_deployment(deployment_dir)
+                removed.append(f"server {deployment_dir.name}")
         return TeardownReport(removed=removed, already_gone=[])
