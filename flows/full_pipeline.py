@@ -33,9 +33,9 @@ def full_pipeline(settings: PipelineSettings | None = None) -> dict:
     evaluation gate -> go live (100 % traffic) -> connection -> smoke chat."""
     settings = settings or PipelineSettings()
     stages = StageSummary()
-    live = None
     if settings.plan:  # a dry run asked for from the UI: read calls only, nothing is created
         return {"plan": [item.model_dump() for item in dry_run(settings)], "stages": stages.rows()}
+    live = None
     try:
         live = stages.run("live model", find_live_model, settings)
         if settings.skip_unchanged and live.unchanged:
