@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 from azure.identity import CredentialUnavailableError
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.cli import run_pipeline_cli
 from pipeline import promptflow_chat
@@ -24,6 +25,14 @@ warnings.filterwarnings("ignore", message=".*experimental")
 ANSWER = "Microsoft was founded by Bill Gates and Paul Allen."
 AZURE_ARGS = ["--target", "azure", "--azure.subscription_id", AZURE.subscription_id, "--azure.resource_group", "rg",
               "--azure.workspace_name", "ws", "--azure.location", "eastus2"]
+
+
+@pytest.fixture
+def prefect_api(prefect_server):
+    """In-process flows report to the session's Prefect server (Prefect may have read its settings before
+    the server started)."""
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        yield prefect_server
 
 
 @pytest.fixture
@@ -52,7 +61,7 @@ def puts(transport, fragment: str = "") -> list[str]:
     return [r.url.split("?")[0] for r in transport.calls("PUT", fragment)]
 
 
-def test_the_pipeline_does_every_step_in_azure_and_a_rerun_creates_nothing(prefect_server, settings,
+def test_the_pipeline_does_every_step_in_azure_and_a_rerun_creates_nothing(prefect_api, settings,
                                                                             azure_cloud, endpoint):
     from flows.full_pipeline import full_pipeline
 
@@ -95,7 +104,7 @@ def test_the_pipeline_does_every_step_in_azure_and_a_rerun_creates_nothing(prefe
     assert {row["stage"]: row["outcome"] for row in again["stages"]}["fine-tune"] == "reused (cached)"
 
 
-def test_teardown_deletes_the_endpoint_and_a_second_teardown_finds_it_gone(prefect_server, settings,
+def test_teardown_deletes_the_endpoint_and_a_second_teardown_finds_it_gone(prefect_api, settings,
                                                                            azure_cloud, endpoint):
     from flows.full_pipeline import full_pipeline
     from flows.teardown import teardown
@@ -109,7 +118,7 @@ def test_teardown_deletes_the_endpoint_and_a_second_teardown_finds_it_gone(prefe
     assert again.removed == [] and any(item.startswith("endpoint ") for item in again.already_gone)
 
 
-def test_a_failed_job_stops_the_run_with_its_studio_link_and_deploys_nothing(prefect_server, settings,
+def test_a_failed_job_stops_the_run_with_its_studio_link_and_deploys_nothing(prefect_api, settings,
                                                                               azure_cloud):
     from flows.full_pipeline import full_pipeline
 
@@ -119,7 +128,7 @@ def test_a_failed_job_stops_the_run_with_its_studio_link_and_deploys_nothing(pre
     assert puts(azure_cloud.transport, "/onlineEndpoints/") == []
 
 
-def test_a_deployment_that_fails_is_torn_down_so_nothing_keeps_billing(prefect_server, settings, azure_cloud,
+def test_a_deployment_that_fails_is_torn_down_so_nothing_keeps_billing(prefect_api, settings, azure_cloud,
                                                                        endpoint):
     from flows.full_pipeline import full_pipeline
 
@@ -197,7 +206,7 @@ def test_azure_errors_that_may_pass_are_retried_and_refusals_say_what_to_do(azur
     assert not isinstance(refused.value, TransientError)
 
 
-def test_retraining_on_azure_is_blue_green_under_one_endpoint(prefect_server, settings, azure_cloud, endpoint):
+def test_retraining_on_azure_is_blue_green_under_one_endpoint(prefect_api, settings, azure_cloud, endpoint):
     from flows.full_pipeline import full_pipeline
 
     arm, transport = azure_cloud.arm, azure_cloud.transport
@@ -221,7 +230,7 @@ def test_retraining_on_azure_is_blue_green_under_one_endpoint(prefect_server, se
 
 
 def test_a_new_model_that_fails_going_live_hands_the_traffic_back_to_the_old_one(
-        prefect_server, settings, azure_cloud, scoring):
+        prefect_api, settings, azure_cloud, scoring):
     from flows.full_pipeline import full_pipeline
 
     answered, refusals = scoring
@@ -236,13 +245,13 @@ def test_a_new_model_that_fails_going_live_hands_the_traffic_back_to_the_old_one
     endpoint_path = next(p for p in arm.resources if "/onlineEndpoints/" in p and "/deployments/" not in p)
     assert arm.resources[endpoint_path]["properties"]["traffic"] == {"deploy-v1": 100}
     assert [p.rsplit("/", 1)[1] for p in arm.resources if "/deployments/" in p] == ["deploy-v1"]
-    notice = requests.post(f"{prefect_server}/artifacts/filter", timeout=10, json={
+    notice = requests.post(f"{prefect_api}/artifacts/filter", timeout=10, json={
         "artifacts": {"key": {"any_": ["failure-notice"]}}, "sort": "CREATED_DESC", "limit": 1}).json()[0]["data"]
     assert "failed at stage: go live" in notice and "Still running: deployment deploy-v1" in notice
     assert "Cleaned up: deploy-v2" in notice
 
 
-def test_teardown_everything_also_removes_the_cluster_and_the_foundry_resources(prefect_server, settings,
+def test_teardown_everything_also_removes_the_cluster_and_the_foundry_resources(prefect_api, settings,
                                                                                 azure_cloud, endpoint):
     from flows.full_pipeline import full_pipeline
     from flows.teardown import teardown
@@ -259,7 +268,7 @@ def test_teardown_everything_also_removes_the_cluster_and_the_foundry_resources(
     assert deletes and all("forceToPurge=true" in url for url in deletes if "/connections/" not in url)
 
 
-def test_a_plan_asked_for_from_the_ui_creates_nothing(prefect_server, settings, azure_cloud):
+def test_a_plan_asked_for_from_the_ui_creates_nothing(prefect_api, settings, azure_cloud):
     from flows.full_pipeline import full_pipeline
 
     result = full_pipeline(settings.model_copy(update={"plan": True}))
