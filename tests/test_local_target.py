@@ -284,3 +284,13 @@ def test_the_teardown_command_sweeps_with_an_age_limit(prefect_server, tmp_path,
     assert run_teardown_cli(["--older_than_hours", "24", "--local.workspace_dir", str(tmp_path)]) == 0
     assert "removed: endpoint phi3-custom-endpoint" in capsys.readouterr().out
     assert not (tmp_path / "endpoints" / "phi3-custom-endpoint.json").exists()
+
+
+def test_plan_lists_what_a_local_run_would_do_and_starts_nothing(tmp_path, capsys):
+    from flows.cli import run_pipeline_cli
+
+    assert run_pipeline_cli(["--plan", "--local.workspace_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fine-tune job phi3-custom-ft-" in out and "submit" in out and "create" in out
+    assert "up to 0.00 USD/hour" in out and "Nothing was created." in out
+    assert not (tmp_path / "jobs").exists() and not (tmp_path / "deployments").exists()
