@@ -1,4 +1,4 @@
-"""Run artifacts from the flow: the stage table and the loss curve (also on a cached re-run)."""
+"""Run artifacts from the flow: the stage table, the loss curve (also on a cached re-run), the failure notice."""
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
