@@ -52,12 +52,14 @@ STOP_TIMEOUT_S = 10
 
 
 def _process_alive(pid: int | None, module: str) -> bool:
-    """True if `pid` is still one of our processes running `module` (a recycled pid is not)."""
+    """True if `pid` is still one of our processes running `module` (a recycled pid is not). A process
+    caught in the middle of exec shows an empty command line for an instant: that is ours, starting."""
     if not pid:
         return False
     try:
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and module in " ".join(process.cmdline())
+        cmdline = process.cmdline()
+        return process.status() != psutil.STATUS_ZOMBIE and (not cmdline or module in " ".join(cmdline))
     except psutil.Error:
         return False
 
