@@ -7,10 +7,9 @@ from pathlib import Path
 
 from azure.ai.ml import MLClient
 from azure.ai.ml.entities import AmlCompute, Data, Model
-from azure.core.exceptions import ResourceNotFoundError
 
 from pipeline.config import AzureSettings
-from targets.azure.clients import found
+from targets.azure.clients import found, get_or_create
 from targets.azure.entities import compute_cluster, data_asset, registered_model
 
 
@@ -18,18 +17,14 @@ def ensure_data_asset(ml_client: MLClient, name: str, local_file: Path, content_
                       tags: dict[str, str]) -> tuple[Data, bool]:
     """The asset version named by the content hash; uploaded (to the default datastore) only if missing."""
     entity = data_asset(name, str(local_file), content_hash, tags)
-    try:
-        return ml_client.data.get(name, entity.version), False
-    except ResourceNotFoundError:
-        return ml_client.data.create_or_update(entity), True
+    return get_or_create(lambda: ml_client.data.get(name, entity.version),
+                         lambda: ml_client.data.create_or_update(entity))
 
 
 def ensure_cluster(ml_client: MLClient, azure: AzureSettings, tags: dict[str, str]) -> tuple[AmlCompute, bool]:
     """The cluster of that name, created (SEED.md's A100 settings) only if missing; (cluster, created)."""
-    try:
-        return ml_client.compute.get(azure.compute_name), False
-    except ResourceNotFoundError:
-        return ml_client.compute.begin_create_or_update(compute_cluster(azure, tags)).result(), True
+    return get_or_create(lambda: ml_client.compute.get(azure.compute_name),
+                         lambda: ml_client.compute.begin_create_or_update(compute_cluster(azure, tags)).result())
 
 
 def register_job_output(ml_client: MLClient, model_name: str, job_name: str,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from azure.ai.ml import MLClient
 from azure.core.credentials import TokenCredential
@@ -18,6 +19,7 @@ from azure.mgmt.msi import ManagedServiceIdentityClient
 from pipeline.config import AzureSettings
 from pipeline.errors import ConfigError
 
+T = TypeVar("T")
 ARM_SCOPE = "https://management.azure.com/.default"
 SIGN_IN_HELP = (
     "no Azure sign-in works on this machine: run `az login` (and `az account set --subscription "
@@ -73,3 +75,11 @@ def found(call: Callable[[], object]) -> bool:
     except ResourceNotFoundError:
         return False
     return True
+
+
+def get_or_create(get: Callable[[], T], create: Callable[[], T]) -> tuple[T, bool]:
+    """What `get` finds, else what `create` makes (only on "not found"); (resource, created)."""
+    try:
+        return get(), False
+    except ResourceNotFoundError:
+        return create(), True

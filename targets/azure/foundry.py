@@ -15,10 +15,9 @@ from azure.ai.ml._restclient.arm_ml_service.models import (
     WorkspaceConnectionPropertiesV2BasicResource,
 )
 from azure.ai.ml.entities import Hub, Project, Workspace, WorkspaceConnection
-from azure.core.exceptions import ResourceNotFoundError
 
 from pipeline.config import AzureSettings
-from targets.azure.clients import found
+from targets.azure.clients import found, get_or_create
 from targets.base import PlanItem
 
 CUSTOM_KEYS = "CustomKeys"
@@ -39,10 +38,8 @@ class CustomKeysConnection(WorkspaceConnection):
 
 
 def _get_or_create(resource_group_ml: MLClient, entity: Workspace) -> Workspace:
-    try:
-        return resource_group_ml.workspaces.get(entity.name)
-    except ResourceNotFoundError:
-        return resource_group_ml.workspaces.begin_create(entity).result()
+    return get_or_create(lambda: resource_group_ml.workspaces.get(entity.name),
+                         lambda: resource_group_ml.workspaces.begin_create(entity).result())[0]
 
 
 def ensure_project(resource_group_ml: MLClient, azure: AzureSettings, tags: dict[str, str]) -> Project:

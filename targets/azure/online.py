@@ -16,7 +16,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from pipeline.config import AzureSettings
 from pipeline.errors import PipelineError
-from targets.azure.clients import found
+from targets.azure.clients import found, get_or_create
 from targets.azure.entities import LIVE_SINCE, MANAGED_BY, online_deployment, online_endpoint, with_full_traffic
 
 SUCCEEDED = "succeeded"
@@ -28,10 +28,9 @@ def _succeeded(resource) -> bool:
 
 def ensure_endpoint(ml_client: MLClient, name: str, tags: dict[str, str]) -> tuple[ManagedOnlineEndpoint, bool]:
     """The endpoint of that name, created (key auth) only if it does not exist; (endpoint, created)."""
-    try:
-        return ml_client.online_endpoints.get(name), False
-    except ResourceNotFoundError:
-        return ml_client.online_endpoints.begin_create_or_update(online_endpoint(name, tags)).result(), True
+    endpoints = ml_client.online_endpoints
+    return get_or_create(lambda: endpoints.get(name),
+                         lambda: endpoints.begin_create_or_update(online_endpoint(name, tags)).result())
 
 
 def ensure_deployment(ml_client: MLClient, azure: AzureSettings, endpoint_name: str, deployment_name: str,

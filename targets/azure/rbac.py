@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from azure.mgmt.msi.models import Identity
@@ -18,6 +18,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from pipeline.config import AzureSettings
 from pipeline.errors import PipelineError
+from targets.azure.clients import get_or_create
 from targets.azure.entities import REQUIRED_ROLES, managed_identity, role_assignment, role_assignment_name
 
 PRINCIPAL_NOT_REPLICATED = "PrincipalNotFound"
@@ -44,11 +45,9 @@ def ensure_identity(msi: ManagedServiceIdentityClient, azure: AzureSettings,
                     tags: dict[str, str]) -> tuple[Identity, bool]:
     """The user-assigned identity of that name, created (with tags) only if it is missing; (identity, created)."""
     identities = msi.user_assigned_identities
-    try:
-        return identities.get(azure.resource_group, azure.identity_name), False
-    except ResourceNotFoundError:
-        return identities.create_or_update(azure.resource_group, azure.identity_name,
-                                           managed_identity(azure, tags)), True
+    return get_or_create(lambda: identities.get(azure.resource_group, azure.identity_name),
+                         lambda: identities.create_or_update(azure.resource_group, azure.identity_name,
+                                                             managed_identity(azure, tags)))
 
 
 def role_definition_id(authorization: AuthorizationManagementClient, scope: str, role: str) -> str:
