@@ -126,6 +126,12 @@ class PlanItem(BaseModel):
     usd_per_hour: float = 0.0
 
 
+def plan_resource_checks(checks: list[ResourceCheck]) -> list[PlanItem]:
+    """The quota/resource checks as plan lines: ok or short, with what is needed and free."""
+    return [PlanItem(resource=c.resource, action="ok" if not c.short_by else "short",
+                     detail=f"need {c.needed:g}, free {c.available:g} {c.unit}") for c in checks]
+
+
 class TeardownReport(BaseModel):
     removed: list[str]
     already_gone: list[str]

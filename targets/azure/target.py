@@ -34,6 +34,7 @@ from targets.base import (
     Target,
     TeardownReport,
     ask_scoring_uri,
+    plan_resource_checks,
 )
 from targets.local.workspace import Workspace
 
@@ -148,11 +149,9 @@ class AzureTarget(Target):
                         created=created)
 
     # ---- deploy --------------------------------------------------------------------------------
-    def _deployment_ref(self, deployment_name: str, created: bool) -> DeploymentRef:
-        ml = self.clients.ml
-        endpoint = ml.online_endpoints.get(self.endpoint_name)
-        tags = ml.online_deployments.get(deployment_name, self.endpoint_name).tags or {}
-        return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment_name,
+    def _deployment_ref(self, endpoint, deployment, created: bool) -> DeploymentRef:
+        tags = deployment.tags or {}
+        return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment.name,
                              scoring_uri=endpoint.scoring_uri, traffic=online.live_traffic(endpoint),
                              model_version=int(tags.get("model-version", 0)), job_name=tags.get("job", ""),
                              created=created)
@@ -162,17 +161,20 @@ class AzureTarget(Target):
         ml, name = self.clients.ml, self.deployment_name(model)
         online.ensure_endpoint(ml, self.endpoint_name, self.tags)
         tags = {**self.tags, "job": model.job_name, "model-version": str(model.version)}
-        _, created = online.ensure_deployment(ml, self.azure, self.endpoint_name, name, model.uri, tags)
-        return self._deployment_ref(name, created)
+        deployment, created = online.ensure_deployment(ml, self.azure, self.endpoint_name, name, model.uri, tags)
+        return self._deployment_ref(ml.online_endpoints.get(self.endpoint_name), deployment, created)
 
     @translated
     def live_deployment(self) -> DeploymentRef | None:
+        ml = self.clients.ml
         try:
-            traffic = online.live_traffic(self.clients.ml.online_endpoints.get(self.endpoint_name))
+            endpoint = ml.online_endpoints.get(self.endpoint_name)
         except ResourceNotFoundError:
             return None
-        live = next((name for name, share in traffic.items() if share == 100), None)
-        return self._deployment_ref(live, created=False) if live else None
+        live = next((name for name, share in online.live_traffic(endpoint).items() if share == 100), None)
+        if live is None:
+            return None
+        return self._deployment_ref(endpoint, ml.online_deployments.get(live, self.endpoint_name), created=False)
 
     @translated
     def ask(self, deployment: DeploymentRef, question: str, max_new_tokens: int, temperature: float = 0.0) -> str:
@@ -223,9 +225,7 @@ class AzureTarget(Target):
                                lambda: identities.get(azure.resource_group, azure.identity_name))]
         items += [PlanItem(resource=f"role {role} on {scope.rsplit('/', 1)[-1]}", action="get or create")
                   for role, scope in ((r, getattr(scopes, f)) for r, f in rbac.REQUIRED_ROLES)]
-        items += [PlanItem(resource=check.resource, action="ok" if not check.short_by else "short",
-                           detail=f"need {check.needed:g}, free {check.available:g} {check.unit}")
-                  for check in self.check_resources()]
+        items += plan_resource_checks(self.check_resources())
         version = split.content_hash[:16]
         items += [get_or_create(f"data asset {self.asset_name(part)}:{version}",
                                 lambda part=part: ml.data.get(self.asset_name(part), version))

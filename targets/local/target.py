@@ -34,6 +34,7 @@ from targets.base import (
     Target,
     TeardownReport,
     ask_scoring_uri,
+    plan_resource_checks,
 )
 from targets.local.workspace import Workspace, read_json, write_json_atomic
 
@@ -401,8 +402,7 @@ class LocalTarget(Target):
         job = self.job_status(job_name)
         servers = [d.name for d in self._deployments() if self._server_state(d)]
         items = [item(f"endpoint key in {self.ws.root}", self.ws.key_file.exists())]
-        items += [PlanItem(resource=c.resource, action="ok" if not c.short_by else "short",
-                           detail=f"need {c.needed:g}, free {c.available:g} {c.unit}") for c in self.check_resources()]
+        items += plan_resource_checks(self.check_resources())
         items += [
             item(f"dataset {split.content_hash[:16]}",
                  (self.ws.root / "datasets" / split.content_hash[:16] / TEST_FILE).exists()),
