@@ -1,4 +1,4 @@
-"""Fine-tune, deploy and wire up a custom Phi-3 model, stage by stage as in the tutorial.
+"""Fine-tune, deploy and wire up a custom Phi model, stage by stage as in the tutorial.
 
     python -m flows.full_pipeline [--help] [--plan] [--teardown] [--training.epochs 4 ...]
 """
@@ -29,7 +29,7 @@ from tasks.teardown import clean_up_after_failure
 
 @flow(name="phi3-full-pipeline")
 def full_pipeline(settings: PipelineSettings | None = None) -> dict:
-    """Live model -> identity -> quota -> dataset -> fine-tune -> register -> deploy beside the live one ->
+    """Live model -> quota (and, on Azure, the catalog model) -> identity -> dataset -> fine-tune -> register -> deploy beside the live one ->
     evaluation gate -> go live (100 % traffic) -> connection -> smoke chat."""
     settings = settings or PipelineSettings()
     stages = StageSummary()
@@ -41,8 +41,8 @@ def full_pipeline(settings: PipelineSettings | None = None) -> dict:
         if settings.skip_unchanged and live.unchanged:
             get_run_logger().info("nothing to retrain: %s", live.label)
             return {"unchanged": live.label, "job": live.planned_job, "stages": stages.rows()}
-        identity = stages.run("identity and RBAC", ensure_identity, settings)
         stages.run("quota check", check_quota, settings)
+        identity = stages.run("identity and RBAC", ensure_identity, settings)
         dataset = stages.run("dataset", prepare_dataset, settings, identity)
         job = stages.run("fine-tune", fine_tune, settings, dataset, identity.workspace_id)
         model = stages.run("register", register_model, settings, job, dataset, identity.workspace_id)

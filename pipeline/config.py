@@ -7,6 +7,7 @@ nested with "__") < command-line flags (--training.learning_rate ...).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -23,13 +24,19 @@ BUILTIN_BASE_MODEL = "builtin:tiny-phi3"
 CONFIG_FILE_ENV = "PHI3_CONFIG"
 DEFAULT_CONFIG_FILE = Path("phi3-pipeline.toml")
 
-# The tutorial's "advanced settings" the Azure fine-tune takes; the other training fields are the local job's.
-AZURE_TRAINING_FIELDS = ("learning_rate", "lr_scheduler_type", "epochs", "batch_size")
-# Pay-as-you-go Linux list prices (USD per VM hour) in eastus2 as published on the Azure VM pricing page,
-# read 2026-11-25; they vary by region and over time and exclude storage and traffic: an estimate only.
+# Pay-as-you-go Linux list price (USD per VM hour) in eastus2 as published on the Azure VM pricing page, read
+# 2026-11-25; prices vary by region and over time and exclude storage and traffic: an estimate only. A size
+# missing here is shown as "price unknown" by --plan: add it with azure.vm_prices_usd_per_hour.
 VM_PRICES_AS_OF = "2026-11-25"
-VM_PRICES_USD_PER_HOUR = {"Standard_NC24ads_A100_v4": 3.67, "Standard_NC6s_v3": 3.06}
+VM_PRICES_USD_PER_HOUR = {"Standard_NC24ads_A100_v4": 3.67}
+# Azure's rule for workspace connection names (REST spec 2025-12-01, workspaceRP.json, ConnectionName).
+AZURE_CONNECTION_NAME = r"[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}"
+# The model the Azure target fine-tunes unless told otherwise: the current Phi chat model with managed-compute
+# fine-tuning in the azureml registry (README: "Choosing the model"; checked 2026-11-25).
+DEFAULT_CATALOG_MODEL = "Phi-4"
 
+# The two request shapes a chat deployment can answer (README: "Scoring contract").
+ScoringContract = Literal["input_data", "chat_completions"]
 SchedulerType = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
 ]
@@ -101,30 +108,65 @@ class LocalSettings(BaseModel):
     )
     port: int = Field(0, ge=0, le=65535, description="Scoring server port on 127.0.0.1; 0 picks a free port.")
     max_new_tokens_limit: int = Field(256, ge=1, le=4096, description="Cap on max_new_tokens a request may ask.")
+    scoring_contract: ScoringContract = Field(
+        "input_data", description="Request shape the chat flow and the pipeline use: input_data (the tutorial's "
+                                  "/score body) or chat_completions (OpenAI-style); the server answers both.",
+    )
+
+
+class AzureTrainingSettings(BaseModel):
+    """The fine-tune's settings on Azure (the tutorial's "advanced settings"). Unset, each takes the catalog
+    model's own default (`model_specific_defaults` in its registry entry); a learning rate outside the
+    model's published range is refused before anything is created."""
+
+    learning_rate: float | None = Field(None, gt=0.0, le=1.0, description="Peak learning rate (unset: the model's).")
+    lr_scheduler_type: SchedulerType | None = Field(None, description="Learning-rate schedule (unset: the model's).")
+    epochs: int | None = Field(None, ge=1, le=100, description="Passes over the training data (unset: the model's).")
+    batch_size: int | None = Field(
+        None, ge=1, le=512, description="Conversations per device and step (unset: the model's)."
+    )
 
 
 class AzureSettings(BaseModel):
-    """The Azure resources of the tutorial; defaults are its values."""
+    """The Azure resources of the tutorial; the model and VM sizes are read from the catalog at run time."""
 
     subscription_id: str | None = Field(None, description="Azure subscription id.")
     resource_group: str | None = Field(None, description="Resource group holding the workspace.")
     workspace_name: str | None = Field(None, description="Azure Machine Learning workspace name.")
     location: str | None = Field(None, description="Azure region, e.g. eastus2.")
     identity_name: str = Field("phi3-pipeline-identity", description="User-assigned managed identity to use.")
-    finetune_model: str = Field(
-        "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/latest",
-        description="Model-catalog model to fine-tune (registry asset URI).",
+    registry_name: str = Field("azureml", min_length=1, description="Model-catalog registry holding base_model.")
+    base_model: str = Field(
+        DEFAULT_CATALOG_MODEL, min_length=1,
+        description="Catalog model to fine-tune (chat completion, managed compute); its lifecycle is checked first.",
     )
-    compute_name: str = Field("phi3-a100-cluster", description="Fine-tuning compute cluster name.")
-    finetune_vm_size: str = Field("Standard_NC24ads_A100_v4", description="VM size of the fine-tuning cluster.")
+    base_model_version: str = Field(
+        "", pattern=r"^[0-9]*$", description="Version of base_model; empty: the newest. The job is pinned to it."
+    )
+    compute_name: str = Field("phi-ft-cluster", description="Fine-tuning compute cluster name.")
+    finetune_vm_size: str = Field(
+        "", description="VM size of the fine-tuning cluster; empty: the first of the model's fine-tuning computes "
+                        "offered in the region with free quota.",
+    )
     compute_min_nodes: int = Field(0, ge=0, description="Cluster minimum nodes.")
     compute_max_nodes: int = Field(1, ge=1, description="Cluster maximum nodes.")
     compute_idle_seconds: int = Field(120, ge=0, description="Idle seconds before the cluster scales down.")
-    deploy_vm_size: str = Field("Standard_NC6s_v3", description="VM size of the online deployment.")
-    deploy_instance_count: int = Field(1, ge=1, description="Instances of the online deployment.")
-    probe_initial_delay_s: int = Field(
-        600, ge=0, description="Seconds the liveness/readiness probes wait: a large model loads slowly."
+    deploy_vm_size: str = Field(
+        "", description="VM size of the online deployment; empty: the first of the model's inference computes "
+                        "offered in the region with free quota.",
     )
+    deploy_instance_count: int = Field(1, ge=1, description="Instances of the online deployment.")
+    cold_start_s: int = Field(
+        600, ge=0, description="Seconds the liveness probe waits before its first check: a large model loads "
+                               "slowly (the readiness probe starts at once and fails until the model answers).",
+    )
+    scoring_contract: ScoringContract = Field(
+        "input_data",
+        description="Request shape used with the deployed model: input_data (the tutorial's /score body, answered "
+                    "by every version of the catalog's inference image) or chat_completions (OpenAI-style, "
+                    "/chat/completions).",
+    )
+    training: AzureTrainingSettings = Field(default_factory=AzureTrainingSettings)
     request_timeout_ms: int = Field(90000, ge=1000, le=180000, description="Scoring request timeout.")
     hub_name: str = Field("phi3-pipeline-hub", description="Azure AI Foundry hub to get or create.")
     project_name: str = Field("phi3-pipeline-project", description="Azure AI Foundry project in the hub.")
@@ -206,6 +248,13 @@ class PipelineSettings(BaseSettings):
             missing = [name for name in required if not getattr(self.azure, name)]
             if missing:
                 raise ValueError("target=azure needs " + ", ".join(f"azure.{name}" for name in missing))
+        return self
+
+    @model_validator(mode="after")
+    def _azure_connection_name_fits(self) -> PipelineSettings:
+        if self.target == "azure" and not re.fullmatch(AZURE_CONNECTION_NAME, self.connection_name):
+            raise ValueError(f"connection_name {self.connection_name!r} does not fit Azure's limit for connection "
+                             "names: 3-33 letters, digits, '_' or '-', starting with a letter or digit")
         return self
 
     @classmethod

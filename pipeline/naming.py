@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline.config import AZURE_TRAINING_FIELDS, BUILTIN_BASE_MODEL, PipelineSettings
+from pipeline.config import BUILTIN_BASE_MODEL
 
 
 def content_hash(value: object) -> str:
@@ -34,22 +34,7 @@ def base_model_identity(base_model: str) -> str:
     return "checkpoint-" + digest.hexdigest()[:16]
 
 
-def job_name(settings: PipelineSettings, data_hash: str) -> str:
-    """The fine-tune job's name: a hash of the data, the base model and every setting the job uses
-    (on Azure only the catalog model and the advanced settings it takes: a local-only knob must not
-    start a second paid job)."""
-    if settings.target == "azure":
-        inputs = {
-            "data": data_hash,
-            "catalog_model": settings.azure.finetune_model,
-            "training": settings.training.model_dump(include=set(AZURE_TRAINING_FIELDS)),
-            "cluster": [settings.azure.compute_name, settings.azure.finetune_vm_size],
-        }
-    else:
-        inputs = {
-            "data": data_hash,
-            "base_model": base_model_identity(settings.training.base_model),
-            "training": settings.training.model_dump(exclude={"base_model"}),
-            "seed": settings.dataset.seed,
-        }
-    return f"{settings.model_name}-ft-{content_hash(inputs)[:12]}"
+def job_name(model_name: str, inputs: dict) -> str:
+    """The fine-tune job's name: the model name and a hash of everything the job is made of (each target says
+    what that is, so a local-only knob never names a second paid Azure job)."""
+    return f"{model_name}-ft-{content_hash(inputs)[:12]}"

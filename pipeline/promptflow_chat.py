@@ -41,11 +41,13 @@ def _client():
     return PFClient()
 
 
-def upsert_connection(name: str, endpoint: str, key: str) -> None:
-    """Create or update the tutorial's custom connection: `endpoint` in the clear, `key` as secret."""
+def upsert_connection(name: str, endpoint: str, key: str, contract: str) -> None:
+    """Create or update the tutorial's custom connection: `endpoint` and the scoring `contract` in the clear,
+    `key` as secret."""
     from promptflow.entities import CustomConnection
 
-    connection = CustomConnection(name=name, configs={"endpoint": endpoint}, secrets={"key": key})
+    connection = CustomConnection(name=name, configs={"endpoint": endpoint, "contract": contract},
+                                  secrets={"key": key})
     _client().connections.create_or_update(connection)
 
 

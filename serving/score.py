@@ -1,9 +1,13 @@
 """Scoring script in Azure ML's init()/run() contract, served by azureml-inference-server-http.
 
-Request:  {"input_data": {"input_string": [{"role": "user", "content": "..."}],
-                          "parameters": {"temperature": 0.7, "max_new_tokens": 128}}}
-Response: {"output": "..."}; a malformed body gets 400 with {"error": "..."}.
-The model folder comes from AZUREML_MODEL_DIR, as on an Azure managed online deployment.
+It answers both chat contracts (chat_flow/scoring_contract.py), told apart by the body:
+- input_data:  {"input_data": {"input_string": [{"role": "user", "content": "..."}],
+                               "parameters": {"temperature": 0.7, "max_new_tokens": 128}}} -> {"output": "..."}
+- chat_completions: {"messages": [...], "temperature": 0.7, "max_tokens": 128}
+                    -> {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
+                        "content": "..."}, "finish_reason": "stop"}]}
+A malformed body gets 400 with {"error": "..."}. The model folder comes from AZUREML_MODEL_DIR, as on an
+Azure managed online deployment.
 """
 
 from __future__ import annotations
@@ -35,41 +39,55 @@ def init() -> None:
     logger.info("model loaded")
 
 
-def parse_request(raw: str | bytes | dict) -> tuple[list[dict], float, int]:
-    """Validate a request body; raise BadRequest naming the field at fault."""
+def _messages(messages, field: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest(f"field '{field}' must be a non-empty list of {{role, content}}")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in KNOWN_ROLES:
+            raise BadRequest(f"field '{field}[{index}].role' must be one of {KNOWN_ROLES}")
+        if not isinstance(message.get("content"), str) or not message["content"].strip():
+            raise BadRequest(f"field '{field}[{index}].content' must be non-empty text")
+    return messages
+
+
+def _sampling(given, prefix: str, length_field: str) -> tuple[float, int]:
+    parameters = {"temperature": DEFAULT_PARAMETERS["temperature"],
+                  length_field: DEFAULT_PARAMETERS["max_new_tokens"], **given}
+    temperature, max_tokens = parameters["temperature"], parameters[length_field]
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+        raise BadRequest(f"field '{prefix}temperature' must be a number from 0 to 2")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_NEW_TOKENS_LIMIT:
+        raise BadRequest(f"field '{prefix}{length_field}' must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT}")
+    return float(temperature), max_tokens
+
+
+def parse_request(raw: str | bytes | dict) -> tuple[list[dict], float, int, str]:
+    """Validate a request body in either contract; raise BadRequest naming the field at fault.
+    Returns (messages, temperature, length limit, contract)."""
     try:
         body = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
     except json.JSONDecodeError as error:
         raise BadRequest(f"body is not JSON: {error.msg}") from None
+    if isinstance(body, dict) and "messages" in body:
+        given = {key: body[key] for key in ("temperature", "max_tokens") if key in body}
+        return (_messages(body["messages"], "messages"), *_sampling(given, "", "max_tokens"), "chat_completions")
     input_data = body.get("input_data") if isinstance(body, dict) else None
     if not isinstance(input_data, dict):
-        raise BadRequest("field 'input_data' must be an object")
-    messages = input_data.get("input_string")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("field 'input_data.input_string' must be a non-empty list of {role, content}")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in KNOWN_ROLES:
-            raise BadRequest(f"field 'input_data.input_string[{index}].role' must be one of {KNOWN_ROLES}")
-        if not isinstance(message.get("content"), str) or not message["content"].strip():
-            raise BadRequest(f"field 'input_data.input_string[{index}].content' must be non-empty text")
+        raise BadRequest("field 'input_data' (or, OpenAI-style, 'messages') must be an object")
+    messages = _messages(input_data.get("input_string"), "input_data.input_string")
     given = input_data.get("parameters") or {}
     if not isinstance(given, dict):
         raise BadRequest("field 'input_data.parameters' must be an object")
-    parameters = {**DEFAULT_PARAMETERS, **given}
-    temperature, max_new_tokens = parameters["temperature"], parameters["max_new_tokens"]
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise BadRequest("field 'input_data.parameters.temperature' must be a number from 0 to 2")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
-            or not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-        raise BadRequest(
-            f"field 'input_data.parameters.max_new_tokens' must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT}"
-        )
-    return messages, float(temperature), max_new_tokens
+    return (messages, *_sampling(given, "input_data.parameters.", "max_new_tokens"), "input_data")
 
 
 def run(raw_data):
     try:
-        messages, temperature, max_new_tokens = parse_request(raw_data)
+        messages, temperature, max_tokens, contract = parse_request(raw_data)
     except BadRequest as error:
         return AMLResponse({"error": str(error)}, 400, json_str=True)
-    return {"output": model.chat(messages, temperature, max_new_tokens)}
+    answer = model.chat(messages, temperature, max_tokens)
+    if contract == "chat_completions":
+        return {"object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}
+    return {"output": answer}

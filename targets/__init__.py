@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pipeline.chat_data import split_and_write
 from pipeline.config import PipelineSettings
-from pipeline.naming import job_name
 from targets.base import PlanItem, Target
 
 
@@ -23,4 +22,4 @@ def plan_run(settings: PipelineSettings) -> list[PlanItem]:
     """The dry run: the split is made locally to name the data and the job; the target only reads."""
     target = get_target(settings)
     split = split_and_write(settings.dataset, target.scratch_dir())
-    return target.plan(split, job_name(settings, split.content_hash))
+    return target.plan(split, target.job_name(split.content_hash))

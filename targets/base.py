@@ -12,9 +12,11 @@ from pathlib import Path
 import requests
 from pydantic import BaseModel
 
+from chat_flow.scoring_contract import CONTRACTS, ContractError, answer_from, request_for
 from pipeline.chat_data import SplitFiles
-from pipeline.config import PipelineSettings
+from pipeline.config import PipelineSettings, ScoringContract
 from pipeline.errors import InsufficientResourcesError, PipelineError, TransientError
+from pipeline import naming
 
 SMOKE_PROBE = "Who founded Microsoft?"
 # Azure ML routes a request with this header to the named deployment, whatever the traffic split.
@@ -25,6 +27,7 @@ class IdentityRef(BaseModel):
     workspace_id: str
     detail: str
     created: bool
+    warnings: list[str] = []  # e.g. a role that cannot be granted yet
 
     @property
     def label(self) -> str:
@@ -98,6 +101,7 @@ class DeploymentRef(BaseModel):
     model_version: int
     job_name: str  # the fine-tune job whose model it serves: tells a retraining run what is live
     created: bool
+    contract: ScoringContract = "input_data"  # the request shape the deployment answers
 
     @property
     def live(self) -> bool:
@@ -148,6 +152,18 @@ class Target(ABC):
     def __init__(self, settings: PipelineSettings, run_id: str = "cli"):
         self.settings = settings
         self.run_id = run_id  # tagged on what this run creates
+
+    def job_name(self, data_hash: str) -> str:
+        """The fine-tune job's name: a hash of the data and of everything else the job is made of."""
+        return naming.job_name(self.settings.model_name, {"data": data_hash, **self.job_inputs()})
+
+    def notices(self) -> list[str]:
+        """Warnings a run should show in its plan, summary and log (e.g. a deprecated model)."""
+        return []
+
+    @abstractmethod
+    def job_inputs(self) -> dict:
+        """What a fine-tune job is made of besides its data (base model, settings): a change names a new job."""
 
     @abstractmethod
     def scratch_dir(self) -> Path:
@@ -236,24 +252,33 @@ def raise_if_short(checks: list[ResourceCheck]) -> None:
         ))
 
 
-def ask_scoring_uri(scoring_uri: str, key: str, deployment_name: str, question: str, max_new_tokens: int,
-                    temperature: float, timeout_s: float) -> str:
-    """The tutorial's scoring request (bearer key, chat body), addressed to one deployment. Temperature 0
-    is greedy decoding: the evaluation gate gets the same answer every time."""
-    body = {"input_data": {"input_string": [{"role": "user", "content": question}],
-                           "parameters": {"temperature": temperature, "max_new_tokens": max_new_tokens}}}
-    headers = {"Authorization": f"Bearer {key}", DEPLOYMENT_HEADER: deployment_name}
+def ask_scoring_uri(deployment: DeploymentRef, key: str, question: str, max_new_tokens: int, temperature: float,
+                    timeout_s: float) -> str:
+    """One chat request in the deployment's contract (bearer key), addressed to that deployment whatever the
+    traffic split. Temperature 0 is greedy decoding: the evaluation gate gets the same answer every time."""
+    name, contract = deployment.deployment_name, deployment.contract
+    url, body = request_for(contract, deployment.scoring_uri,
+                            [{"role": "user", "content": question}], temperature, max_new_tokens)
+    headers = {"Authorization": f"Bearer {key}", DEPLOYMENT_HEADER: name}
     try:
-        response = requests.post(scoring_uri, json=body, headers=headers, timeout=timeout_s)
+        response = requests.post(url, json=body, headers=headers, timeout=timeout_s)
     except requests.RequestException as error:
-        raise TransientError(f"scoring request to {deployment_name} failed: {error}") from None
+        raise TransientError(f"scoring request to {name} failed: {error}") from None
     if response.status_code in (429, 502, 503, 504):
-        raise TransientError(f"deployment {deployment_name} answered HTTP {response.status_code}")
+        raise TransientError(f"deployment {name} answered HTTP {response.status_code}")
+    other = next(c for c in CONTRACTS if c != contract)
+    if response.status_code in (404, 405, 415, 422):
+        raise PipelineError(f"deployment {name} does not answer the {contract} contract at {url} (HTTP "
+                            f"{response.status_code}): set the scoring contract to {other} (the two are "
+                            f"{' and '.join(CONTRACTS)})")
     try:
         payload = response.json()
     except ValueError:
         payload = None
-    if response.status_code != 200 or not isinstance(payload, dict) or "output" not in payload:
-        raise PipelineError(f"deployment {deployment_name} answered HTTP {response.status_code}: "
-                            f"{response.text[:300]}")
-    return str(payload["output"])
+    if response.status_code != 200:
+        raise PipelineError(f"deployment {name} answered HTTP {response.status_code}: {response.text[:300]}")
+    try:
+        return answer_from(contract, payload)
+    except ContractError:
+        raise PipelineError(f"deployment {name} answered HTTP 200 but not in the {contract} contract: "
+                            f"{response.text[:300]}; if it speaks {other}, set the scoring contract to {other}") from None

@@ -9,7 +9,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from pipeline.config import PipelineSettings
 from pipeline.errors import JobFailedError
-from pipeline.naming import content_hash, job_name
+from pipeline.naming import content_hash
 from targets.base import DatasetRef, JobRef, JobStatus
 from tasks.common import stage_retries, stage_target
 
@@ -21,7 +21,7 @@ TERMINAL_STATES = ("Completed", "Failed", "Lost")
 def finetune_cache_key(context, parameters) -> str:
     settings: PipelineSettings = parameters["settings"]
     dataset: DatasetRef = parameters["dataset"]
-    return "finetune-" + content_hash({"job": job_name(settings, dataset.content_hash),
+    return "finetune-" + content_hash({"job": stage_target(settings).job_name(dataset.content_hash),
                                        "workspace": parameters["workspace_id"]})
 
 
@@ -55,7 +55,7 @@ def poll_job(target, name: str, timeout_s: float) -> JobStatus:
 @task(name="fine-tune", cache_key_fn=finetune_cache_key, **stage_retries())
 def fine_tune(settings: PipelineSettings, dataset: DatasetRef, workspace_id: str) -> JobRef:
     target = stage_target(settings)
-    name = job_name(settings, dataset.content_hash)
+    name = target.job_name(dataset.content_hash)
     submitted = target.find_or_submit_job(name, dataset)
     get_run_logger().info("%s fine-tune job %s", "submitted" if submitted else "adopted existing", name)
     status = poll_job(target, name, settings.job_timeout_s)

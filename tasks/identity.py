@@ -1,4 +1,4 @@
-"""Stage 1: identity and RBAC (local: the endpoint's key, kept owner-only; a private workspace)."""
+"""Stage 2: identity and RBAC (local: the endpoint's key, kept owner-only; a private workspace)."""
 
 from prefect import get_run_logger, task
 
@@ -10,5 +10,8 @@ from tasks.common import stage_retries, stage_target
 @task(name="identity-and-rbac", **stage_retries())
 def ensure_identity(settings: PipelineSettings) -> IdentityRef:
     identity = stage_target(settings).ensure_identity()
-    get_run_logger().info("identity %s: %s", "created" if identity.created else "reused", identity.detail)
+    logger = get_run_logger()
+    logger.info("identity %s: %s", "created" if identity.created else "reused", identity.detail)
+    for warning in identity.warnings:
+        logger.warning(warning)
     return identity

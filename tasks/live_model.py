@@ -12,7 +12,6 @@ from pydantic import BaseModel
 
 from pipeline.chat_data import split_and_write
 from pipeline.config import PipelineSettings
-from pipeline.naming import job_name
 from targets.base import DeploymentRef
 from tasks.common import stage_retries, stage_target
 
@@ -40,7 +39,7 @@ def find_live_model(settings: PipelineSettings) -> LiveModel:
     target = stage_target(settings)
     planned_job = None
     if settings.skip_unchanged:
-        planned_job = job_name(settings, split_and_write(settings.dataset, target.scratch_dir()).content_hash)
+        planned_job = target.job_name(split_and_write(settings.dataset, target.scratch_dir()).content_hash)
     live = LiveModel(deployment=target.live_deployment(), planned_job=planned_job)
     get_run_logger().info(live.label)
     return live

@@ -1,18 +1,32 @@
-"""Stage 2: quota check: fail before any work if the run needs more than is free."""
+"""Stage 1: quota check: fail before anything is created if the run needs more than is free (on Azure this
+also resolves the catalog model and the VM sizes, and refuses a retired model)."""
 
 from prefect import get_run_logger, task
+from pydantic import BaseModel
 
 from pipeline.config import PipelineSettings
 from targets.base import ResourceCheck, raise_if_short
 from tasks.common import stage_retries, stage_target
 
 
+class QuotaReport(BaseModel):
+    checks: list[ResourceCheck]
+    warnings: list[str]  # e.g. a deprecated model: also in the run summary
+
+    @property
+    def label(self) -> str:
+        return "; ".join(f"warning: {w}" for w in self.warnings) or f"{len(self.checks)} checks passed"
+
+
 @task(name="quota-check", **stage_retries())
-def check_quota(settings: PipelineSettings) -> list[ResourceCheck]:
+def check_quota(settings: PipelineSettings) -> QuotaReport:
     target = stage_target(settings)
     checks = target.check_resources()
     logger = get_run_logger()
     for check in checks:
         logger.info("%s: need %g %s, %g free", check.resource, check.needed, check.unit, check.available)
     raise_if_short(checks)
-    return checks
+    report = QuotaReport(checks=checks, warnings=target.notices())
+    for warning in report.warnings:
+        logger.warning(warning)
+    return report

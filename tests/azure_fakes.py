@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
+from urllib.parse import unquote
 
 from azure.ai.ml import MLClient
 from azure.core.credentials import AccessToken, AccessTokenInfo
@@ -28,24 +29,149 @@ REGISTRY = f"{GROUP}/providers/Microsoft.ContainerRegistry/registries/wsregistry
 KEY_VAULT = f"{GROUP}/providers/Microsoft.KeyVault/vaults/wsvault"
 AZURE = AzureSettings(subscription_id=SUB, resource_group="rg", workspace_name="ws", location="eastus2")
 ENDPOINT_KEY = "primary-key-1"
+A100, H100, V100 = "standardNCADSA100v4Family", "standardNCadsH100v5Family", "standardNCSv3Family"
+# What the region offers (vmSizes): Phi-4's smallest A100 and H100 sizes, and the retired NC6s_v3 a region may
+# still list.
 VM_SIZES = [
-    {"name": "Standard_NC24ads_A100_v4", "family": "standardNCADSA100v4Family", "vCPUs": 24, "gpus": 1},
-    {"name": "Standard_NC6s_v3", "family": "standardNCSv3Family", "vCPUs": 6, "gpus": 1},
+    {"name": "Standard_NC24ads_A100_v4", "family": A100, "vCPUs": 24, "gpus": 1},
+    {"name": "Standard_NC40ads_H100_v5", "family": H100, "vCPUs": 40, "gpus": 1},
+    {"name": "Standard_NC6s_v3", "family": V100, "vCPUs": 6, "gpus": 1},
 ]
 
 
-def vcpu_usages(a100_used: int, a100_limit: int, ncv3_used: int, ncv3_limit: int) -> dict:
-    """The usages API's answer for the two GPU families of the tutorial."""
-    def usage(family, label, used, limit):
-        return {"id": f"/subscriptions/{SUB}/providers/Microsoft.MachineLearningServices/locations/eastus2/"
-                      f"usages/{family}", "type": "Microsoft.MachineLearningServices/vmFamily/usages",
-                "unit": "Count", "currentValue": used, "limit": limit,
-                "name": {"value": family, "localizedValue": label}}
+def vcpu_usages(a100: tuple[int, int] = (0, 96), h100: tuple[int, int] = (0, 80), total: tuple[int, int] = (0, 400),
+                labels: bool = False) -> dict:
+    """The usages API's answer, shaped like the REST spec example (`Usage/list.json`, stable 2024-10-01): the
+    regional dedicated total, a subscription-level row per family, then per-workspace and per-compute rows with
+    the same name (the last matching row is a compute's). Families are named by code as live answers do, or by
+    label as the spec example does (`labels`). Each pair is (vCPUs used, limit)."""
+    base = f"/subscriptions/{SUB}/usages"
+    workspace = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
+
+    def rows(family: str, label: str, used: int, limit: int) -> list[dict]:
+        name = {"value": label if labels else family, "localizedValue": label}
+        return [{"id": f"{base}/{label.replace(' ', '_')}", "type": "Microsoft.MachineLearningServices/vmFamily/usages",
+                 "unit": "Count", "currentValue": used, "limit": limit, "name": name},
+                {"id": f"{workspace}/usages/{label.replace(' ', '_')}",
+                 "type": "Microsoft.MachineLearningServices/workspaces/usages", "unit": "Count", "currentValue": 0,
+                 "limit": limit, "name": name},
+                {"id": f"{workspace}/computes/other-cluster/usages/{label.replace(' ', '_')}",
+                 "type": "Microsoft.MachineLearningServices/workspaces/computes/usages", "unit": "Count",
+                 "currentValue": 0, "limit": 10_000, "name": name}]
+    regional = "Total Cluster Dedicated Regional vCPUs"
     return {"value": [
-        usage("standardNCADSA100v4Family", "Standard NCADSA100v4 Family Cluster Dedicated vCPUs", a100_used,
-              a100_limit),
-        usage("standardNCSv3Family", "Standard NCSv3 Family Cluster Dedicated vCPUs", ncv3_used, ncv3_limit),
+        {"id": base, "type": "Microsoft.MachineLearningServices/dedicatedCores/usages", "unit": "Count",
+         "currentValue": total[0], "limit": total[1],
+         "name": {"value": regional if labels else "TotalDedicatedCores", "localizedValue": regional}},
+        *rows(A100, "Standard NCADSA100v4 Family Cluster Dedicated vCPUs", *a100),
+        *rows(H100, "Standard NCadsH100v5 Family Cluster Dedicated vCPUs", *h100),
+        {"id": f"{base}/Standard_NCADSA100v4_Family_Cluster_LowPriority_vCPUs", "unit": "Count",
+         "type": "Microsoft.MachineLearningServices/vmFamily/lowPriorityCores/usages", "currentValue": 0,
+         "limit": -1, "name": {"value": A100, "localizedValue": "Standard NCADSA100v4 Family Cluster LowPriority vCPUs"}},
     ]}
+
+
+# ---- the model catalog (the azureml registry), in both metadata shapes ----------------------------------------
+PHI4_COMPUTES = ["Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4", "Standard_NC96ads_A100_v4",
+                 "Standard_ND96asr_v4", "Standard_ND96amsr_A100_v4", "Standard_NC40ads_H100_v5",
+                 "Standard_NC80adis_H100_v5", "Standard_ND96isr_H100_v5"]
+
+
+def phi4_entry() -> dict:
+    """Phi-4 v8 as Azure/azureml-assets describes it since 2026-07 (assets/models/system/Phi-4/spec.yaml at
+    4b41f8cc): lifecycle and computes under system_metadata, defaults in the model_specific_defaults tag."""
+    return {"tags": {"model_specific_defaults": {
+                "apply_deepspeed": "true", "deepspeed_stage": 3, "apply_lora": "true", "num_train_epochs": 1,
+                "per_device_train_batch_size": 1, "learning_rate": "5e-6", "lr_scheduler_type": "cosine"}},
+            "systemMetadata": {"tasks": {"fineTuningTasks": ["chat-completion"], "inferenceTasks": ["chat-completion"]},
+                               "supportedComputes": {"finetuneComputes": PHI4_COMPUTES,
+                                                     "inferenceComputes": PHI4_COMPUTES},
+                               "inferenceSupportedEnvs": ["vllm"], "preview": True}}
+
+
+def phi3_mini_entry(shape: str) -> dict:
+    """Phi-3-mini-4k-instruct, retired 2025-08-30: v15 as the 2026-07 spec has it (system_metadata, isArchived),
+    v14 in the older shape (tags and properties, as the spec at 4579f881, 2026-04-17)."""
+    defaults = {"model_specific_defaults": "{'learning_rate': '5e-6', 'learning_rate_min': '5e-7', "
+                                           "'learning_rate_max': '5e-5', 'num_train_epochs': '1'}"}
+    if shape == "system_metadata":
+        return {"isArchived": True, "tags": defaults, "system_metadata": {
+            "tasks": {"fineTuningTasks": ["chat-completion"]},
+            "supportedComputes": {"finetuneComputes": PHI4_COMPUTES[:5],
+                                  "inferenceComputes": ["Standard_NC6s_v3", *PHI4_COMPUTES[:5]]},
+            "deprecation": {"finetuneDeprecationDate": "2025-06-30T00:00:00.000000Z",
+                            "finetuneRetirementDate": "2025-08-30T00:00:00.000000Z",
+                            "inferenceDeprecationDate": "2025-06-30T00:00:00.000000Z",
+                            "inferenceRetirementDate": "2025-08-30T00:00:00.000000Z"}}}
+    return {"tags": {**defaults, "FinetuneDeprecationDate": "2025-06-30", "FinetuneRetirementDate": "2025-08-30",
+                     "InferenceDeprecationDate": "2025-06-30", "InferenceRetirementDate": "2025-08-30",
+                     "finetune_compute_allow_list": "[ Standard_NC24ads_A100_v4,\n Standard_NC48ads_A100_v4, ]",
+                     "inference_compute_allow_list": "[ Standard_NC6s_v3,\n Standard_NC24ads_A100_v4, ]"},
+            "properties": {"finetuning-tasks": "chat-completion"}}
+
+
+def deprecated_entry() -> dict:
+    """A model deprecated but not yet retired, in the older tag shape (a test model, not a real catalog entry)."""
+    return {"tags": {"FinetuneDeprecationDate": "2026-01-15", "FinetuneRetirementDate": "2099-01-15",
+                     "finetune_compute_allow_list": '["Standard_NC24ads_A100_v4"]',
+                     "inference_compute_allow_list": '["Standard_NC24ads_A100_v4"]',
+                     "model_specific_defaults": '{"learning_rate": "2e-5", "learning_rate_min": "2e-6", '
+                                                '"learning_rate_max": "2e-4"}'},
+            "properties": {"finetuning-tasks": "chat-completion"}}
+
+
+class FakeRegistry:
+    """The `azureml` model registry as azure-ai-ml 1.35's registry client sees it: the discovery call made when
+    the client is made, then the registry's data-plane host (model versions and containers)."""
+
+    DISCOVERY_HOST = "https://eastus.api.azureml.ms"  # AzureCloud's fixed registry discovery endpoint
+    HOST = "https://cert-eastus.experiments.azureml.net/"
+
+    def __init__(self, name: str = "azureml"):
+        self.name = name
+        self.prefix = (f"/mferp/managementfrontend/subscriptions/{SUB}/resourceGroups/registry-builtin-prod-eastus-01"
+                       f"/providers/Microsoft.MachineLearningServices/registries/{name}/models")
+        self.models: dict[str, dict[str, dict]] = {}
+        self.add("Phi-4", "7", {**phi4_entry(), "isArchived": True})
+        self.add("Phi-4", "8", phi4_entry())
+        self.add("Phi-3-mini-4k-instruct", "14", phi3_mini_entry("tags"))
+        self.add("Phi-3-mini-4k-instruct", "15", phi3_mini_entry("system_metadata"))
+        self.add("Phi-legacy-test", "2", deprecated_entry())
+        self.add("Llama-test", "1", phi4_entry())  # another family: never suggested for a Phi model
+
+    def add(self, model: str, version: str, entry: dict) -> None:
+        archived = entry.pop("isArchived", False)
+        self.models.setdefault(model, {})[version] = {
+            "id": f"azureml://registries/{self.name}/models/{model}/versions/{version}", "name": version,
+            "type": "models", "systemData": {"createdAt": f"2025-01-{int(version):02d}T00:00:00Z"},
+            "properties": {"description": "", "tags": {}, "properties": {}, "isArchived": archived,
+                           "stage": "Archived" if archived else "Active", "flavors": {}, "modelType": "mlflow_model",
+                           "modelUri": f"azureml://registries/{self.name}/models/{model}/versions/{version}", **entry}}
+
+    @staticmethod
+    def _missing(what: str) -> Answer:
+        return 404, {"error": {"code": "UserError", "message": f"{what} not found"}}
+
+    def __call__(self, request) -> Answer:
+        path = unquote(request.url.split("?")[0].split("://", 1)[1].split("/", 1)[1])
+        if path == f"registrymanagement/v1.0/registries/{self.name}/discovery":
+            return 200, {"registryName": self.name, "primaryRegion": "eastus", "regions": ["eastus"],
+                         "subscriptionId": SUB, "resourceGroup": "registry-builtin-prod-eastus-01",
+                         "primaryRegionResourceProviderUri": self.HOST}
+        parts = [p for p in ("/" + path).removeprefix(self.prefix).split("/") if p]
+        if request.method != "GET" or not ("/" + path).startswith(self.prefix):
+            return self._missing(f"{request.method} {path}")
+        if not parts:  # models.list(): one container per model
+            return 200, {"value": [{"id": f"azureml://registries/{self.name}/models/{m}", "name": m, "type": "models",
+                                    "properties": {"tags": {}, "properties": {}, "isArchived": False,
+                                                   "latestVersion": max(v, key=int)}}
+                                   for m, v in self.models.items()]}
+        if parts[0] not in self.models:
+            return self._missing(f"Model container {parts[0]}")
+        versions = self.models[parts[0]]
+        if len(parts) == 2:  # models.list(name=...)
+            return 200, {"value": list(versions.values())}
+        return (200, versions[parts[2]]) if len(parts) == 3 and parts[2] in versions else self._missing(path)
 
 
 class OfflineCredential:
@@ -127,7 +253,9 @@ class FakeArm:
         self.faults: list[tuple[str, str, Answer]] = []
         self.failing: dict[str, str] = {}
         self.operations: dict[str, dict] = {}
-        self.usages = vcpu_usages(0, 24, 0, 24)
+        self.usages = vcpu_usages()
+        self.registry = FakeRegistry()
+        self.container_registry: str | None = REGISTRY  # None: a workspace whose registry Azure has not made yet
         self.job_states: list[str] = []  # e.g. ["Running", "Completed"]; empty: jobs keep their status
         self.workspace_guid = str(uuid.uuid4())  # a new workspace: nothing cached against an older one applies
         self.scoring_uri = "http://127.0.0.1:9/score"  # where endpoints say they score: nothing listens there
@@ -143,14 +271,24 @@ class FakeArm:
     def fail_provisioning(self, fragment: str, message: str) -> None:
         self.failing[fragment] = message
 
-    def _operation(self, status: str, error: str | None = None) -> dict:
+    def _operation(self, status: str, error: str | None = None, resource: str | None = None) -> dict:
+        """Long-running-operation headers as recorded (tests/fixtures/recorded/): an online endpoint or deployment
+        PUT points Location at the resource itself and gives a 30-minute operation time-out; a compute PUT has
+        only Azure-AsyncOperation; neither sends Retry-After."""
         operation_id = f"op{len(self.operations)}"
         self.operations[operation_id] = {"status": status, **({"error": {"code": "DeploymentFailed",
                                                                           "message": error}} if error else {})}
         url = f"{self.BASE}{self.workspace_id}/operations/{operation_id}?api-version=2024-10-01"
-        return {"Azure-AsyncOperation": url, "Location": url, "Retry-After": "0"}
+        if resource and "/onlineEndpoints/" in resource:
+            return {"Azure-AsyncOperation": url, "Location": f"{self.BASE}{resource}",
+                    "x-ms-async-operation-timeout": "PT30M"}
+        if resource and "/computes/" in resource:
+            return {"Azure-AsyncOperation": url}
+        return {"Azure-AsyncOperation": url, "Location": url}
 
     def __call__(self, request) -> Answer:
+        if request.url.startswith((FakeRegistry.DISCOVERY_HOST, FakeRegistry.HOST)):
+            return self.registry(request)
         path = request.url.split("?")[0].removeprefix(self.BASE)
         for index, (method, fragment, answer) in enumerate(self.faults):
             if request.method == method and fragment in path:
@@ -160,7 +298,7 @@ class FakeArm:
             return 200, self.operations[path.rsplit("/", 1)[1]]
         if path == self.workspace_id:
             return 200, {"id": path, "name": path.rsplit("/", 1)[1], "location": self.location, "kind": "Default",
-                         "properties": {"storageAccount": STORAGE, "containerRegistry": REGISTRY,
+                         "properties": {"storageAccount": STORAGE, "containerRegistry": self.container_registry,
                                         "keyVault": KEY_VAULT, "workspaceId": self.workspace_guid}}
         if path.endswith("/vmSizes"):
             return 200, {"value": VM_SIZES}
@@ -187,7 +325,11 @@ class FakeArm:
                 self._advance_job(self.resources[path])
             return 200, self.resources[path]
         if request.method == "GET" and path.rsplit("/", 1)[1] in self.COLLECTIONS:
-            return 200, {"value": [r for key, r in self.resources.items() if key.rsplit("/", 1)[0] == path]}
+            items = [r for key, r in self.resources.items() if key.rsplit("/", 1)[0] == path]
+            if "/models/" in path and not items:  # recorded: a model name with no versions yet is a 404
+                return 404, {"error": {"code": "UserError", "message": "The specified resource was not found.",
+                                       "details": [{"code": "ModelNotFound", "message": "Model container not found"}]}}
+            return 200, {"value": items}
         return 404, {"error": {"code": "ResourceNotFound", "message": f"{path} not found"}}
 
     def _advance_job(self, job: dict) -> None:
@@ -196,6 +338,24 @@ class FakeArm:
         current = properties.get("status")
         properties["status"] = states[0] if current not in states else states[min(states.index(current) + 1,
                                                                                     len(states) - 1)]
+        if properties["status"] == "Completed" and current != "Completed":
+            self._register_output(job)
+
+    def _register_output(self, job: dict) -> None:
+        """What the fine-tuning service does when a job completes: register its output as the next version of
+        the model named by `output_model_name_prefix`, with the job as its lineage (`jobName`)."""
+        output = (job["properties"].get("outputs") or {}).get("registered_model")
+        if not output or not output.get("assetName"):
+            return
+        container = f"{self.workspace_id}/models/{output['assetName']}/versions"
+        version = 1 + max((int(key.rsplit("/", 1)[1]) for key in self.resources if key.startswith(container + "/")),
+                          default=0)
+        path = f"{container}/{version}"
+        self.resources[path] = {"id": path, "name": str(version), "properties": {
+            "modelType": "mlflow_model", "modelUri": f"azureml://jobs/{job['name']}/outputs/registered_model",
+            "jobName": job["name"], "flavors": {}, "tags": {}, "properties": {}, "isArchived": False,
+            "stage": "Development", "provisioningState": "Succeeded"}}
+        output["assetVersion"] = str(version)
 
     def _put(self, path: str, body: dict) -> Answer:
         body = {**body, "id": path, "name": path.rsplit("/", 1)[1], "location": self.location}
@@ -204,22 +364,29 @@ class FakeArm:
             properties.update(principalId="principal-1", clientId="client-1", tenantId="tenant-1")
         if "/roleAssignments/" in path and path in self.resources:
             return 409, {"error": {"code": "RoleAssignmentExists", "message": "The role assignment already exists."}}
-        if "/connections/" in path or "/roleAssignments/" in path or "/userAssignedIdentities/" in path:
+        if "/connections/" in path:  # recorded: 200, no LRO headers, secrets never echoed
+            self.resources[path] = body
+            return 200, {**body, "properties": {**properties, "credentials": None}}
+        if "/roleAssignments/" in path or "/userAssignedIdentities/" in path:
             self.resources[path] = body  # not long-running operations
             return (201 if "/roleAssignments/" in path else 200), body
-        if "/jobs/" in path:
-            properties["status"] = "NotStarted"
+        if "/jobs/" in path or "/models/" in path:  # recorded: 201 with only a Location header, not an LRO
+            if "/jobs/" in path:
+                properties["status"] = "NotStarted"
+            else:
+                properties.setdefault("flavors", {})
+                properties["provisioningState"] = "Succeeded"
+            self.resources[path] = body
+            return 201, body, {"Location": f"{self.BASE}{path}"}
         if "/deployments/" in path:  # what the service fills in
             properties.setdefault("scaleSettings", {"scaleType": "Default"})
-        elif "/models/" in path:
-            properties.setdefault("flavors", {})
         elif "/onlineEndpoints/" in path:
             properties["scoringUri"] = self.scoring_uri
         failure = next((message for fragment, message in self.failing.items() if fragment in path), None)
         properties["provisioningState"] = "Failed" if failure else "Succeeded"
         self.resources[path] = body
         creating = {**body, "properties": {**properties, "provisioningState": "Creating"}}
-        return 201, creating, self._operation("Failed" if failure else "Succeeded", failure)
+        return 201, creating, self._operation("Failed" if failure else "Succeeded", failure, resource=path)
 
 
 def offline_ml_client(handler: Callable[[object], Answer]) -> tuple[MLClient, ScriptedTransport]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from azure.ai.ml import MLClient
 from azure.ai.ml.entities import AmlCompute, Data, Model
+from azure.core.exceptions import ResourceNotFoundError
 
 from pipeline.config import AzureSettings
 from targets.azure.clients import found, get_or_create
@@ -21,21 +22,37 @@ def ensure_data_asset(ml_client: MLClient, name: str, local_file: Path, content_
                          lambda: ml_client.data.create_or_update(entity))
 
 
-def ensure_cluster(ml_client: MLClient, azure: AzureSettings, tags: dict[str, str]) -> tuple[AmlCompute, bool]:
-    """The cluster of that name, created (SEED.md's A100 settings) only if missing; (cluster, created)."""
+def cluster_size(ml_client: MLClient, name: str) -> str | None:
+    """The VM size of the existing cluster of that name, None if there is none (a read call)."""
+    try:
+        return ml_client.compute.get(name).size
+    except ResourceNotFoundError:
+        return None
+
+
+def ensure_cluster(ml_client: MLClient, azure: AzureSettings, vm_size: str,
+                   tags: dict[str, str]) -> tuple[AmlCompute, bool]:
+    """The cluster of that name, created (SEED.md's settings, the chosen size) only if missing; (cluster, created)."""
     return get_or_create(lambda: ml_client.compute.get(azure.compute_name),
-                         lambda: ml_client.compute.begin_create_or_update(compute_cluster(azure, tags)).result())
+                         lambda: ml_client.compute.begin_create_or_update(
+                             compute_cluster(azure, vm_size, tags)).result())
 
 
-def register_job_output(ml_client: MLClient, model_name: str, job_name: str,
-                        tags: dict[str, str]) -> tuple[Model, bool]:
-    """The version registered from this job if there is one, else the next version; (model, created)."""
+def adopt_job_model(ml_client: MLClient, model_name: str, job_name: str,
+                    lineage: dict[str, str]) -> tuple[Model, bool]:
+    """The model version the fine-tuning service registered from the job (`output_model_name_prefix`), found by
+    its job and tagged with the lineage; registered here only if the service made none. (model, created)."""
     versions = list(ml_client.models.list(name=model_name))
-    for version in versions:
-        if (version.tags or {}).get("job") == job_name:
-            return version, False
-    next_version = max((int(v.version) for v in versions if str(v.version).isdigit()), default=0) + 1
-    return ml_client.models.create_or_update(registered_model(model_name, str(next_version), job_name, tags)), True
+    made = next((v for v in versions if v.job_name == job_name or (v.tags or {}).get("job") == job_name), None)
+    if made is None:
+        next_version = max((int(v.version) for v in versions if str(v.version).isdigit()), default=0) + 1
+        return ml_client.models.create_or_update(
+            registered_model(model_name, str(next_version), job_name, lineage)), True
+    wanted = {**lineage, "job": job_name}
+    if any((made.tags or {}).get(key) != value for key, value in wanted.items() if key != "created-at"):
+        made.tags = {**(made.tags or {}), **wanted}  # tags are mutable: get + create_or_update, as `az ml model update`
+        made = ml_client.models.create_or_update(made)
+    return made, False
 
 
 def delete_cluster(ml_client: MLClient, name: str) -> bool:

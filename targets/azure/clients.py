@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TypeVar
 
 from azure.ai.ml import MLClient
@@ -31,13 +32,19 @@ SIGN_IN_HELP = (
 @dataclass(frozen=True)
 class AzureClients:
     """The clients of one workspace: ML (workspace, Foundry project and resource-group scope), identities,
-    role assignments. Making them sends no request."""
+    role assignments, and the model-catalog registry. Making them sends no request (the registry client,
+    which looks its registry up when made, is made on first use)."""
 
     ml: MLClient
     project_ml: MLClient
     resource_group_ml: MLClient
     msi: ManagedServiceIdentityClient
     authorization: AuthorizationManagementClient
+    make_registry_ml: Callable[[], MLClient]
+
+    @cached_property
+    def registry_ml(self) -> MLClient:
+        return self.make_registry_ml()
 
 
 def sign_in(azure: AzureSettings, credential: TokenCredential | None = None) -> TokenCredential:
@@ -61,6 +68,7 @@ def make_clients(azure: AzureSettings, credential: TokenCredential, **client_opt
         resource_group_ml=MLClient(credential, *scope, **client_options),
         msi=ManagedServiceIdentityClient(credential, azure.subscription_id, **client_options),
         authorization=AuthorizationManagementClient(credential, azure.subscription_id, **client_options),
+        make_registry_ml=lambda: MLClient(credential, registry_name=azure.registry_name, **client_options),
     )
 
 

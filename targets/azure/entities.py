@@ -13,6 +13,8 @@ from azure.ai.ml.constants import AssetTypes
 from azure.ai.ml.entities import (
     AmlCompute,
     Data,
+    IdentityConfiguration,
+    ManagedIdentityConfiguration,
     ManagedOnlineDeployment,
     ManagedOnlineEndpoint,
     Model,
@@ -23,7 +25,7 @@ from azure.ai.ml.finetuning import FineTuningTaskType, create_finetuning_job
 from azure.mgmt.authorization.models import RoleAssignmentCreateParameters
 from azure.mgmt.msi.models import Identity
 
-from pipeline.config import AzureSettings, TrainingSettings
+from pipeline.config import AzureSettings
 
 MANAGED_BY = "phi3-pipeline"
 LIVE_SINCE = "live-since"
@@ -34,8 +36,12 @@ REQUIRED_ROLES = (
     ("Storage Blob Data Reader", "storage_account"),
     ("AcrPull", "container_registry"),
 )
+# Probes (azure-ai-ml defaults: period 10 s, failure threshold 30): liveness waits out the cold start, after
+# which 30 failed checks restart the container; readiness starts early and only marks it unready until the
+# model answers, so the deployment is ready as soon as the model is, not after a fixed 10 minutes.
 PROBE_PERIOD_S = 10
 PROBE_FAILURE_THRESHOLD = 30
+READINESS_INITIAL_DELAY_S = 10
 
 
 def resource_tags(run_id: str, created_at: datetime | None = None) -> dict[str, str]:
@@ -59,15 +65,29 @@ def managed_identity(azure: AzureSettings, tags: dict[str, str]) -> Identity:
     return Identity(location=azure.location, tags=tags)
 
 
-def compute_cluster(azure: AzureSettings, tags: dict[str, str]) -> AmlCompute:
-    """SEED.md: dedicated GPU tier, min 0, max 1 node, 120 s idle before scale-down."""
+def identity_id(azure: AzureSettings) -> str:
+    """The user-assigned identity's ARM id (its name is fixed by the settings, so no lookup is needed)."""
+    return (f"/subscriptions/{azure.subscription_id}/resourceGroups/{azure.resource_group}/providers/"
+            f"Microsoft.ManagedIdentity/userAssignedIdentities/{azure.identity_name}")
+
+
+def user_assigned(azure: AzureSettings) -> IdentityConfiguration:
+    """The pipeline's identity, holding the tutorial's three roles, as what a cluster or endpoint runs as."""
+    return IdentityConfiguration(type="user_assigned",
+                                 user_assigned_identities=[ManagedIdentityConfiguration(resource_id=identity_id(azure))])
+
+
+def compute_cluster(azure: AzureSettings, vm_size: str, tags: dict[str, str]) -> AmlCompute:
+    """SEED.md: dedicated GPU tier, min 0, max 1 node, 120 s idle before scale-down; the size from the model's
+    fine-tuning computes; it runs as the pipeline's identity (Contributor on the resource group)."""
     return AmlCompute(
         name=azure.compute_name,
-        size=azure.finetune_vm_size,
+        size=vm_size,
         tier="dedicated",
         min_instances=azure.compute_min_nodes,
         max_instances=azure.compute_max_nodes,
         idle_time_before_scale_down=azure.compute_idle_seconds,
+        identity=user_assigned(azure),
         tags=tags,
     )
 
@@ -77,25 +97,16 @@ def data_asset(name: str, local_path: str, content_hash: str, tags: dict[str, st
     return Data(name=name, version=content_hash[:16], path=local_path, type=AssetTypes.URI_FILE, tags=tags)
 
 
-def finetune_hyperparameters(training: TrainingSettings) -> dict[str, str]:
-    """The tutorial's advanced settings, as the fine-tuning service takes them (strings)."""
-    return {
-        "learning_rate": str(training.learning_rate),
-        "lr_scheduler_type": training.lr_scheduler_type,
-        "num_train_epochs": str(training.epochs),
-        "per_device_train_batch_size": str(training.batch_size),
-    }
-
-
-def finetune_job(azure: AzureSettings, training: TrainingSettings, job_name: str, train_asset: str,
-                 test_asset: str, model_name: str, tags: dict[str, str]):
-    """Model-catalog fine-tune, chat completion, on the A100 cluster; validation data = the test split."""
+def finetune_job(azure: AzureSettings, model_asset_id: str, hyperparameters: dict[str, str], job_name: str,
+                 train_asset: str, test_asset: str, model_name: str, tags: dict[str, str]):
+    """Model-catalog fine-tune, chat completion, of the exact (version-pinned) catalog model on the cluster;
+    validation data = the test split; the service registers the output as `model_name` itself."""
     return create_finetuning_job(
-        model=azure.finetune_model,
+        model=model_asset_id,
         task=FineTuningTaskType.CHAT_COMPLETION,
         training_data=train_asset,
         validation_data=test_asset,
-        hyperparameters=finetune_hyperparameters(training),
+        hyperparameters=hyperparameters,
         compute=azure.compute_name,
         output_model_name_prefix=model_name,
         name=job_name,
@@ -116,23 +127,25 @@ def registered_model(model_name: str, version: str, job_name: str, tags: dict[st
     )
 
 
-def online_endpoint(name: str, tags: dict[str, str]) -> ManagedOnlineEndpoint:
-    return ManagedOnlineEndpoint(name=name, auth_mode="key", tags=tags)
+def online_endpoint(azure: AzureSettings, name: str, tags: dict[str, str]) -> ManagedOnlineEndpoint:
+    """Key auth; runs as the pipeline's identity, whose Storage Blob Data Reader and AcrPull grants are what a
+    deployment needs to pull its model and image."""
+    return ManagedOnlineEndpoint(name=name, auth_mode="key", identity=user_assigned(azure), tags=tags)
 
 
-def online_deployment(azure: AzureSettings, endpoint_name: str, deployment_name: str, model_id: str,
+def online_deployment(azure: AzureSettings, vm_size: str, endpoint_name: str, deployment_name: str, model_id: str,
                       tags: dict[str, str]) -> ManagedOnlineDeployment:
-    """SEED.md: Standard_NC6s_v3, one instance; probes wait for a large model's cold start."""
-    probe = ProbeSettings(initial_delay=azure.probe_initial_delay_s, period=PROBE_PERIOD_S,
-                          failure_threshold=PROBE_FAILURE_THRESHOLD)
+    """SEED.md: one instance (of a size from the model's inference computes: the tutorial's NC6s_v3 is retired)."""
     return ManagedOnlineDeployment(
         name=deployment_name,
         endpoint_name=endpoint_name,
         model=model_id,
-        instance_type=azure.deploy_vm_size,
+        instance_type=vm_size,
         instance_count=azure.deploy_instance_count,
-        liveness_probe=probe,
-        readiness_probe=probe,
+        liveness_probe=ProbeSettings(initial_delay=azure.cold_start_s, period=PROBE_PERIOD_S,
+                                     failure_threshold=PROBE_FAILURE_THRESHOLD),
+        readiness_probe=ProbeSettings(initial_delay=READINESS_INITIAL_DELAY_S, period=PROBE_PERIOD_S,
+                                      failure_threshold=PROBE_FAILURE_THRESHOLD),
         request_settings=OnlineRequestSettings(request_timeout_ms=azure.request_timeout_ms),
         tags=tags,
     )

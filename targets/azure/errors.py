@@ -14,11 +14,14 @@ PERMISSION_HELP = ("the signed-in account needs Contributor and User Access Admi
 
 
 def translated(method):
-    """Turn an Azure SDK error escaping a target method into TransientError or PipelineError."""
+    """Turn an Azure SDK error escaping a target method into TransientError or PipelineError, and anything
+    unexpected into a PipelineError naming the stage and the workspace (never a raw traceback)."""
     @functools.wraps(method)
-    def wrapper(*args, **kwargs):
+    def wrapper(target, *args, **kwargs):
         try:
-            return method(*args, **kwargs)
+            return method(target, *args, **kwargs)
+        except (PipelineError, TransientError):
+            raise
         except (ServiceRequestError, ServiceResponseError) as error:
             raise TransientError(f"Azure did not answer: {error}") from None
         except HttpResponseError as error:
@@ -27,4 +30,8 @@ def translated(method):
                 raise TransientError(f"Azure answered {status} after retries: {error.message}") from None
             advice = PERMISSION_HELP if status in (401, 403) else "fix the request or the setting it names"
             raise PipelineError(f"Azure refused the request ({status}): {error.message}; {advice}") from None
+        except Exception as error:  # the cause stays chained for --verbose and the flow's logs
+            raise PipelineError(f"Azure stage '{method.__name__.strip('_').replace('_', ' ')}' in workspace "
+                                f"{target.azure.workspace_name} failed unexpectedly: {type(error).__name__}: "
+                                f"{error}") from error
     return wrapper

@@ -10,8 +10,6 @@ from __future__ import annotations
 from azure.ai.ml import MLClient
 from azure.core.exceptions import ResourceNotFoundError
 
-from pipeline.config import AzureSettings, TrainingSettings
-from targets.azure.entities import finetune_job
 from targets.base import JobStatus
 
 # Azure ML job states (azure.ai.ml.constants.JobStatus) mapped onto the stage interface's states.
@@ -22,17 +20,14 @@ STATES = {
 }
 
 
-def submit_or_adopt(ml_client: MLClient, azure: AzureSettings, training: TrainingSettings, job_name: str,
-                    train_asset: str, test_asset: str, model_name: str, tags: dict[str, str]) -> bool:
+def submit(ml_client: MLClient, job) -> bool:
     """Submit the fine-tune unless a job of that name exists (in any state); True if submitted now."""
     try:
-        ml_client.jobs.get(job_name)
+        ml_client.jobs.get(job.name)
         return False
     except ResourceNotFoundError:
         pass
-    ml_client.jobs.create_or_update(
-        finetune_job(azure, training, job_name, train_asset, test_asset, model_name, tags)
-    )
+    ml_client.jobs.create_or_update(job)
     return True
 
 

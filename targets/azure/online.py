@@ -26,15 +26,18 @@ def _succeeded(resource) -> bool:
     return str(resource.provisioning_state).lower().endswith(SUCCEEDED)
 
 
-def ensure_endpoint(ml_client: MLClient, name: str, tags: dict[str, str]) -> tuple[ManagedOnlineEndpoint, bool]:
-    """The endpoint of that name, created (key auth) only if it does not exist; (endpoint, created)."""
+def ensure_endpoint(ml_client: MLClient, azure: AzureSettings, name: str,
+                    tags: dict[str, str]) -> tuple[ManagedOnlineEndpoint, bool]:
+    """The endpoint of that name, created (key auth, the pipeline's identity) only if it does not exist;
+    (endpoint, created)."""
     endpoints = ml_client.online_endpoints
     return get_or_create(lambda: endpoints.get(name),
-                         lambda: endpoints.begin_create_or_update(online_endpoint(name, tags)).result())
+                         lambda: endpoints.begin_create_or_update(online_endpoint(azure, name, tags)).result())
 
 
-def ensure_deployment(ml_client: MLClient, azure: AzureSettings, endpoint_name: str, deployment_name: str,
-                      model_id: str, tags: dict[str, str]) -> tuple[ManagedOnlineDeployment, bool]:
+def ensure_deployment(ml_client: MLClient, azure: AzureSettings, vm_size: str, endpoint_name: str,
+                      deployment_name: str, model_id: str,
+                      tags: dict[str, str]) -> tuple[ManagedOnlineDeployment, bool]:
     """The deployment of that name if it provisioned; else create it and wait (a failure says where to look)."""
     try:
         existing = ml_client.online_deployments.get(deployment_name, endpoint_name)
@@ -42,7 +45,7 @@ def ensure_deployment(ml_client: MLClient, azure: AzureSettings, endpoint_name: 
             return existing, False
     except ResourceNotFoundError:
         pass
-    entity = online_deployment(azure, endpoint_name, deployment_name, model_id, tags)
+    entity = online_deployment(azure, vm_size, endpoint_name, deployment_name, model_id, tags)
     try:
         deployment = ml_client.online_deployments.begin_create_or_update(entity).result()
     except HttpResponseError as error:

@@ -1,61 +1,141 @@
-"""GPU quota preflight on Azure: free vCPUs of the VM families the fine-tune and the deployment use.
+"""GPU quota preflight on Azure, and the choice of VM sizes it depends on.
 
-Read calls only (`compute.list_sizes`, `compute.list_usage`), so it runs before anything is created.
-azure-ai-ml 1.35's `Usage` and `VmSize` entities keep the service's camelCase fields (`currentValue`,
-`vCPUs`) and leave their snake_case attributes empty: the helpers below read what the service sent.
+Read calls only (`compute.list_sizes`, `compute.list_usage`), so it runs before anything is created. The
+fine-tuning cluster's size comes from the model's fine-tuning computes and the deployment's from its inference
+computes (targets/azure/catalog.py); by default the first size offered in the region with free quota.
+
+The usages list holds, under one `name.value`, a subscription-level row per VM family and rows per workspace
+and per compute (REST spec example `Usage/list.json`); only the subscription-level dedicated rows count, and
+the regional total ("Total Cluster Dedicated Regional vCPUs", live `TotalDedicatedCores`) caps them all.
+Live answers name families by code (`standardNCADSA100v4Family`), the spec example by label ("Standard
+NCADSA100v4 Family Cluster Dedicated vCPUs"): both match. azure-ai-ml 1.35's `Usage` and `VmSize` keep the
+service's camelCase fields (`currentValue`, `vCPUs`) and leave their snake_case attributes empty.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 from azure.ai.ml import MLClient
 
 from pipeline.config import AzureSettings
-from pipeline.errors import PipelineError
+from targets.azure.catalog import CatalogModel, choose_size
 from targets.base import ResourceCheck
 
 QUOTA_HELP = "ask for more in the Azure portal: Quotas > Machine learning > {family} in {region}"
+REGIONAL_TOTAL = "Total Cluster Dedicated Regional vCPUs"
+REGIONAL_TOTAL_NAMES = {"totaldedicatedcores", "totalclusterdedicatedregionalvcpus"}
+DEDICATED_SUFFIX = "clusterdedicatedvcpus"
+UNLIMITED = -1
+
+
+def _key(text: str) -> str:
+    return "".join(ch for ch in str(text) if ch.isalnum()).lower()
 
 
 def _vcpus(size) -> int:
     return int(getattr(size, "vCPUs", None) or size.v_cpus)
 
 
-def _current(usage) -> int:
-    return int(vars(usage).get("currentValue", usage.current_value) or 0)
+@dataclass(frozen=True)
+class Row:
+    """One subscription-level usage row: vCPUs in use and the limit (None: unlimited)."""
+
+    names: tuple[str, ...]
+    used: int
+    limit: int | None
+
+    @property
+    def free(self) -> float:
+        return float("inf") if self.limit is None else self.limit - self.used
 
 
-def _family(usage) -> str:
-    return (usage.name["value"] if isinstance(usage.name, dict) else usage.name).lower()
+def _row(usage) -> Row | None:
+    """The row if it is a subscription-level dedicated-vCPU row (not a workspace's or a compute's)."""
+    fields = vars(usage)
+    row_id, kind = str(fields.get("id") or usage.id or ""), str(fields.get("type") or usage.type or "")
+    name = usage.name if isinstance(usage.name, dict) else {"value": usage.name}
+    names = tuple(_key(n) for n in (name.get("value"), name.get("localizedValue")) if n)
+    if "/workspaces/" in row_id.lower() or "/workspace" in kind.lower() or "lowpriority" in " ".join(names + (
+            _key(kind),)):
+        return None
+    limit = fields.get("limit", usage.limit)
+    used = fields.get("currentValue", usage.current_value)
+    return Row(names=names, used=int(used or 0), limit=None if limit in (None, UNLIMITED) else int(limit))
 
 
-def vcpu_needs(azure: AzureSettings, update_headroom: bool = True) -> list[tuple[str, int, str]]:
-    """(VM size, instances, purpose): the cluster at max nodes, the deployment twice over when it is
-    updated beside the live one (an update runs old and new instances side by side)."""
-    deployment_instances = azure.deploy_instance_count * (2 if update_headroom else 1)
-    return [(azure.finetune_vm_size, azure.compute_max_nodes, "fine-tuning cluster"),
-            (azure.deploy_vm_size, deployment_instances, "online deployment")]
+def usage_rows(ml_client: MLClient, region: str) -> tuple[dict[str, Row], Row | None]:
+    """(subscription-level family rows by family key, the regional dedicated total)."""
+    families, total = {}, None
+    for usage in ml_client.compute.list_usage(location=region):
+        row = _row(usage)
+        if row is None:
+            continue
+        if REGIONAL_TOTAL_NAMES & set(row.names):
+            total = row
+            continue
+        for name in row.names:
+            families[name.removesuffix(DEDICATED_SUFFIX)] = row
+    return families, total
 
 
-def vcpu_checks(ml_client: MLClient, azure: AzureSettings) -> list[ResourceCheck]:
-    """One check per VM family: vCPUs needed by the run against the family's free quota in the region."""
+@dataclass(frozen=True)
+class Need:
+    size: str
+    family: str
+    vcpus: int
+    purpose: str
+
+
+@dataclass(frozen=True)
+class SizePlan:
+    """The VM sizes a run uses and the quota checks that follow from them."""
+
+    finetune_vm_size: str
+    deploy_vm_size: str
+    checks: list[ResourceCheck]
+
+
+def plan_sizes(ml_client: MLClient, azure: AzureSettings, model: CatalogModel,
+               cluster_size: str | None = None) -> SizePlan:
+    """Choose the cluster's size (an existing cluster keeps its own) and the deployment's, each the first of the
+    model's sizes offered in the region whose family still has the vCPUs (the two may share a family), then
+    check every family and the regional total: the cluster at max nodes, the deployment twice over (an update
+    runs old and new instances side by side)."""
     region = azure.location
-    sizes = {size.name.lower(): size for size in ml_client.compute.list_sizes(location=region)}
-    usages = {_family(usage): usage for usage in ml_client.compute.list_usage(location=region)}
-    needed: dict[str, int] = defaultdict(int)
-    purposes: dict[str, list[str]] = defaultdict(list)
-    for vm_size, instances, purpose in vcpu_needs(azure):
-        size = sizes.get(vm_size.lower())
-        if size is None:
-            raise PipelineError(f"VM size {vm_size} is not offered in {region}: choose another region or size")
-        needed[size.family] += _vcpus(size) * instances
-        purposes[size.family].append(f"{purpose} {vm_size} x{instances}")
+    offered = {size.name.lower(): size for size in ml_client.compute.list_sizes(location=region)}
+    families, total = usage_rows(ml_client, region)
+    drawn: dict[str, int] = defaultdict(int)
+
+    def free(family: str) -> float:
+        row = families.get(_key(family))
+        return (row.free if row else 0) - drawn[_key(family)]
+
+    def choose(setting: str, configured: str, allowed: tuple[str, ...], instances: int, purpose: str) -> Need:
+        size = choose_size(setting, configured, allowed, model, region, offered,
+                           lambda s: free(s.family) >= _vcpus(s) * instances)
+        vm = offered[size.lower()]
+        drawn[_key(vm.family)] += _vcpus(vm) * instances
+        return Need(size=size, family=vm.family, vcpus=_vcpus(vm) * instances, purpose=f"{purpose} {size} x{instances}")
+
+    cluster = choose("finetune_vm_size", cluster_size or azure.finetune_vm_size, model.finetune_computes,
+                     azure.compute_max_nodes, "fine-tuning cluster")
+    deployment = choose("deploy_vm_size", azure.deploy_vm_size, model.inference_computes,
+                        azure.deploy_instance_count * 2, "online deployment")
+    needed: dict[str, list[Need]] = defaultdict(list)
+    for need in (cluster, deployment):
+        needed[need.family].append(need)
     checks = []
-    for family, vcpus in needed.items():
-        usage = usages.get(family.lower())
-        free = (usage.limit - _current(usage)) if usage is not None else 0
+    for family, needs in needed.items():
+        row = families.get(_key(family))
         checks.append(ResourceCheck(
-            resource=f"{family} vCPUs in {region} ({', '.join(purposes[family])})", needed=vcpus,
-            available=free, unit="vCPUs", advice=QUOTA_HELP.format(family=family, region=region)))
-    return checks
+            resource=f"{family} vCPUs in {region} ({', '.join(n.purpose for n in needs)})",
+            needed=sum(n.vcpus for n in needs), available=min(row.free if row else 0, 1e9), unit="vCPUs",
+            advice=QUOTA_HELP.format(family=family, region=region)))
+    if total is not None:
+        checks.append(ResourceCheck(
+            resource=f"{REGIONAL_TOTAL} in {region}", needed=cluster.vcpus + deployment.vcpus,
+            available=min(total.free, 1e9), unit="vCPUs", advice=QUOTA_HELP.format(family=REGIONAL_TOTAL,
+                                                                                   region=region)))
+    return SizePlan(finetune_vm_size=cluster.size, deploy_vm_size=deployment.size, checks=checks)

@@ -30,7 +30,7 @@ class RoleScopes:
 
     resource_group: str
     storage_account: str
-    container_registry: str
+    container_registry: str | None  # a workspace gets its registry lazily: none until first needed
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,15 @@ def _create_assignment(authorization: AuthorizationManagementClient, scope: str,
     return True
 
 
-def ensure_roles(authorization: AuthorizationManagementClient, principal_id: str,
-                 scopes: RoleScopes) -> list[RoleGrant]:
-    """Contributor on the resource group, Storage Blob Data Reader on the storage, AcrPull on the registry."""
+def ensure_roles(authorization: AuthorizationManagementClient, principal_id: str, scopes: RoleScopes,
+                 roles: tuple[str, ...] = tuple(role for role, _ in REQUIRED_ROLES)) -> list[RoleGrant]:
+    """Contributor on the resource group, Storage Blob Data Reader on the storage, AcrPull on the registry
+    (skipped while the workspace has no registry: the caller says so and grants it later)."""
     grants = []
     for role, scope_field in REQUIRED_ROLES:
         scope = getattr(scopes, scope_field)
+        if role not in roles or scope is None:
+            continue
         name = role_assignment_name(scope, role, principal_id)
         definition_id = role_definition_id(authorization, scope, role)
         created = _create_assignment(authorization, scope, name, definition_id, principal_id)

@@ -15,10 +15,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from pipeline import promptflow_chat
 from pipeline.chat_data import SplitFiles
 from pipeline.config import PipelineSettings
-from pipeline.errors import JobFailedError
+from pipeline.errors import ConfigError, JobFailedError
 from pipeline.naming import content_hash
-from targets.azure import assets, clients, finetune, foundry, online, quota, rbac
-from targets.azure.entities import resource_tags
+from targets.azure import assets, catalog, clients, finetune, foundry, online, quota, rbac
+from targets.azure.entities import finetune_job, resource_tags
 from targets.azure.errors import translated
 from targets.base import (
     SMOKE_PROBE,
@@ -39,6 +39,10 @@ from targets.base import (
 from targets.local.workspace import Workspace
 
 
+NO_REGISTRY = ("workspace {workspace} has no container registry yet (Azure creates one when first needed): the "
+               "AcrPull grant waits until then; the deploy stage grants it once the registry exists")
+
+
 class AzureTarget(Target):
     name = "azure"
     # at most 60 status calls per job-hour, and a finished job is noticed within a minute
@@ -56,6 +60,40 @@ class AzureTarget(Target):
     @property
     def tags(self) -> dict[str, str]:
         return resource_tags(self.run_id)
+
+    # ---- the catalog: model, VM sizes and hyperparameters, read before any write ------------------
+    @cached_property
+    def model(self) -> catalog.CatalogModel:
+        """The exact catalog model version, refused (one error line) if unknown, archived or retired."""
+        return catalog.resolve(self.clients.registry_ml, self.azure)
+
+    @cached_property
+    def hyperparameters(self) -> dict[str, str]:
+        return catalog.hyperparameters(self.model, self.azure.training)
+
+    @cached_property
+    def sizes(self) -> quota.SizePlan:
+        """The cluster's and the deployment's VM sizes (from the model's lists), with the quota checks."""
+        existing = assets.cluster_size(self.clients.ml, self.azure.compute_name)
+        if existing and self.azure.finetune_vm_size and existing.lower() != self.azure.finetune_vm_size.lower():
+            raise ConfigError(
+                f"azure.finetune_vm_size is {self.azure.finetune_vm_size} but cluster {self.azure.compute_name} "
+                f"exists with {existing}: leave the setting empty, or choose another azure.compute_name")
+        return quota.plan_sizes(self.clients.ml, self.azure, self.model, existing)
+
+    @translated
+    def notices(self) -> list[str]:
+        notes = self.model.deprecations(catalog.utc_today())
+        if self._role_scopes()[1].container_registry is None:
+            notes.append(NO_REGISTRY.format(workspace=self.azure.workspace_name))
+        return notes
+
+    @translated
+    def job_inputs(self) -> dict:
+        """The exact catalog model version, the hyperparameters sent and the cluster (not its size: an existing
+        cluster keeps its own, and a size chosen by free quota must not name a second paid job)."""
+        return {"catalog_model": self.model.asset_id, "hyperparameters": self.hyperparameters,
+                "cluster": self.azure.compute_name}
 
     def scratch_dir(self) -> Path:
         """Files prepared here before upload (the split, the chat flow), in the private local workspace."""
@@ -94,12 +132,25 @@ class AzureTarget(Target):
         identity, created = rbac.ensure_identity(self.clients.msi, self.azure, self.tags)
         grants = rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes)
         roles = ", ".join(f"{g.role} ({'granted' if g.created else 'held'})" for g in grants)
-        return IdentityRef(workspace_id=workspace_id, detail=f"{self.azure.identity_name}: {roles}", created=created)
+        warnings = [] if scopes.container_registry else [NO_REGISTRY.format(workspace=self.azure.workspace_name)]
+        return IdentityRef(workspace_id=workspace_id, detail=f"{self.azure.identity_name}: {roles}", created=created,
+                           warnings=warnings)
+
+    def _grant_acr_pull_once_registry_exists(self) -> None:
+        """A workspace made without a registry gets one lazily: grant the deferred AcrPull before deploying."""
+        _, scopes = self._role_scopes()
+        if scopes.container_registry is not None:
+            identity = self.clients.msi.user_assigned_identities.get(self.azure.resource_group,
+                                                                     self.azure.identity_name)
+            rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes, roles=("AcrPull",))
 
     # ---- quota ---------------------------------------------------------------------------------
     @translated
     def check_resources(self) -> list[ResourceCheck]:
-        return quota.vcpu_checks(self.clients.ml, self.azure)
+        """The catalog model (resolved and lifecycle-checked), the hyperparameters (range-checked), then the vCPU
+        quota of the VM sizes chosen from the model's lists: read calls only, before anything is created."""
+        self.hyperparameters  # noqa: B018 - refuses a learning rate outside the model's range
+        return self.sizes.checks
 
     # ---- dataset -------------------------------------------------------------------------------
     @translated
@@ -119,9 +170,10 @@ class AzureTarget(Target):
     def find_or_submit_job(self, job_name: str, dataset: DatasetRef) -> bool:
         if finetune.job_status(self.clients.ml, job_name).state != "Missing":
             return False  # adopt it in whatever state: never a second paid job for the same inputs
-        assets.ensure_cluster(self.clients.ml, self.azure, self.tags)
-        return finetune.submit_or_adopt(self.clients.ml, self.azure, self.settings.training, job_name,
-                                        dataset.train_uri, dataset.test_uri, self.settings.model_name, self.tags)
+        assets.ensure_cluster(self.clients.ml, self.azure, self.sizes.finetune_vm_size, self.tags)
+        return finetune.submit(self.clients.ml, finetune_job(
+            self.azure, self.model.asset_id, self.hyperparameters, job_name, dataset.train_uri, dataset.test_uri,
+            self.settings.model_name, self.tags))
 
     @translated
     def job_status(self, job_name: str) -> JobStatus:
@@ -143,8 +195,10 @@ class AzureTarget(Target):
     # ---- register ------------------------------------------------------------------------------
     @translated
     def register_model(self, job: JobRef, dataset: DatasetRef) -> ModelRef:
-        lineage = {**self.tags, "train-data": dataset.train_uri, "test-data": dataset.test_uri}
-        model, created = assets.register_job_output(self.clients.ml, self.settings.model_name, job.name, lineage)
+        """The service registers the job's output itself: adopt that version and tag it with the lineage."""
+        lineage = {**self.tags, "train-data": dataset.train_uri, "test-data": dataset.test_uri,
+                   "base-model": self.model.asset_id}
+        model, created = assets.adopt_job_model(self.clients.ml, self.settings.model_name, job.name, lineage)
         return ModelRef(name=model.name, version=int(model.version), uri=model.id, job_name=job.name,
                         created=created)
 
@@ -154,14 +208,16 @@ class AzureTarget(Target):
         return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment.name,
                              scoring_uri=endpoint.scoring_uri, traffic=online.live_traffic(endpoint),
                              model_version=int(tags.get("model-version", 0)), job_name=tags.get("job", ""),
-                             created=created)
+                             created=created, contract=self.azure.scoring_contract)
 
     @translated
     def deploy(self, model: ModelRef) -> DeploymentRef:
         ml, name = self.clients.ml, self.deployment_name(model)
-        online.ensure_endpoint(ml, self.endpoint_name, self.tags)
+        self._grant_acr_pull_once_registry_exists()
+        online.ensure_endpoint(ml, self.azure, self.endpoint_name, self.tags)
         tags = {**self.tags, "job": model.job_name, "model-version": str(model.version)}
-        deployment, created = online.ensure_deployment(ml, self.azure, self.endpoint_name, name, model.uri, tags)
+        deployment, created = online.ensure_deployment(ml, self.azure, self.sizes.deploy_vm_size, self.endpoint_name,
+                                                       name, model.uri, tags)
         return self._deployment_ref(ml.online_endpoints.get(self.endpoint_name), deployment, created)
 
     @translated
@@ -178,8 +234,7 @@ class AzureTarget(Target):
 
     @translated
     def ask(self, deployment: DeploymentRef, question: str, max_new_tokens: int, temperature: float = 0.0) -> str:
-        return ask_scoring_uri(deployment.scoring_uri, self.endpoint_key(deployment), deployment.deployment_name,
-                               question, max_new_tokens, temperature,
+        return ask_scoring_uri(deployment, self.endpoint_key(deployment), question, max_new_tokens, temperature,
                                timeout_s=self.azure.request_timeout_ms / 1000 + 10)
 
     @translated
@@ -203,50 +258,62 @@ class AzureTarget(Target):
         name, key = self.settings.connection_name, self.endpoint_key(deployment)
         foundry.ensure_project(self.clients.resource_group_ml, self.azure, self.tags)
         foundry.upsert_custom_connection(self.clients.project_ml, name, deployment.scoring_uri, key, self.tags)
-        promptflow_chat.upsert_connection(name, deployment.scoring_uri, key)
+        promptflow_chat.upsert_connection(name, deployment.scoring_uri, key, deployment.contract)
         return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
 
     # ---- plan ----------------------------------------------------------------------------------
-    def _price(self, vm_size: str, count: int) -> float:
-        return round(self.azure.vm_prices_usd_per_hour.get(vm_size, 0.0) * count, 2)
+    def _priced(self, vm_size: str, count: int, detail: str) -> dict:
+        """usd_per_hour and detail of a plan line for `count` VMs of the size (a size missing from the price
+        table is said so, not priced at zero silently)."""
+        price = self.azure.vm_prices_usd_per_hour.get(vm_size)
+        if price is None:
+            return {"usd_per_hour": 0.0,
+                    "detail": f"{detail}; price unknown: add {vm_size} to azure.vm_prices_usd_per_hour"}
+        return {"usd_per_hour": round(price * count, 2), "detail": detail}
 
     @translated
     def plan(self, split: SplitFiles, job_name: str) -> list[PlanItem]:
-        """Read calls only: what exists already, what a run would create, and what that bills per hour."""
-        ml, azure = self.clients.ml, self.azure
+        """Read calls only: the catalog model, what exists already, what a run would create, and what that bills
+        per hour."""
+        ml, azure, sizes = self.clients.ml, self.azure, self.sizes
 
-        def get_or_create(resource: str, read, usd: float = 0.0, detail: str = "") -> PlanItem:
-            return PlanItem(resource=resource, action="reuse" if clients.found(read) else "create",
-                            usd_per_hour=usd, detail=detail)
+        def get_or_create(resource: str, read, detail: str = "") -> PlanItem:
+            return PlanItem(resource=resource, action="reuse" if clients.found(read) else "create", detail=detail)
 
+        hyper = ", ".join(f"{key} {value}" for key, value in self.hyperparameters.items())
+        items = [PlanItem(resource=f"catalog model {self.model.label}", action="fine-tune",
+                          detail=f"{self.model.asset_id}; {hyper}")]
+        items += [PlanItem(resource="warning", action="warning", detail=note) for note in self.notices()]
         _, scopes = self._role_scopes()
         identities = self.clients.msi.user_assigned_identities
-        items = [get_or_create(f"managed identity {azure.identity_name}",
-                               lambda: identities.get(azure.resource_group, azure.identity_name))]
+        items.append(get_or_create(f"managed identity {azure.identity_name}",
+                                   lambda: identities.get(azure.resource_group, azure.identity_name)))
         items += [PlanItem(resource=f"role {role} on {scope.rsplit('/', 1)[-1]}", action="get or create")
+                  if scope else PlanItem(resource=f"role {role}", action="deferred", detail="no registry yet")
                   for role, scope in ((r, getattr(scopes, f)) for r, f in rbac.REQUIRED_ROLES)]
         items += plan_resource_checks(self.check_resources())
         version = split.content_hash[:16]
         items += [get_or_create(f"data asset {self.asset_name(part)}:{version}",
                                 lambda part=part: ml.data.get(self.asset_name(part), version))
                   for part in ("train", "test")]
-        cluster_usd = self._price(azure.finetune_vm_size, azure.compute_max_nodes)
-        items.append(get_or_create(f"compute {azure.compute_name} ({azure.finetune_vm_size})",
+        items.append(get_or_create(f"compute {azure.compute_name} ({sizes.finetune_vm_size})",
                                    lambda: ml.compute.get(azure.compute_name),
                                    detail=f"scales to {azure.compute_min_nodes} nodes after "
                                           f"{azure.compute_idle_seconds} s idle"))
         job = finetune.job_status(ml, job_name)
+        running = job.state in ("Missing", "Queued", "Running")
         items.append(PlanItem(resource=f"fine-tune job {job_name}",
                               action="submit" if job.state == "Missing" else f"adopt ({job.phase})",
-                              usd_per_hour=cluster_usd if job.state in ("Missing", "Queued", "Running") else 0.0,
-                              detail="billed while the job runs"))
+                              **self._priced(sizes.finetune_vm_size, azure.compute_max_nodes if running else 0,
+                                             "billed while the job runs")))
         items.append(get_or_create(f"endpoint {self.endpoint_name}",
                                    lambda: ml.online_endpoints.get(self.endpoint_name)))
         live = self.live_deployment()
         beside = f"beside live {live.deployment_name} until the gate decides; " if live else ""
-        items.append(PlanItem(resource=f"deployment ({azure.deploy_vm_size} x{azure.deploy_instance_count})",
-                              action="get or create", detail=f"{beside}billed until teardown",
-                              usd_per_hour=self._price(azure.deploy_vm_size, azure.deploy_instance_count)))
+        items.append(PlanItem(resource=f"deployment ({sizes.deploy_vm_size} x{azure.deploy_instance_count})",
+                              action="get or create",
+                              **self._priced(sizes.deploy_vm_size, azure.deploy_instance_count,
+                                             f"{beside}billed until teardown")))
         items += foundry.plan(self.clients.resource_group_ml, azure, self.settings.connection_name)
         return items
 

@@ -18,11 +18,15 @@ from targets.local.workspace import write_json_atomic
 
 LOOPBACK = "127.0.0.1"
 HEALTH_PATH = "/"
+SCORE_PATH = "/score"
+# OpenAI-style routes of the catalog's inference server, answered by the same scoring script.
+CHAT_COMPLETIONS_PATHS = ("/chat/completions", "/v1/chat/completions")
 SCORE_SCRIPT = Path(__file__).resolve().parents[2] / "serving" / "score.py"
 
 
 class BearerKeyAuth:
-    """WSGI middleware: every route but the health probe needs `Authorization: Bearer <key>`."""
+    """WSGI middleware: every route but the health probe needs `Authorization: Bearer <key>`; the OpenAI-style
+    chat routes are served by the scoring route."""
 
     def __init__(self, app, key: str):
         self.app = app
@@ -33,6 +37,8 @@ class BearerKeyAuth:
             return self.app(environ, start_response)
         given = environ.get("HTTP_AUTHORIZATION", "").encode()
         if hmac.compare_digest(given, self.expected):
+            if environ.get("PATH_INFO") in CHAT_COMPLETIONS_PATHS:
+                environ["PATH_INFO"] = SCORE_PATH  # score.py tells the contract by the body
             return self.app(environ, start_response)
         body = json.dumps({"error": "missing or invalid key: send 'Authorization: Bearer <key>'"}).encode()
         start_response("401 Unauthorized", [("Content-Type", "application/json"),

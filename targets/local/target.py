@@ -19,7 +19,7 @@ from pipeline import promptflow_chat
 from pipeline.chat_data import TEST_FILE, TRAIN_FILE, SplitFiles
 from pipeline.config import BUILTIN_BASE_MODEL, PipelineSettings
 from pipeline.errors import ConfigError, JobFailedError, PipelineError, TransientError
-from pipeline.naming import content_hash
+from pipeline.naming import base_model_identity, content_hash
 from targets.base import (
     SMOKE_PROBE,
     ConnectionRef,
@@ -123,6 +123,12 @@ class LocalTarget(Target):
     def __init__(self, settings: PipelineSettings, run_id: str = "cli"):
         super().__init__(settings, run_id)
         self.ws = Workspace(settings.local.workspace_dir)
+
+    def job_inputs(self) -> dict:
+        """The base model's weights, every training setting and the seed."""
+        return {"base_model": base_model_identity(self.settings.training.base_model),
+                "training": self.settings.training.model_dump(exclude={"base_model"}),
+                "seed": self.settings.dataset.seed}
 
     # ---- identity and RBAC -------------------------------------------------------------------
     def scratch_dir(self) -> Path:
@@ -299,7 +305,7 @@ class LocalTarget(Target):
         return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment_dir.name,
                              scoring_uri=f"http://{state['host']}:{state['port']}/score", traffic=traffic,
                              model_version=spec.get("model_version", 0), job_name=spec.get("job_name", ""),
-                             created=created)
+                             created=created, contract=self.settings.local.scoring_contract)
 
     def deploy(self, model: ModelRef) -> DeploymentRef:
         """The model's server, started beside the live one (or found running); traffic moves in go_live."""
@@ -322,8 +328,7 @@ class LocalTarget(Target):
         return self._deployment_ref(self.ws.root / "deployments" / live, state, created=False) if state else None
 
     def ask(self, deployment: DeploymentRef, question: str, max_new_tokens: int, temperature: float = 0.0) -> str:
-        return ask_scoring_uri(deployment.scoring_uri, self.ws.read_key(), deployment.deployment_name, question,
-                               max_new_tokens, temperature, timeout_s=60)
+        return ask_scoring_uri(deployment, self.ws.read_key(), question, max_new_tokens, temperature, timeout_s=60)
 
     def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
         with self.ws.lock(f"endpoint-{self.endpoint_name}"):
@@ -390,7 +395,8 @@ class LocalTarget(Target):
     # ---- connection ----------------------------------------------------------------------------
     def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
         name = self.settings.connection_name
-        promptflow_chat.upsert_connection(name, deployment.scoring_uri, self.endpoint_key(deployment))
+        promptflow_chat.upsert_connection(name, deployment.scoring_uri, self.endpoint_key(deployment),
+                                          deployment.contract)
         return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
 
     # ---- plan ----------------------------------------------------------------------------------
