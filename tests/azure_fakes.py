@@ -373,9 +373,10 @@ class FakeArm:
         if "/jobs/" in path or "/models/" in path:  # recorded: 201 with only a Location header, not an LRO
             if "/jobs/" in path:
                 properties["status"] = "NotStarted"
-            else:
+            else:  # the version's lineage is the service's to set: a PUT (e.g. new tags) keeps it
                 properties.setdefault("flavors", {})
                 properties["provisioningState"] = "Succeeded"
+                properties.setdefault("jobName", (self.resources.get(path) or {}).get("properties", {}).get("jobName"))
             self.resources[path] = body
             return 201, body, {"Location": f"{self.BASE}{path}"}
         if "/deployments/" in path:  # what the service fills in

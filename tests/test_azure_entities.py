@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 
-from pipeline.config import TrainingSettings
 from targets.azure import entities
 from tests.azure_fakes import AZURE
 
@@ -19,32 +18,37 @@ def test_tags_name_the_project_the_run_and_the_time():
     assert TAGS["managed-by"] == "phi3-pipeline" and TAGS["pipeline-run"] == "run-1"
 
 
-def test_compute_cluster_is_the_tutorials_a100_cluster():
-    rest = entities.compute_cluster(AZURE, TAGS)._to_rest_object().as_dict()
+UAI = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/"
+       "Microsoft.ManagedIdentity/userAssignedIdentities/phi3-pipeline-identity")
+PHI4 = "azureml://registries/azureml/models/Phi-4/versions/8"
+
+
+def test_compute_cluster_is_the_tutorials_cluster_on_the_chosen_size_running_as_the_identity():
+    compute = entities.compute_cluster(AZURE, "Standard_NC40ads_H100_v5", TAGS)._to_rest_object()
+    rest = compute.as_dict()
     props = rest["properties"]["properties"]
     assert rest["properties"]["computeType"] == "AmlCompute"
-    assert props["vmSize"] == "Standard_NC24ads_A100_v4"
+    assert props["vmSize"] == "Standard_NC40ads_H100_v5"
     assert props["vmPriority"] == "Dedicated"
     assert props["scaleSettings"] == {"minNodeCount": 0, "maxNodeCount": 1, "nodeIdleTimeBeforeScaleDown": "PT2M"}
+    assert rest["identity"]["type"] == "UserAssigned" and list(rest["identity"]["userAssignedIdentities"]) == [UAI]
     assert rest["tags"] == TAGS
 
 
-def test_finetune_job_is_a_chat_completion_of_phi3_mini_with_validation_data():
-    job = entities.finetune_job(AZURE, TrainingSettings(learning_rate=2e-4, lr_scheduler_type="linear", epochs=2,
-                                                        batch_size=4),
-                                "phi3-custom-ft-abc", "azureml:phi3-train:0123", "azureml:phi3-test:0123",
-                                "phi3-custom", TAGS)
+def test_finetune_job_is_a_chat_completion_of_the_pinned_catalog_model_with_validation_data():
+    hyperparameters = {"learning_rate": "5e-6", "lr_scheduler_type": "cosine", "num_train_epochs": "1",
+                       "per_device_train_batch_size": "1"}
+    job = entities.finetune_job(AZURE, PHI4, hyperparameters, "phi3-custom-ft-abc", "azureml:phi3-train:0123",
+                                "azureml:phi3-test:0123", "phi3-custom", TAGS)
     rest = job._to_rest_object().as_dict()["properties"]
     details = rest["fineTuningDetails"]
     assert rest["jobType"] == "FineTuning"
     assert details["taskType"] == "chatCompletion"
-    assert details["model"] == {"uri": AZURE.finetune_model, "jobInputType": "mlflow_model"}
-    assert "Phi-3-mini-4k-instruct" in AZURE.finetune_model
+    assert details["model"] == {"uri": PHI4, "jobInputType": "mlflow_model"}
     assert details["trainingData"] == {"uri": "azureml:phi3-train:0123", "jobInputType": "uri_file"}
     assert details["validationData"] == {"uri": "azureml:phi3-test:0123", "jobInputType": "uri_file"}
-    assert details["hyperParameters"] == {"learning_rate": "0.0002", "lr_scheduler_type": "linear",
-                                          "num_train_epochs": "2", "per_device_train_batch_size": "4"}
-    assert rest["computeId"] == "phi3-a100-cluster"
+    assert details["hyperParameters"] == hyperparameters
+    assert rest["computeId"] == "phi-ft-cluster"
     assert rest["outputs"]["registered_model"] == {"assetName": "phi3-custom", "jobOutputType": "mlflow_model"}
     assert job.name == "phi3-custom-ft-abc" and rest["tags"] == TAGS
 
@@ -63,23 +67,25 @@ def test_registered_model_is_mlflow_from_the_job_output():
     assert props["tags"]["job"] == "phi3-custom-ft-abc"
 
 
-def test_endpoint_uses_key_auth_and_full_traffic_on_the_deployment():
-    endpoint = entities.with_full_traffic(entities.online_endpoint("phi3-ep", TAGS), "phi3-custom-v3")
-    props = endpoint._to_rest_online_endpoint(location="eastus2").as_dict()["properties"]
-    assert props["authMode"] == "Key"
-    assert props["traffic"] == {"phi3-custom-v3": 100}
+def test_endpoint_uses_key_auth_the_identity_and_full_traffic_on_the_deployment():
+    endpoint = entities.with_full_traffic(entities.online_endpoint(AZURE, "phi3-ep", TAGS), "phi3-custom-v3")
+    rest = endpoint._to_rest_online_endpoint(location="eastus2").as_dict()
+    assert rest["properties"]["authMode"] == "Key"
+    assert rest["properties"]["traffic"] == {"phi3-custom-v3": 100}
+    assert rest["identity"]["type"] == "UserAssigned" and list(rest["identity"]["userAssignedIdentities"]) == [UAI]
 
 
-def test_deployment_is_one_nc6s_v3_with_patient_probes():
-    deployment = entities.online_deployment(AZURE, "phi3-ep", "phi3-custom-v3", "azureml:phi3-custom:3", TAGS)
+def test_deployment_is_one_instance_whose_readiness_is_checked_from_the_start():
+    deployment = entities.online_deployment(AZURE, "Standard_NC24ads_A100_v4", "phi3-ep", "phi3-custom-v3",
+                                            "azureml:phi3-custom:3", TAGS)
     rest = deployment._to_rest_object(location="eastus2").as_dict()
     props = rest["properties"]
-    assert props["instanceType"] == "Standard_NC6s_v3"
+    assert props["instanceType"] == "Standard_NC24ads_A100_v4"
     assert rest["sku"]["capacity"] == 1
     assert props["model"] == "azureml:phi3-custom:3"
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert props[probe]["initialDelay"] == "PT10M"
-        assert props[probe]["failureThreshold"] == 30
+    assert props["livenessProbe"]["initialDelay"] == "PT10M", "the cold start is waited out before restarts"
+    assert props["readinessProbe"]["initialDelay"] == "PT10S", "ready as soon as the model answers"
+    assert props["livenessProbe"]["failureThreshold"] == props["readinessProbe"]["failureThreshold"] == 30
     assert props["requestSettings"]["requestTimeout"] == "PT1M30S"
     assert props["endpointComputeType"] == "Managed"
 

@@ -7,19 +7,19 @@ import warnings
 import pytest
 from azure.ai.ml import MLClient
 
-from pipeline.config import TrainingSettings
 from targets.azure import finetune
-from targets.azure.entities import resource_tags
+from targets.azure.entities import finetune_job, resource_tags
 from tests.azure_fakes import AZURE, WORKSPACE, request_json
 
 warnings.filterwarnings("ignore", message=".*experimental")
 JOB = "phi3-custom-ft-0123456789ab"
 JOB_PATH = f"{WORKSPACE}/jobs/{JOB}"
+PHI4 = "azureml://registries/azureml/models/Phi-4/versions/8"
 
 
 def submit(ml_client: MLClient) -> bool:
-    return finetune.submit_or_adopt(ml_client, AZURE, TrainingSettings(), JOB, "azureml:phi3-train:0123",
-                                    "azureml:phi3-test:0123", "phi3-custom", resource_tags("run-1"))
+    return finetune.submit(ml_client, finetune_job(AZURE, PHI4, {"learning_rate": "5e-6"}, JOB, "azureml:phi3-train:0123",
+                                                   "azureml:phi3-test:0123", "phi3-custom", resource_tags("run-1")))
 
 
 def test_the_job_is_submitted_once_and_adopted_by_every_rerun(cloud, arm):

@@ -15,12 +15,13 @@ from tests.azure_fakes import AZURE, WORKSPACE, request_json
 
 warnings.filterwarnings("ignore", message=".*experimental")
 MODEL = f"{WORKSPACE}/models/phi3-custom/versions/1"
+SIZE = "Standard_NC24ads_A100_v4"
 TAGS = resource_tags("run-1")
 
 
 def deploy(ml_client: MLClient) -> dict[str, int]:
-    online.ensure_endpoint(ml_client, "phi3-ep", TAGS)
-    online.ensure_deployment(ml_client, AZURE, "phi3-ep", "phi3-custom-v1", MODEL, TAGS)
+    online.ensure_endpoint(ml_client, AZURE, "phi3-ep", TAGS)
+    online.ensure_deployment(ml_client, AZURE, SIZE, "phi3-ep", "phi3-custom-v1", MODEL, TAGS)
     return online.route_all_traffic(ml_client, "phi3-ep", "phi3-custom-v1")
 
 
@@ -30,7 +31,7 @@ def test_deploy_creates_endpoint_and_deployment_and_puts_all_traffic_on_it(cloud
     endpoint = arm.resources[f"{WORKSPACE}/onlineEndpoints/phi3-ep"]
     assert endpoint["properties"]["authMode"] == "Key" and endpoint["tags"]["managed-by"] == "phi3-pipeline"
     deployment = arm.resources[f"{WORKSPACE}/onlineEndpoints/phi3-ep/deployments/phi3-custom-v1"]
-    assert deployment["properties"]["instanceType"] == "Standard_NC6s_v3"
+    assert deployment["properties"]["instanceType"] == SIZE
     assert deployment["sku"]["capacity"] == 1
     assert deployment["properties"]["model"] == MODEL
     assert transport.calls("GET", "/operations/"), "the SDK polled the long-running operations"
@@ -48,7 +49,7 @@ def test_a_rerun_reuses_everything_and_never_recreates_the_endpoint(cloud):
 def test_traffic_moves_to_a_new_deployment(cloud):
     ml_client, transport = cloud
     deploy(ml_client)
-    online.ensure_deployment(ml_client, AZURE, "phi3-ep", "phi3-custom-v2", MODEL.replace("/1", "/2"), TAGS)
+    online.ensure_deployment(ml_client, AZURE, SIZE, "phi3-ep", "phi3-custom-v2", MODEL.replace("/1", "/2"), TAGS)
     assert online.route_all_traffic(ml_client, "phi3-ep", "phi3-custom-v2") == {"phi3-custom-v2": 100}
     endpoint_writes = [r for r in transport.calls("PUT", "/onlineEndpoints/phi3-ep") if "/deployments/" not in r.url]
     traffic_writes = [request_json(r)["properties"]["traffic"] for r in endpoint_writes]
@@ -57,10 +58,10 @@ def test_traffic_moves_to_a_new_deployment(cloud):
 
 def test_a_failed_deployment_stops_with_the_services_message_and_where_the_logs_are(cloud, arm):
     ml_client, _ = cloud
-    online.ensure_endpoint(ml_client, "phi3-ep", TAGS)
+    online.ensure_endpoint(ml_client, AZURE, "phi3-ep", TAGS)
     arm.fail_provisioning("/deployments/phi3-custom-v1", "Liveness probe failed: model still loading")
     with pytest.raises(PipelineError, match="Liveness probe failed.*get-logs -n phi3-custom-v1 -e phi3-ep"):
-        online.ensure_deployment(ml_client, AZURE, "phi3-ep", "phi3-custom-v1", MODEL, TAGS)
+        online.ensure_deployment(ml_client, AZURE, SIZE, "phi3-ep", "phi3-custom-v1", MODEL, TAGS)
 
 
 def test_throttled_and_unavailable_calls_are_retried(cloud, arm):

@@ -19,7 +19,17 @@ from pipeline.config import PipelineSettings
 from pipeline.errors import ConfigError, JobFailedError, PipelineError, TransientError
 from targets.azure import clients
 from targets.azure.target import AzureTarget
-from tests.azure_fakes import AZURE, ENDPOINT_KEY, GROUP, WORKSPACE, WORKSPACES, scoring_stub, vcpu_usages
+from tests.azure_fakes import (
+    AZURE,
+    ENDPOINT_KEY,
+    GROUP,
+    WORKSPACE,
+    WORKSPACES,
+    FakeArm,
+    request_json,
+    scoring_stub,
+    vcpu_usages,
+)
 
 warnings.filterwarnings("ignore", message=".*experimental")
 ANSWER = "Microsoft was founded by Bill Gates and Paul Allen."
@@ -78,12 +88,26 @@ def test_the_pipeline_does_every_step_in_azure_and_a_rerun_creates_nothing(prefe
                     for path, body in arm.resources.items() if "/roleAssignments/" in path)
     assert grants == [("rg", "contributor"), ("wsregistry", "acrpull"), ("wsstorage", "storage-blob-data-reader")]
     assert sorted(name for _, name, _ in azure_cloud.uploads) == ["phi3-custom-test", "phi3-custom-train"]
-    cluster = arm.resources[f"{WORKSPACE}/computes/phi3-a100-cluster"]["properties"]["properties"]
+    compute = arm.resources[f"{WORKSPACE}/computes/phi-ft-cluster"]
+    cluster = compute["properties"]["properties"]
     assert cluster["vmSize"] == "Standard_NC24ads_A100_v4" and cluster["scaleSettings"]["maxNodeCount"] == 1
-    (job_put,) = puts(transport, "/jobs/")
-    assert job_put.endswith(result["job"])
+    uai = f"{GROUP}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/phi3-pipeline-identity"
+    assert compute["identity"]["type"] == "UserAssigned" and list(compute["identity"]["userAssignedIdentities"]) == [uai]
+    (job_put,) = transport.calls("PUT", "/jobs/")
+    assert job_put.url.split("?")[0].endswith(result["job"])
+    details = request_json(job_put)["properties"]["fineTuningDetails"]
+    assert details["model"]["uri"] == "azureml://registries/azureml/models/Phi-4/versions/8", "version-pinned"
+    assert details["hyperParameters"] == {"learning_rate": "5e-6", "lr_scheduler_type": "cosine",
+                                          "num_train_epochs": "1", "per_device_train_batch_size": "1"}
+    assert puts(transport, "/models/") == [f"{FakeArm.BASE}{WORKSPACE}/models/phi3-custom/versions/1"], \
+        "the service's own registration is adopted and only tagged: no second version"
+    model_tags = arm.resources[f"{WORKSPACE}/models/phi3-custom/versions/1"]["properties"]["tags"]
+    assert model_tags["job"] == result["job"] and model_tags["base-model"].endswith("/Phi-4/versions/8")
     endpoint_path = next(p for p in arm.resources if "/onlineEndpoints/" in p and "/deployments/" not in p)
     assert arm.resources[endpoint_path]["properties"]["traffic"] == {"deploy-v1": 100}
+    assert list(arm.resources[endpoint_path]["identity"]["userAssignedIdentities"]) == [uai]
+    deployment = arm.resources[endpoint_path + "/deployments/deploy-v1"]["properties"]
+    assert deployment["instanceType"] == "Standard_NC24ads_A100_v4", "from Phi-4's inference computes"
     # the gate's smoke question and the proof of traffic to deploy-v1, then the smoke chat through Prompt flow
     assert [request["deployment"] for request in endpoint] == ["deploy-v1", "deploy-v1", None]
     kinds = {values["kind"]: values for values in azure_cloud.templates.deployed}
@@ -156,7 +180,7 @@ def test_no_sign_in_is_one_clear_error_before_any_request(monkeypatch, tmp_path,
 
 
 def test_short_quota_stops_before_anything_is_created(azure_cloud, tmp_path, capsys):
-    azure_cloud.arm.usages = vcpu_usages(0, 0, 0, 24)
+    azure_cloud.arm.usages = vcpu_usages(a100=(0, 0), h100=(0, 0))
     code = run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path)])
     assert code == 1
     assert "standardNCADSA100v4Family vCPUs in eastus2" in capsys.readouterr().err
@@ -170,8 +194,10 @@ def test_plan_reads_only_and_prices_what_the_run_would_start(azure_cloud, tmp_pa
     assert {r.method for r in azure_cloud.transport.requests} == {"GET"} and azure_cloud.uploads == []
     lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines() if len(line.split()) > 2}
     assert "create" in lines["managed identity"] and "submit" in lines["fine-tune job"]
-    assert "3.67" in lines["fine-tune job"] and "3.06" in out
-    assert "up to 6.73 USD/hour" in out and "2026-11-25" in out
+    assert "Phi-4 v8" in lines["catalog model"] and "learning_rate 5e-6" in lines["catalog model"]
+    assert "3.67" in lines["fine-tune job"] and "Standard_NC24ads_A100_v4 x1" in lines["deployment (Standard_NC24ads_A100_v4"]
+    assert "up to 7.34 USD/hour" in out and "2026-11-25" in out
+    assert "NC6s_v3" not in out and "Phi-3" not in out, "no retired size or model in a default plan"
 
 
 def test_the_sweep_removes_only_this_projects_endpoints_past_their_age(azure_cloud, settings):
@@ -182,11 +208,11 @@ def test_the_sweep_removes_only_this_projects_endpoints_past_their_age(azure_clo
 
     ml_client = clients.connect(AZURE).ml
     now = datetime.now(UTC)
-    online.ensure_endpoint(ml_client, "ep-old", resource_tags("run-1", now - timedelta(hours=30)))
-    online.ensure_endpoint(ml_client, "ep-fresh", resource_tags("run-2", now - timedelta(hours=1)))
+    online.ensure_endpoint(ml_client, AZURE, "ep-old", resource_tags("run-1", now - timedelta(hours=30)))
+    online.ensure_endpoint(ml_client, AZURE, "ep-fresh", resource_tags("run-2", now - timedelta(hours=1)))
     ml_client.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="ep-not-ours", auth_mode="key",
                                                                             tags={"owner": "someone"})).result()
-    online.ensure_endpoint(ml_client, "ep-odd-tag", {"managed-by": "phi3-pipeline", "created-at": "yesterday"})
+    online.ensure_endpoint(ml_client, AZURE, "ep-odd-tag", {"managed-by": "phi3-pipeline", "created-at": "yesterday"})
     report = AzureTarget(settings).sweep(older_than_hours=24)
     assert report.removed == ["endpoint ep-old"]
     assert sorted(p.rsplit("/", 1)[1] for p in azure_cloud.arm.resources if "/onlineEndpoints/" in p) == [

@@ -114,6 +114,9 @@ class JobThatDidNotLearn(ScriptedJob):
     def find_or_submit_job(self, name, dataset):
         return False
 
+    def job_name(self, data_hash):
+        return "phi3-custom-ft-did-not-learn"
+
     def job_result(self, name):
         return JobRef(name=name, created=False, metrics={"train_loss_first": 2.0, "train_loss_last": 2.5})
 

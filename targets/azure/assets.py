@@ -42,7 +42,10 @@ def adopt_job_model(ml_client: MLClient, model_name: str, job_name: str,
                     lineage: dict[str, str]) -> tuple[Model, bool]:
     """The model version the fine-tuning service registered from the job (`output_model_name_prefix`), found by
     its job and tagged with the lineage; registered here only if the service made none. (model, created)."""
-    versions = list(ml_client.models.list(name=model_name))
+    try:
+        versions = list(ml_client.models.list(name=model_name))
+    except ResourceNotFoundError:  # no version of that name yet: the service answers 404 (recorded)
+        versions = []
     made = next((v for v in versions if v.job_name == job_name or (v.tags or {}).get("job") == job_name), None)
     if made is None:
         next_version = max((int(v.version) for v in versions if str(v.version).isdigit()), default=0) + 1

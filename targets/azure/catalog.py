@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from azure.ai.ml import MLClient
 from azure.ai.ml._utils._registry_utils import get_registry_versioned_asset
 from azure.ai.ml.entities import Model
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError
 
 from pipeline.config import AzureSettings, AzureTrainingSettings
 from pipeline.errors import ConfigError
@@ -46,6 +46,7 @@ LIFECYCLE_KEYS = {
     "inference_deprecation": ("inferenceDeprecationDate", "InferenceDeprecationDate"),
     "inference_retirement": ("inferenceRetirementDate", "InferenceRetirementDate"),
 }
+USES = {"finetune": "fine-tuning", "inference": "inference"}
 # The fine-tuning component's input names for the tutorial's advanced settings (azureml-assets,
 # chat_completion_pipeline), keyed by the AzureTrainingSettings field that sets each.
 HYPERPARAMETERS = {"learning_rate": "learning_rate", "lr_scheduler_type": "lr_scheduler_type",
@@ -109,20 +110,20 @@ class CatalogModel:
     def retired(self, today: date) -> list[str]:
         """Why this version may not be fine-tuned and deployed today (empty: it may)."""
         reasons = ["archived in the registry"] if self.archived else []
-        for use in ("finetune", "inference"):
+        for use, label in USES.items():
             retires = self.dates.get(f"{use}_retirement")
             if retires and retires <= today:
-                reasons.append(f"{use} retired on {retires.isoformat()}")
+                reasons.append(f"retired for {label} on {retires.isoformat()}")
         return reasons
 
     def deprecations(self, today: date) -> list[str]:
         """Deprecated but not yet retired: the dates to plan a move by."""
         notes = []
-        for use in ("finetune", "inference"):
+        for use, label in USES.items():
             since, retires = self.dates.get(f"{use}_deprecation"), self.dates.get(f"{use}_retirement")
             if since and since <= today and not (retires and retires <= today):
                 until = f", retires {retires.isoformat()}" if retires else ""
-                notes.append(f"{self.label} is deprecated for {use} since {since.isoformat()}{until}")
+                notes.append(f"{self.label} is deprecated for {label} since {since.isoformat()}{until}")
         return notes
 
     def finetunable(self, today: date) -> bool:
@@ -199,7 +200,9 @@ def resolve(registry_ml: MLClient, azure: AzureSettings, today: date | None = No
 
     try:
         versions = list(registry_ml.models.list(name=name))
-    except ResourceNotFoundError:
+    except HttpResponseError as error:  # the registry's list answers an unknown name with 404
+        if error.status_code != 404:
+            raise
         versions = []
     if not versions:
         raise refuse("no such model")
@@ -211,7 +214,7 @@ def resolve(registry_ml: MLClient, azure: AzureSettings, today: date | None = No
     if reasons := model.retired(today):
         dates = ", ".join(f"{key.replace('_', ' ')} {value.isoformat()}" for key, value in model.dates.items()
                           if value) or "no lifecycle dates"
-        raise refuse(f"{model.label} is {' and '.join(reasons)} ({dates})")
+        raise refuse(f"{model.label} is {' and '.join(reasons)} (lifecycle: {dates})")
     if CHAT_COMPLETION not in model.finetune_tasks:
         raise refuse(f"{model.label} cannot be fine-tuned for {CHAT_COMPLETION} "
                      f"(its fine-tuning tasks: {', '.join(model.finetune_tasks) or 'none'})")
