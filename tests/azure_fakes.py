@@ -204,6 +204,8 @@ class ScriptedTransport(HttpTransport):
     def __init__(self, handler: Callable[[object], Answer]):
         self.handler = handler
         self.requests: list = []
+        self.answers: list[tuple[object, int, dict, dict]] = []  # (request, status, headers, body) as sent back
+        self.slept: list[float] = []
 
     def __enter__(self):
         return self
@@ -220,7 +222,13 @@ class ScriptedTransport(HttpTransport):
     def send(self, request, **kwargs):
         self.requests.append(request)
         status, body, *headers = self.handler(request)
+        self.answers.append((request, status, headers[0] if headers else {}, body))
         return _JsonResponse(request, status, body, headers[0] if headers else {})
+
+    def sleep(self, duration: float) -> None:
+        """The SDK's pollers wait through their transport: a recorded operation without Retry-After would
+        wait azure-core's default 30 s a poll. Offline nothing needs the wait; it is recorded instead."""
+        self.slept.append(duration)
 
     def calls(self, method: str, fragment: str = "") -> list:
         return [r for r in self.requests if r.method == method and fragment in r.url]
@@ -319,7 +327,10 @@ class FakeArm:
                 del self.resources[child]
             if "/connections/" in path:  # not a long-running operation
                 return 200, {}
-            return 202, {}, self._operation("Succeeded")
+            headers = self._operation("Succeeded", resource=path)
+            if "Location" in headers:  # recorded: a delete's Location is an operation result, not the resource
+                headers["Location"] = headers["Azure-AsyncOperation"]
+            return 202, {}, headers
         if path in self.resources:
             if "/jobs/" in path and request.method == "GET" and self.job_states:
                 self._advance_job(self.resources[path])
