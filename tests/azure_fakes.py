@@ -432,20 +432,29 @@ class FakeTemplateDeployments:
 
 
 @contextmanager
-def scoring_stub(answer: str) -> Iterator[tuple[str, list[dict], list]]:
-    """A 127.0.0.1 stand-in for the endpoint's scoring URI: the tutorial's contract behind the key.
-    Yields (scoring URI, the request bodies it answered, each with the deployment it was addressed to,
-    refusals: predicates on such a request that make it answer HTTP 400)."""
+def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_completions")
+                 ) -> Iterator[tuple[str, list[dict], list]]:
+    """A 127.0.0.1 stand-in for the endpoint's scoring URI, behind the key, answering the contracts it `speaks`
+    as the catalog's inference server does (input_data on /score, chat_completions on /chat/completions; any
+    other route is a 404). Yields (scoring URI, the request bodies it answered, each with the deployment it was
+    addressed to and its contract, refusals: predicates on such a request that make it answer HTTP 400)."""
     answered: list[dict] = []
     refusals: list[Callable[[dict], bool]] = []
+    routes = {"/score": ("input_data", {"output": answer}),
+              "/chat/completions": ("chat_completions", {"choices": [{"message": {"role": "assistant",
+                                                                                  "content": answer}}]})}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             body["deployment"] = self.headers.get("azureml-model-deployment")
+            contract, reply = routes.get(self.path, (None, None))
+            body["contract"] = contract
             authorised = self.headers.get("Authorization") == f"Bearer {ENDPOINT_KEY}"
-            status, reply = (200, {"output": answer}) if authorised else (401, {"error": "bad key"})
-            if authorised and any(refuse(body) for refuse in refusals):
+            status, reply = (200, reply) if authorised else (401, {"error": "bad key"})
+            if authorised and contract not in speaks:
+                status, reply = 404, {"error": f"no route {self.path}"}
+            elif authorised and any(refuse(body) for refuse in refusals):
                 status, reply = 400, {"error": "refused by the test"}
             elif authorised:
                 answered.append(body)

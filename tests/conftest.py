@@ -81,6 +81,19 @@ def arm():
 
 
 @pytest.fixture
+def azure_settings(tmp_path, session_home, monkeypatch):
+    """Settings of an Azure run against the test workspace; the fake job needs no minute-long polls."""
+    from pipeline.config import PipelineSettings
+    from targets.azure.target import AzureTarget
+    from tests.azure_fakes import AZURE
+
+    monkeypatch.setattr(AzureTarget, "first_poll_interval_s", 0.01)
+    monkeypatch.setattr(AzureTarget, "max_poll_interval_s", 0.01)
+    return PipelineSettings(target="azure", azure=AZURE, local={"workspace_dir": tmp_path / "ws"},
+                            dataset={"sample_size": 200}, connection_name="phi3_azure_test")
+
+
+@pytest.fixture
 def cloud(arm):
     """(MLClient, transport) whose requests the in-memory Resource Manager answers."""
     from tests.azure_fakes import offline_ml_client

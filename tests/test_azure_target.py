@@ -46,11 +46,8 @@ def prefect_api(prefect_server):
 
 
 @pytest.fixture
-def settings(tmp_path, session_home, monkeypatch) -> PipelineSettings:
-    monkeypatch.setattr(AzureTarget, "first_poll_interval_s", 0.01)  # the fake job needs no minute-long waits
-    monkeypatch.setattr(AzureTarget, "max_poll_interval_s", 0.01)
-    return PipelineSettings(target="azure", azure=AZURE, local={"workspace_dir": tmp_path / "ws"},
-                            dataset={"sample_size": 200}, connection_name="phi3_azure_test")
+def settings(azure_settings) -> PipelineSettings:
+    return azure_settings
 
 
 @pytest.fixture
@@ -300,3 +297,29 @@ def test_a_plan_asked_for_from_the_ui_creates_nothing(prefect_api, settings, azu
     result = full_pipeline(settings.model_copy(update={"plan": True}))
     assert "fine-tune job" in " ".join(item["resource"] for item in result["plan"])
     assert {r.method for r in azure_cloud.transport.requests} == {"GET"} and azure_cloud.uploads == []
+
+
+def test_a_deployment_asked_in_chat_completions_gets_openai_style_requests_with_max_tokens(prefect_api, settings,
+                                                                                         azure_cloud, endpoint):
+    from flows.full_pipeline import full_pipeline
+
+    chat = settings.model_copy(update={"azure": settings.azure.model_copy(update={"scoring_contract":
+                                                                                  "chat_completions"})})
+    assert full_pipeline(chat)["answer"] == ANSWER
+    assert {request["contract"] for request in endpoint} == {"chat_completions"}, "gate, go-live probe and chat flow"
+    assert all("max_tokens" in request and "input_data" not in request for request in endpoint)
+
+
+def test_a_deployment_that_does_not_speak_the_contract_stops_the_run_naming_both(prefect_api, settings,
+                                                                                azure_cloud):
+    from flows.full_pipeline import full_pipeline
+
+    with scoring_stub(ANSWER, speaks=("input_data",)) as (scoring_uri, _, _):
+        azure_cloud.arm.scoring_uri = scoring_uri
+        azure_cloud.arm.job_states = ["Completed"]
+        chat = settings.model_copy(update={"azure": settings.azure.model_copy(update={"scoring_contract":
+                                                                                      "chat_completions"})})
+        with pytest.raises(PipelineError, match="does not answer the chat_completions contract .* set the scoring "
+                                                "contract to input_data"):
+            full_pipeline(chat)
+    assert not [p for p in azure_cloud.arm.resources if "/onlineEndpoints/" in p], "a failed first run tears down"

@@ -16,8 +16,7 @@ import requests
 
 from pipeline.chat_data import split_and_write
 from pipeline.config import PipelineSettings
-from pipeline.errors import ConfigError, InsufficientResourcesError
-from pipeline.naming import job_name
+from pipeline.errors import ConfigError, InsufficientResourcesError, PipelineError
 from targets.base import raise_if_short
 from targets.local.target import LocalTarget
 from targets.local.workspace import write_json_atomic
@@ -46,7 +45,7 @@ def trained(tmp_path_factory, session_home):
     target = LocalTarget(settings)
     target.ensure_identity()
     dataset = target.store_dataset(split_and_write(settings.dataset, target.scratch_dir()))
-    name = job_name(settings, dataset.content_hash)
+    name = target.job_name(dataset.content_hash)
     assert target.find_or_submit_job(name, dataset) is True
     status = wait_for_job(target, name)
     assert status.state == "Completed", status
@@ -120,7 +119,7 @@ def test_a_local_hugging_face_checkpoint_can_be_the_base_model(trained):
     checkpoint = target.ws.root / "jobs" / name / "output" / "model"
     training = target.settings.training.model_copy(update={"base_model": str(checkpoint), "epochs": 1})
     settings = target.settings.model_copy(update={"training": training})
-    other_job = job_name(settings, dataset.content_hash)
+    other_job = LocalTarget(settings).job_name(dataset.content_hash)
     assert other_job != name
     assert LocalTarget(settings).find_or_submit_job(other_job, dataset) is True
     assert wait_for_job(target, other_job).state == "Completed"
@@ -218,6 +217,40 @@ def test_chat_flow_tool_answers_raises_on_http_errors_and_never_logs_the_key(dep
     with pytest.raises(requests.HTTPError, match="401"):
         query_phi3_model("Who founded Apple?", bad)
     assert key not in caplog.text and "Full JSON response" in caplog.text
+
+
+def test_the_server_speaks_both_scoring_contracts_to_the_pipeline_and_the_chat_flow(deployed, tmp_path):
+    from pipeline import promptflow_chat
+
+    target, _, deployment = deployed
+    key = target.endpoint_key(deployment)
+    auth = {"Authorization": f"Bearer {key}"}
+    base = deployment.scoring_uri.removesuffix("/score")
+    openai_style = {"messages": CHAT["input_data"]["input_string"], "temperature": 0, "max_tokens": 8}
+    for path in ("/chat/completions", "/v1/chat/completions"):
+        assert requests.post(base + path, json=openai_style, timeout=30).status_code == 401
+        answer = requests.post(base + path, json=openai_style, headers=auth, timeout=60).json()
+        assert isinstance(answer["choices"][0]["message"]["content"], str)
+    too_long = {**openai_style, "max_tokens": 10**6}
+    assert requests.post(base + "/chat/completions", json=too_long, headers=auth, timeout=30).status_code == 400
+    as_chat = deployment.model_copy(update={"contract": "chat_completions"})
+    assert target.ask(as_chat, "Who founded Microsoft?", 8) == target.ask(deployment, "Who founded Microsoft?", 8), \
+        "greedy answers are the same whichever contract asks"
+    promptflow_chat.upsert_connection("phi3_contract_test", deployment.scoring_uri, key, "chat_completions")
+    try:
+        flow = promptflow_chat.prepare_flow(tmp_path / "flow", "phi3_contract_test")
+        assert promptflow_chat.run_chat_flow(flow, "Who founded Microsoft?", 120).strip()
+    finally:
+        promptflow_chat.delete_connection("phi3_contract_test")
+
+
+def test_a_contract_the_deployment_does_not_speak_is_an_error_naming_both(deployed):
+    target, _, deployment = deployed
+    unknown_route = deployment.model_copy(update={"scoring_uri": deployment.scoring_uri + "/nowhere",
+                                                  "contract": "chat_completions"})
+    with pytest.raises(PipelineError, match="does not answer the chat_completions contract .* set the scoring "
+                                            "contract to input_data"):
+        target.ask(unknown_route, "Who founded Microsoft?", 8)
 
 
 def test_a_replaced_key_restarts_the_server_with_the_new_key(deployed):

@@ -1,0 +1,91 @@
+"""Bad input on the Azure target: each gets one `error:` line naming the setting, before any Azure write (through
+the CLI, the real SDK clients and the in-memory Resource Manager and registry)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from flows.cli import run_pipeline_cli
+from targets.azure.target import AzureTarget
+from tests.azure_fakes import AZURE
+
+warnings.filterwarnings("ignore", message=".*experimental")
+AZURE_ARGS = ["--target", "azure", "--azure.subscription_id", AZURE.subscription_id, "--azure.resource_group", "rg",
+              "--azure.workspace_name", "ws", "--azure.location", "eastus2"]
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--azure.base_model", "Phi-3-mini-4k-instruct"], "Phi-3-mini-4k-instruct v14 is retired for fine-tuning"),
+    (["--azure.base_model", "Phi-3-mini-4k-instruct", "--azure.base_model_version", "15"], "v15 is archived"),
+    (["--azure.base_model", "Phi-9"], "azure.base_model Phi-9 in registry azureml: no such model"),
+    (["--azure.base_model_version", "3"], "azure.base_model_version 3 of Phi-4 does not exist"),
+    (["--azure.deploy_vm_size", "Standard_NC6s_v3"], "azure.deploy_vm_size Standard_NC6s_v3 is not among Phi-4 v8's"),
+    (["--azure.finetune_vm_size", "Standard_ND96isr_H100_v5"], "is not offered in eastus2"),
+    (["--azure.base_model", "Phi-legacy-test", "--azure.training.learning_rate", "0.01"],
+     "azure.training.learning_rate 0.01 is outside Phi-legacy-test v2's range"),
+    (["--connection_name", "a_connection_name_longer_than_33_chars"], "connection_name 'a_connection_name_longer_"
+                                                                      "than_33_chars' does not fit Azure's limit"),
+    (["--azure.scoring_contract", "openai"], "azure.scoring_contract: Input should be 'input_data' or "
+                                             "'chat_completions'"),
+    (["--azure.base_model_version", "latest"], "azure.base_model_version: String should match pattern"),
+])
+def test_bad_azure_input_is_one_error_line_before_any_write(azure_cloud, tmp_path, capsys, flags, expected):
+    code = run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], err
+    assert "Traceback" not in err
+    assert [r.method for r in azure_cloud.transport.requests if r.method != "GET"] == []
+    assert azure_cloud.uploads == []
+
+
+def test_help_shows_no_retired_model_or_vm_size_as_a_default(capsys):
+    with pytest.raises(SystemExit):
+        run_pipeline_cli(["--help"])
+    out = capsys.readouterr().out
+    assert "Phi-4" in out and "Phi-3-mini-4k-instruct/" not in out
+    assert "NC6s_v3" not in out and "labels/latest" not in out
+
+
+def test_a_workspace_without_a_registry_defers_acr_pull_with_a_warning_and_grants_it_once_one_exists(
+        azure_cloud, azure_settings):
+    arm = azure_cloud.arm
+    arm.container_registry = None
+    target = AzureTarget(azure_settings)
+    identity = target.ensure_identity()
+    assert "AcrPull" not in identity.detail and "no container registry yet" in identity.warnings[0]
+    roles = [p for p in arm.resources if "/roleAssignments/" in p]
+    assert len(roles) == 2, "Contributor and Storage Blob Data Reader only"
+    assert any("no container registry" in note for note in target.notices())
+    plan_lines = {item.resource: item for item in target.plan(*_split_and_job(target))}
+    assert plan_lines["role AcrPull"].action == "deferred"
+    arm.container_registry = "/subscriptions/x/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/late"
+    AzureTarget(azure_settings)._grant_acr_pull_once_registry_exists()
+    assert len([p for p in arm.resources if "/roleAssignments/" in p]) == 3
+
+
+def _split_and_job(target: AzureTarget):
+    from pipeline.chat_data import split_and_write
+
+    split = split_and_write(target.settings.dataset, target.scratch_dir())
+    return split, target.job_name(split.content_hash)
+
+
+def test_a_deprecated_model_is_a_warning_in_the_plan(azure_cloud, azure_settings):
+    target = AzureTarget(azure_settings.model_copy(update={"azure": azure_settings.azure.model_copy(
+        update={"base_model": "Phi-legacy-test"})}))
+    warnings_ = [item.detail for item in target.plan(*_split_and_job(target)) if item.action == "warning"]
+    assert warnings_ == ["Phi-legacy-test v2 is deprecated for fine-tuning since 2026-01-15, retires 2099-01-15"]
+
+
+def test_an_unexpected_failure_in_a_stage_is_one_pipeline_error_naming_stage_and_workspace(azure_cloud,
+                                                                                          azure_settings):
+    from pipeline.errors import PipelineError
+
+    azure_cloud.arm.inject("GET", "/providers/Microsoft.MachineLearningServices/workspaces/ws",
+                           (200, {"id": "odd", "name": "ws", "properties": {"storageAccount": 7}}))
+    with pytest.raises(PipelineError, match="Azure stage 'ensure identity' in workspace ws failed unexpectedly"):
+        AzureTarget(azure_settings).ensure_identity()
