@@ -42,6 +42,20 @@ def test_bad_azure_input_is_one_error_line_before_any_write(azure_cloud, tmp_pat
     assert azure_cloud.uploads == []
 
 
+def test_a_size_other_than_the_existing_clusters_is_refused_before_any_write(azure_cloud, azure_settings, capsys,
+                                                                            tmp_path):
+    from targets.azure import assets, clients
+
+    assets.ensure_cluster(clients.connect(AZURE).ml, AZURE, "Standard_NC24ads_A100_v4", {})
+    writes = len([r for r in azure_cloud.transport.requests if r.method != "GET"])
+    code = run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path), "--azure.finetune_vm_size",
+                             "Standard_NC40ads_H100_v5"])
+    assert code == 2
+    assert ("azure.finetune_vm_size is Standard_NC40ads_H100_v5 but cluster phi-ft-cluster exists with "
+            "Standard_NC24ads_A100_v4") in capsys.readouterr().err
+    assert len([r for r in azure_cloud.transport.requests if r.method != "GET"]) == writes
+
+
 def test_help_shows_no_retired_model_or_vm_size_as_a_default(capsys):
     with pytest.raises(SystemExit):
         run_pipeline_cli(["--help"])

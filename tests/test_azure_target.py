@@ -323,3 +323,17 @@ def test_a_deployment_that_does_not_speak_the_contract_stops_the_run_naming_both
                                                 "contract to input_data"):
             full_pipeline(chat)
     assert not [p for p in azure_cloud.arm.resources if "/onlineEndpoints/" in p], "a failed first run tears down"
+
+
+def test_a_deprecated_model_runs_with_its_warning_in_the_run_summary(prefect_api, settings, azure_cloud, endpoint):
+    from flows.full_pipeline import full_pipeline
+
+    legacy = settings.model_copy(update={"azure": settings.azure.model_copy(update={"base_model": "Phi-legacy-test"})})
+    result = full_pipeline(legacy)
+    quota_row = next(row for row in result["stages"] if row["stage"] == "quota check")
+    assert quota_row["detail"] == ("warning: Phi-legacy-test v2 is deprecated for fine-tuning since 2026-01-15, "
+                                   "retires 2099-01-15")
+    (job_put,) = azure_cloud.transport.calls("PUT", "/jobs/")
+    details = request_json(job_put)["properties"]["fineTuningDetails"]
+    assert details["model"]["uri"].endswith("/Phi-legacy-test/versions/2")
+    assert details["hyperParameters"] == {"learning_rate": "2e-5"}, "only what the model publishes or the user sets"

@@ -100,7 +100,6 @@ class CatalogModel:
     finetune_computes: tuple[str, ...] = ()
     inference_computes: tuple[str, ...] = ()
     finetune_tasks: tuple[str, ...] = ()
-    inference_envs: tuple[str, ...] = ()
     defaults: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -146,7 +145,6 @@ def read_model(raw: dict, registry: str) -> CatalogModel:
         finetune_computes=_as_list(computes.get("finetuneComputes") or tags.get("finetune_compute_allow_list")),
         inference_computes=_as_list(computes.get("inferenceComputes") or tags.get("inference_compute_allow_list")),
         finetune_tasks=_as_list(tasks.get("fineTuningTasks") or properties.get("finetuning-tasks")),
-        inference_envs=_as_list(system.get("inferenceSupportedEnvs") or tags.get("inference_supported_envs")),
         defaults={str(k): str(v) for k, v in _as_dict(tags.get("model_specific_defaults") or {}).items()},
     )
 
