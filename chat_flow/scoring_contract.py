@@ -1,8 +1,9 @@
 """The two request shapes a deployed chat model answers, shared by the chat flow tool and the pipeline.
 
 - input_data (the tutorial's): POST <scoring URI> {"input_data": {"input_string": [messages], "parameters":
-  {"temperature", "max_new_tokens"}}} -> {"output": "..."}. Azure's catalog inference server answers it on every
-  image version (it maps max_new_tokens onto vLLM's max_tokens).
+  {"temperature", "max_new_tokens", "max_tokens"}}} -> {"output": "..."}. Azure's catalog inference image
+  answers it on every version; the older one maps max_new_tokens onto vLLM's max_tokens, the newer
+  (foundation-model-serve) passes the parameters to vLLM as they are, so both names carry the limit.
 - chat_completions (OpenAI-style, what vLLM speaks): POST <scoring URI with /score replaced by
   /chat/completions> {"messages": [...], "temperature", "max_tokens"} -> {"choices": [{"message": {"content"}}]}.
   The path replaces /score rather than following it: the endpoint forwards the whole path to the container.
@@ -23,8 +24,8 @@ def request_for(contract: str, scoring_uri: str, messages: list[dict], temperatu
                 max_tokens: int) -> tuple[str, dict]:
     """(URL, JSON body) of one chat request in the contract; the length limit carries the contract's name."""
     if contract == "input_data":
-        return scoring_uri, {"input_data": {"input_string": messages,
-                                            "parameters": {"temperature": temperature, "max_new_tokens": max_tokens}}}
+        return scoring_uri, {"input_data": {"input_string": messages, "parameters": {
+            "temperature": temperature, "max_new_tokens": max_tokens, "max_tokens": max_tokens}}}
     if contract == "chat_completions":
         base = scoring_uri[: -len(SCORE_PATH)] if scoring_uri.endswith(SCORE_PATH) else scoring_uri.rstrip("/")
         return base + CHAT_COMPLETIONS_PATH, {"messages": messages, "temperature": temperature,

@@ -12,7 +12,7 @@ from pipeline.chat_data import check_source
 from pipeline.config import VM_PRICES_AS_OF, PipelineSettings, TeardownSettings
 from pipeline.errors import ConfigError, PipelineError, TransientError
 from targets import get_target, plan_run
-from targets.base import PlanItem, TeardownReport, raise_if_short
+from targets.base import UNPRICED, PlanItem, TeardownReport, raise_if_short
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -26,7 +26,8 @@ def load_settings(argv: list[str], prog: str, model: type[PipelineSettings] = Pi
         return model(**source(args=argv)())
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}" for item in error.errors()
+            f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
     except ValueError as error:  # e.g. a config file that does not exist
@@ -52,8 +53,10 @@ def print_plan(items: list[PlanItem]) -> None:
         cost = f"{item.usd_per_hour:.2f}" if item.usd_per_hour else ""
         print(f"{item.resource:<58} {item.action:<16} {cost:>6}  {item.detail}")
     total = sum(item.usd_per_hour for item in items)
+    unpriced = " and VM sizes without a price" if any(UNPRICED in item.detail for item in items) else ""
     print(f"\nestimated: up to {total:.2f} USD/hour while everything it starts runs (VM list prices of "
-          f"{VM_PRICES_AS_OF}, azure.vm_prices_usd_per_hour; storage and traffic not included). Nothing was created.")
+          f"{VM_PRICES_AS_OF}, azure.vm_prices_usd_per_hour; storage, traffic{unpriced} not included). "
+          "Nothing was created.")
 
 
 def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Callable,

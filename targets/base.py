@@ -19,6 +19,7 @@ from pipeline.errors import InsufficientResourcesError, PipelineError, Transient
 from pipeline import naming
 
 SMOKE_PROBE = "Who founded Microsoft?"
+UNPRICED = "price unknown"  # a plan line's detail for a VM size missing from the price table
 # Azure ML routes a request with this header to the named deployment, whatever the traffic split.
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 
@@ -102,6 +103,7 @@ class DeploymentRef(BaseModel):
     job_name: str  # the fine-tune job whose model it serves: tells a retraining run what is live
     created: bool
     contract: ScoringContract = "input_data"  # the request shape the deployment answers
+    warnings: list[str] = []  # e.g. an endpoint that could not run as the pipeline's identity
 
     @property
     def live(self) -> bool:
@@ -267,7 +269,7 @@ def ask_scoring_uri(deployment: DeploymentRef, key: str, question: str, max_new_
     if response.status_code in (429, 502, 503, 504):
         raise TransientError(f"deployment {name} answered HTTP {response.status_code}")
     other = next(c for c in CONTRACTS if c != contract)
-    if response.status_code in (404, 405, 415, 422):
+    if response.status_code in (404, 405):  # no such route: the deployment speaks the other contract
         raise PipelineError(f"deployment {name} does not answer the {contract} contract at {url} (HTTP "
                             f"{response.status_code}): set the scoring contract to {other} (the two are "
                             f"{' and '.join(CONTRACTS)})")

@@ -11,9 +11,12 @@ from tasks.common import stage_retries, stage_target
 @task(name="deploy", **stage_retries())
 def deploy(settings: PipelineSettings, model: ModelRef) -> DeploymentRef:
     deployment = stage_target(settings).deploy(model)
-    get_run_logger().info("deployment %s %s at %s (traffic now: %s)", deployment.deployment_name,
-                          "started" if deployment.created else "already running", deployment.scoring_uri,
-                          deployment.traffic or "none")
+    logger = get_run_logger()
+    logger.info("deployment %s %s at %s (traffic now: %s)", deployment.deployment_name,
+                "started" if deployment.created else "already running", deployment.scoring_uri,
+                deployment.traffic or "none")
+    for warning in deployment.warnings:
+        logger.warning(warning)
     return deployment
 
 

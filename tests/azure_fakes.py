@@ -321,8 +321,11 @@ class FakeArm:
         if request.method == "POST" and path.endswith("/listKeys"):
             return 200, {"primaryKey": ENDPOINT_KEY, "secondaryKey": "secondary-key-1"}
         if request.method == "DELETE":  # a resource goes with its children (an endpoint's deployments)
-            if self.resources.pop(path, None) is None:
+            gone = self.resources.pop(path, None)
+            if gone is None:
                 return 204, {}
+            if "/roleAssignments/" in path:  # not a long-running operation: the deleted assignment comes back
+                return 200, gone
             for child in [key for key in self.resources if key.startswith(path + "/")]:
                 del self.resources[child]
             if "/connections/" in path:  # not a long-running operation

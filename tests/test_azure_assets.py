@@ -35,25 +35,27 @@ def completed_job(arm, ml_client, name: str) -> None:
 def test_the_services_own_registration_is_adopted_and_tagged_not_registered_again(cloud, arm):
     ml_client, transport = cloud
     completed_job(arm, ml_client, "phi3-custom-ft-aaa")
-    lineage = {**TAGS, "train-data": "azureml:t:1"}
-    model, created = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-aaa", lineage)
+    lineage = {"train-data": "azureml:t:1"}
+    model, created = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-aaa", lineage, TAGS)
     assert (model.version, created, model.job_name) == ("1", False, "phi3-custom-ft-aaa")
     assert model.tags["job"] == "phi3-custom-ft-aaa" and model.tags["train-data"] == "azureml:t:1"
+    assert model.tags["pipeline-run"] == "run-1"
     (tagging,) = transport.calls("PUT", "/models/phi3-custom/versions/1")
     assert request_json(tagging)["properties"]["modelUri"] == "azureml://jobs/phi3-custom-ft-aaa/outputs/registered_model"
-    assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-aaa", lineage)
-    assert len(transport.calls("PUT", "/models/")) == 1, "already tagged: nothing written again"
+    again, _ = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-aaa", lineage, resource_tags("run-2"))
+    assert len(transport.calls("PUT", "/models/")) == 1, "already tagged: a later run writes nothing"
+    assert again.tags["pipeline-run"] == "run-1", "the lineage names the run that made it"
     completed_job(arm, ml_client, "phi3-custom-ft-bbb")
-    second, created = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-bbb", lineage)
+    second, created = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-bbb", lineage, TAGS)
     assert (second.version, created) == ("2", False)
 
 
 def test_a_job_the_service_did_not_register_is_registered_once_from_its_output(cloud):
     ml_client, transport = cloud  # no versions of the name yet: the service answers 404, as recorded
-    first, created = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-aaa", TAGS)
+    first, created = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-aaa", {}, TAGS)
     assert created and first.version == "1" and first.type == "mlflow_model"
     (put,) = transport.calls("PUT", "/models/phi3-custom/versions/1")
     assert request_json(put)["properties"]["modelUri"] == "azureml://jobs/phi3-custom-ft-aaa/outputs/registered_model"
-    again, created = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-aaa", TAGS)
+    again, created = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-aaa", {}, TAGS)
     assert (again.version, created) == ("1", False)
     assert len(transport.calls("PUT", "/models/")) == 1

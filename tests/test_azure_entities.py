@@ -23,7 +23,7 @@ UAI = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/pr
 PHI4 = "azureml://registries/azureml/models/Phi-4/versions/8"
 
 
-def test_compute_cluster_is_the_tutorials_cluster_on_the_chosen_size_running_as_the_identity():
+def test_compute_cluster_is_the_tutorials_cluster_on_the_chosen_size():
     compute = entities.compute_cluster(AZURE, "Standard_NC40ads_H100_v5", TAGS)._to_rest_object()
     rest = compute.as_dict()
     props = rest["properties"]["properties"]
@@ -31,7 +31,6 @@ def test_compute_cluster_is_the_tutorials_cluster_on_the_chosen_size_running_as_
     assert props["vmSize"] == "Standard_NC40ads_H100_v5"
     assert props["vmPriority"] == "Dedicated"
     assert props["scaleSettings"] == {"minNodeCount": 0, "maxNodeCount": 1, "nodeIdleTimeBeforeScaleDown": "PT2M"}
-    assert rest["identity"]["type"] == "UserAssigned" and list(rest["identity"]["userAssignedIdentities"]) == [UAI]
     assert rest["tags"] == TAGS
 
 
@@ -73,6 +72,9 @@ def test_endpoint_uses_key_auth_the_identity_and_full_traffic_on_the_deployment(
     assert rest["properties"]["authMode"] == "Key"
     assert rest["properties"]["traffic"] == {"phi3-custom-v3": 100}
     assert rest["identity"]["type"] == "UserAssigned" and list(rest["identity"]["userAssignedIdentities"]) == [UAI]
+    without_registry = entities.online_endpoint(AZURE, "phi3-ep", TAGS, user_assigned_identity=False)
+    assert without_registry._to_rest_online_endpoint(location="eastus2").as_dict()["identity"]["type"] == \
+        "SystemAssigned"
 
 
 def test_deployment_is_one_instance_whose_readiness_is_checked_from_the_start():
@@ -90,10 +92,10 @@ def test_deployment_is_one_instance_whose_readiness_is_checked_from_the_start():
     assert props["endpointComputeType"] == "Managed"
 
 
-def test_the_three_roles_of_the_tutorial():
-    assert entities.REQUIRED_ROLES == (("Contributor", "resource_group"),
-                                       ("Storage Blob Data Reader", "storage_account"),
+def test_the_roles_the_endpoint_uses_and_the_tutorials_unused_contributor():
+    assert entities.REQUIRED_ROLES == (("Storage Blob Data Reader", "storage_account"),
                                        ("AcrPull", "container_registry"))
+    assert entities.UNUSED_ROLES == (("Contributor", "resource_group"),)
 
 
 @pytest.mark.parametrize("other", [("/subscriptions/x/resourceGroups/other", "Contributor", "p1"),

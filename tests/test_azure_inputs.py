@@ -72,13 +72,14 @@ def test_a_workspace_without_a_registry_defers_acr_pull_with_a_warning_and_grant
     identity = target.ensure_identity()
     assert "AcrPull" not in identity.detail and "no container registry yet" in identity.warnings[0]
     roles = [p for p in arm.resources if "/roleAssignments/" in p]
-    assert len(roles) == 2, "Contributor and Storage Blob Data Reader only"
+    assert len(roles) == 1, "Storage Blob Data Reader only"
     assert any("no container registry" in note for note in target.notices())
     plan_lines = {item.resource: item for item in target.plan(*_split_and_job(target))}
     assert plan_lines["role AcrPull"].action == "deferred"
+    assert AzureTarget(azure_settings)._grant_acr_pull_once_registry_exists() is False
     arm.container_registry = "/subscriptions/x/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/late"
-    AzureTarget(azure_settings)._grant_acr_pull_once_registry_exists()
-    assert len([p for p in arm.resources if "/roleAssignments/" in p]) == 3
+    assert AzureTarget(azure_settings)._grant_acr_pull_once_registry_exists() is True
+    assert len([p for p in arm.resources if "/roleAssignments/" in p]) == 2
 
 
 def _split_and_job(target: AzureTarget):
@@ -101,5 +102,6 @@ def test_an_unexpected_failure_in_a_stage_is_one_pipeline_error_naming_stage_and
 
     azure_cloud.arm.inject("GET", "/providers/Microsoft.MachineLearningServices/workspaces/ws",
                            (200, {"id": "odd", "name": "ws", "properties": {"storageAccount": 7}}))
-    with pytest.raises(PipelineError, match="Azure stage 'ensure identity' in workspace ws failed unexpectedly"):
+    with pytest.raises(PipelineError, match=r"Azure stage 'identity and RBAC' failed unexpectedly in workspace ws "
+                                            r"\(resource group rg\)"):
         AzureTarget(azure_settings).ensure_identity()

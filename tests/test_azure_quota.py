@@ -96,3 +96,17 @@ def test_a_region_offering_none_of_the_models_sizes_is_a_clear_error():
     ml_client, _ = client(vcpu_usages(), sizes=[s for s in VM_SIZES if s["name"] == "Standard_NC6s_v3"])
     with pytest.raises(ConfigError, match="none of Phi-4 v8's fine-tuning computes .* is offered in eastus2"):
         plan_sizes(ml_client, AZURE, PHI4)
+
+
+def test_the_choice_reads_quota_limits_not_usage_so_every_stage_makes_the_same_one():
+    idle, busy = client(vcpu_usages(a100=(0, 96)))[0], client(vcpu_usages(a100=(90, 96)))[0]
+    assert plan_sizes(idle, AZURE, PHI4).deploy_vm_size == plan_sizes(busy, AZURE, PHI4).deploy_vm_size
+    with pytest.raises(InsufficientResourcesError, match="need 72, free 6"):
+        raise_if_short(plan_sizes(busy, AZURE, PHI4).checks)
+
+
+def test_an_existing_cluster_of_a_size_the_model_does_not_list_is_named_as_the_cause():
+    ml_client, _ = client(vcpu_usages())
+    with pytest.raises(ConfigError, match="cluster phi-ft-cluster exists with Standard_NC6s_v3, which is not among "
+                                          "Phi-4 v8's fine-tuning computes"):
+        plan_sizes(ml_client, AZURE, PHI4, cluster_size="Standard_NC6s_v3")

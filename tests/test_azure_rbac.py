@@ -67,16 +67,15 @@ def test_missing_identity_is_created_in_the_region_with_tags():
     assert body["location"] == "eastus2" and body["tags"]["managed-by"] == "phi3-pipeline"
 
 
-def test_the_three_roles_are_assigned_at_their_scopes_with_deterministic_names():
+def test_the_endpoints_roles_are_assigned_at_their_scopes_with_deterministic_names():
     client, transport = authorization(lambda r: role_definitions(r) if r.method == "GET" else created_assignment(r))
     grants = rbac.ensure_roles(client, "principal-1", SCOPES)
     assert [(g.role, g.scope, g.created) for g in grants] == [
-        ("Contributor", SCOPES.resource_group, True),
         ("Storage Blob Data Reader", SCOPES.storage_account, True),
         ("AcrPull", SCOPES.container_registry, True),
     ]
     puts = transport.calls("PUT")
-    assert len(puts) == 3
+    assert len(puts) == 2
     for grant, put in zip(grants, puts, strict=True):
         assert f"{grant.scope}/providers/Microsoft.Authorization/roleAssignments/{grant.assignment_name}" in put.url
         assert grant.assignment_name == role_assignment_name(grant.scope, grant.role, "principal-1")
@@ -89,8 +88,8 @@ def test_an_existing_assignment_counts_as_done():
     exists = (409, {"error": {"code": "RoleAssignmentExists", "message": "The role assignment already exists."}})
     client, transport = authorization(lambda r: role_definitions(r) if r.method == "GET" else exists)
     grants = rbac.ensure_roles(client, "principal-1", SCOPES)
-    assert [g.created for g in grants] == [False, False, False]
-    assert len(transport.calls("PUT")) == 3  # one attempt each, no duplicates
+    assert [g.created for g in grants] == [False, False]
+    assert len(transport.calls("PUT")) == 2  # one attempt each, no duplicates
 
 
 def test_a_new_principal_not_yet_replicated_is_retried_until_it_appears():
@@ -104,7 +103,7 @@ def test_a_new_principal_not_yet_replicated_is_retried_until_it_appears():
     client, transport = authorization(handler)
     grants = rbac.ensure_roles(client, "principal-1", SCOPES)
     assert all(g.created for g in grants)
-    assert len(transport.calls("PUT")) == 5  # 2 refusals while replicating, then 3 assignments
+    assert len(transport.calls("PUT")) == 4  # 2 refusals while replicating, then 2 assignments
 
 
 def test_throttling_and_server_errors_are_retried_by_the_client():
@@ -117,8 +116,8 @@ def test_throttling_and_server_errors_are_retried_by_the_client():
         return created_assignment(request)
 
     client, transport = authorization(handler)
-    assert len(rbac.ensure_roles(client, "principal-1", SCOPES)) == 3
-    assert len(transport.calls("GET")) == 5  # 2 faults + 3 lookups
+    assert len(rbac.ensure_roles(client, "principal-1", SCOPES)) == 2
+    assert len(transport.calls("GET")) == 4  # 2 faults + 2 lookups
 
 
 def test_a_permission_error_fails_at_once():
@@ -131,5 +130,23 @@ def test_a_permission_error_fails_at_once():
 
 def test_an_unknown_role_is_a_clear_error():
     client, _ = authorization(lambda request: (200, {"value": []}))
-    with pytest.raises(PipelineError, match="role 'Contributor' is not visible"):
+    with pytest.raises(PipelineError, match="role 'Storage Blob Data Reader' is not visible"):
         rbac.ensure_roles(client, "principal-1", SCOPES)
+
+
+def test_a_contributor_grant_an_earlier_version_made_is_removed_and_its_absence_is_fine():
+    contributor = role_assignment_name(SCOPES.resource_group, "Contributor", "principal-1")
+    held = {contributor}
+
+    def handler(request):
+        name = request.url.split("?")[0].rsplit("/", 1)[1]
+        if name in held:
+            held.discard(name)
+            return 200, {"id": request.url.split("?")[0], "name": name, "properties": {}}
+        return 204, {}
+
+    client, transport = authorization(handler)
+    assert rbac.remove_unused_roles(client, "principal-1", SCOPES) == ["Contributor"]
+    assert rbac.remove_unused_roles(client, "principal-1", SCOPES) == []
+    (delete, _) = transport.calls("DELETE")
+    assert delete.url.split("?")[0].endswith(f"{RG}/providers/Microsoft.Authorization/roleAssignments/{contributor}")

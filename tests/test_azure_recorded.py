@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from targets.azure import assets, foundry, online, quota
-from targets.azure.entities import resource_tags
-from tests.azure_fakes import AZURE, SUB, WORKSPACE, FakeArm, offline_ml_client
+from targets.azure import assets, finetune, foundry, online, quota
+from targets.azure.entities import finetune_job, resource_tags
+from tests.azure_fakes import AZURE, SUB, WORKSPACE, WORKSPACES, FakeArm, offline_ml_client
 
 warnings.filterwarnings("ignore", message=".*experimental")
 RECORDED = Path(__file__).parent / "fixtures" / "recorded"
@@ -22,7 +22,7 @@ TAGS = resource_tags("run-1")
 LRO_HEADERS = {"azure-asyncoperation", "location", "retry-after", "x-ms-async-operation-timeout"}
 PLACEHOLDERS = {"{sub}": SUB, "{rg}": "rg", "{ws}": "ws", "{loc}": "eastus2", "{wsguid}": "g", "{op}": "op1",
                 "{ep}": "ep-recorded", "{dep}": "deploy-v1", "{c}": AZURE.compute_name, "{name}": "phi3-custom",
-                "{job}": "phi3-custom-ft-recorded", "/versions/3": "/versions/1"}
+                "{job}": "phi3-custom-ft-recorded", "/versions/3": "/versions/1", "{project}": "phi3-pipeline-project"}
 # Differences between the fake and the recordings that the SDK does not act on, kept on purpose:
 # - the fake's operation URLs are its own (…/operations/opN), the service's are per-RP (mfeOperationsStatus,
 #   computeOperationsStatus);
@@ -55,7 +55,7 @@ def lro_headers(headers: dict) -> set[str]:
 
 
 @pytest.fixture
-def driven(cloud):
+def driven(cloud, arm):
     """The stage code run once against the fake: endpoint, deployment, traffic, keys, cluster, connection,
     model, then deletes; the transport keeps every answer."""
     ml_client, transport = cloud
@@ -65,10 +65,17 @@ def driven(cloud):
     online.route_all_traffic(ml_client, "ep-recorded", "deploy-v1")
     online.endpoint_key(ml_client, "ep-recorded")
     assets.ensure_cluster(ml_client, AZURE, "Standard_NC24ads_A100_v4", TAGS)
-    foundry.upsert_custom_connection(ml_client, "phi3-custom", "https://x/score", "secret-key", TAGS)
-    assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-recorded", TAGS)
+    foundry.upsert_custom_connection(ml_client, "phi3-custom", "https://x/score", "secret-key", "input_data", TAGS)
+    finetune.submit(ml_client, finetune_job(AZURE, "azureml://registries/azureml/models/Phi-4/versions/8", {},
+                                            "phi3-custom-ft-recorded", "azureml:t:1", "azureml:v:1", "phi3-custom", TAGS))
+    assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-recorded", {}, TAGS)
     online.delete_endpoint(ml_client, "ep-recorded")
     assets.delete_cluster(ml_client, AZURE.compute_name)
+    project = f"{WORKSPACES}/phi3-pipeline-project"
+    arm.resources[project] = {"id": project, "name": "phi3-pipeline-project", "location": "eastus2", "kind": "project",
+                              "properties": {"hubResourceId": f"{WORKSPACES}/phi3-pipeline-hub"}}
+    ml_client.workspaces.begin_delete("phi3-pipeline-project", delete_dependent_resources=False,
+                                      permanently_delete=True).result()
     return transport
 
 
@@ -82,6 +89,8 @@ def driven(cloud):
     ("compute_amlcompute", "DELETE", "/computes/{c}", 0, 0),
     ("connection_crud", "PUT", "/connections/{name}", 0, 0),
     ("model_crud", "PUT", "/versions/3", 0, 0),
+    ("jobs", "PUT", "/jobs/{job}", 0, 0),
+    ("workspace_delete", "DELETE", "/workspaces/{project}", 0, 0),
 ])
 def test_the_fake_answers_with_the_recorded_status_and_long_running_operation_headers(driven, name, method,
                                                                                      path_end, nth, ours_nth):
@@ -89,8 +98,6 @@ def test_the_fake_answers_with_the_recorded_status_and_long_running_operation_he
     ours_end = path_end
     for placeholder, value in PLACEHOLDERS.items():
         ours_end = ours_end.replace(placeholder, value)
-    if name == "model_crud":
-        ours_end = "/versions/1"
     status, headers, body = our_answer(driven, method, ours_end, ours_nth)
     assert status == recorded["status"]
     assert lro_headers(headers) == lro_headers(recorded.get("headers") or {})
@@ -105,7 +112,7 @@ def test_the_fake_answers_with_the_recorded_status_and_long_running_operation_he
 
 def test_a_model_name_with_no_versions_is_a_404_as_recorded(cloud):
     ml_client, transport = cloud
-    assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-recorded", TAGS)
+    assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-recorded", {}, TAGS)
     recorded = entry("model_crud", "GET", "/models/{name}/versions")
     listed = next(status for request, status, _, _ in transport.answers
                   if request.method == "GET" and request.url.split("?")[0].endswith("/models/phi3-custom/versions"))
@@ -163,9 +170,9 @@ def test_a_recorded_cluster_creation_runs_through_the_stage_code():
 
 def test_a_recorded_connection_upsert_and_first_model_registration_run_through_the_stage_code():
     ml_client, _ = offline_ml_client(replay("connection_crud"))
-    foundry.upsert_custom_connection(ml_client, "phi3-custom", "https://x/score", "secret-key", TAGS)
+    foundry.upsert_custom_connection(ml_client, "phi3-custom", "https://x/score", "secret-key", "input_data", TAGS)
     ml_client, transport = offline_ml_client(replay("model_crud"))
-    model, created = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-recorded", TAGS)
+    model, created = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-recorded", {}, TAGS)
     assert created, "the recorded 404 on a new name means: no version yet, register one"
 
 

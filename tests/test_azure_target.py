@@ -83,13 +83,12 @@ def test_the_pipeline_does_every_step_in_azure_and_a_rerun_creates_nothing(prefe
     grants = sorted((path.split("/providers/Microsoft.Authorization")[0].rsplit("/", 1)[-1],
                      body["properties"]["roleDefinitionId"].rsplit("/", 1)[-1])
                     for path, body in arm.resources.items() if "/roleAssignments/" in path)
-    assert grants == [("rg", "contributor"), ("wsregistry", "acrpull"), ("wsstorage", "storage-blob-data-reader")]
+    assert grants == [("wsregistry", "acrpull"), ("wsstorage", "storage-blob-data-reader")]
     assert sorted(name for _, name, _ in azure_cloud.uploads) == ["phi3-custom-test", "phi3-custom-train"]
     compute = arm.resources[f"{WORKSPACE}/computes/phi-ft-cluster"]
     cluster = compute["properties"]["properties"]
     assert cluster["vmSize"] == "Standard_NC24ads_A100_v4" and cluster["scaleSettings"]["maxNodeCount"] == 1
     uai = f"{GROUP}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/phi3-pipeline-identity"
-    assert compute["identity"]["type"] == "UserAssigned" and list(compute["identity"]["userAssignedIdentities"]) == [uai]
     (job_put,) = transport.calls("PUT", "/jobs/")
     assert job_put.url.split("?")[0].endswith(result["job"])
     details = request_json(job_put)["properties"]["fineTuningDetails"]
@@ -114,6 +113,7 @@ def test_the_pipeline_does_every_step_in_azure_and_a_rerun_creates_nothing(prefe
     connection = json.loads(connection_put.body)["properties"]
     assert connection["authType"] == "CustomKeys" and connection["category"] == "CustomKeys"
     assert connection["credentials"]["keys"] == {"endpoint": endpoint_path and arm.scoring_uri, "key": ENDPOINT_KEY}
+    assert connection["metadata"]["contract"] == "input_data"
     assert promptflow_chat.connection_endpoint("phi3_azure_test") == arm.scoring_uri
 
     writes_before = puts(transport)
@@ -337,3 +337,18 @@ def test_a_deprecated_model_runs_with_its_warning_in_the_run_summary(prefect_api
     details = request_json(job_put)["properties"]["fineTuningDetails"]
     assert details["model"]["uri"].endswith("/Phi-legacy-test/versions/2")
     assert details["hyperParameters"] == {"learning_rate": "2e-5"}, "only what the model publishes or the user sets"
+
+
+def test_an_endpoint_made_while_the_workspace_has_no_registry_runs_as_a_system_identity(prefect_api, settings,
+                                                                                       azure_cloud, endpoint):
+    from flows.full_pipeline import full_pipeline
+
+    arm = azure_cloud.arm
+    arm.container_registry = None
+    result = full_pipeline(settings)
+    assert result["answer"] == ANSWER
+    endpoint_path = next(p for p in arm.resources if "/onlineEndpoints/" in p and "/deployments/" not in p)
+    assert arm.resources[endpoint_path]["identity"]["type"] == "SystemAssigned"
+    assert not [p for p in arm.resources if "/roleAssignments/" in p and "acrpull" in str(arm.resources[p])]
+    assert "no container registry yet" in next(row["detail"] for row in result["stages"]
+                                               if row["stage"] == "quota check")

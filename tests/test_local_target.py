@@ -244,15 +244,6 @@ def test_the_server_speaks_both_scoring_contracts_to_the_pipeline_and_the_chat_f
         promptflow_chat.delete_connection("phi3_contract_test")
 
 
-def test_a_contract_the_deployment_does_not_speak_is_an_error_naming_both(deployed):
-    target, _, deployment = deployed
-    unknown_route = deployment.model_copy(update={"scoring_uri": deployment.scoring_uri + "/nowhere",
-                                                  "contract": "chat_completions"})
-    with pytest.raises(PipelineError, match="does not answer the chat_completions contract .* set the scoring "
-                                            "contract to input_data"):
-        target.ask(unknown_route, "Who founded Microsoft?", 8)
-
-
 def test_a_replaced_key_restarts_the_server_with_the_new_key(deployed):
     target, model, deployment = deployed
     target.ws.key_file.unlink()

@@ -11,7 +11,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from pipeline.config import AzureSettings
 from targets.azure.clients import found, get_or_create
-from targets.azure.entities import compute_cluster, data_asset, registered_model
+from targets.azure.entities import FINETUNE_OUTPUT, compute_cluster, data_asset, registered_model
 
 
 def ensure_data_asset(ml_client: MLClient, name: str, local_file: Path, content_hash: str,
@@ -38,24 +38,40 @@ def ensure_cluster(ml_client: MLClient, azure: AzureSettings, vm_size: str,
                              compute_cluster(azure, vm_size, tags)).result())
 
 
-def adopt_job_model(ml_client: MLClient, model_name: str, job_name: str,
-                    lineage: dict[str, str]) -> tuple[Model, bool]:
+def adopt_job_model(ml_client: MLClient, model_name: str, job_name: str, lineage: dict[str, str],
+                    tags: dict[str, str]) -> tuple[Model, bool]:
     """The model version the fine-tuning service registered from the job (`output_model_name_prefix`), found by
-    its job and tagged with the lineage; registered here only if the service made none. (model, created)."""
-    try:
-        versions = list(ml_client.models.list(name=model_name))
-    except ResourceNotFoundError:  # no version of that name yet: the service answers 404 (recorded)
-        versions = []
-    made = next((v for v in versions if v.job_name == job_name or (v.tags or {}).get("job") == job_name), None)
+    the job's `registered_model` output, else by its lineage (`jobName` or our `job` tag), and given the
+    lineage tags; registered here (with `tags` too) only if the service made none. (model, created)."""
+    made = _service_registered(ml_client, model_name, job_name)
+    wanted = {**lineage, "job": job_name}
     if made is None:
+        try:
+            versions = list(ml_client.models.list(name=model_name))
+        except ResourceNotFoundError:  # no version of that name yet: the service answers 404 (recorded)
+            versions = []
         next_version = max((int(v.version) for v in versions if str(v.version).isdigit()), default=0) + 1
         return ml_client.models.create_or_update(
-            registered_model(model_name, str(next_version), job_name, lineage)), True
-    wanted = {**lineage, "job": job_name}
-    if any((made.tags or {}).get(key) != value for key, value in wanted.items() if key != "created-at"):
-        made.tags = {**(made.tags or {}), **wanted}  # tags are mutable: get + create_or_update, as `az ml model update`
-        made = ml_client.models.create_or_update(made)
+            registered_model(model_name, str(next_version), job_name, {**tags, **wanted})), True
+    if any((made.tags or {}).get(key) != value for key, value in wanted.items()):
+        made.tags = {**tags, **(made.tags or {}), **wanted}  # tags are mutable: get + create_or_update, as
+        made = ml_client.models.create_or_update(made)       # `az ml model update` does
     return made, False
+
+
+def _service_registered(ml_client: MLClient, model_name: str, job_name: str) -> Model | None:
+    try:
+        output = (ml_client.jobs.get(job_name).outputs or {}).get(FINETUNE_OUTPUT)
+    except ResourceNotFoundError:
+        output = None
+    version = getattr(output, "version", None)
+    if version and getattr(output, "name", None) == model_name:
+        return ml_client.models.get(model_name, str(version))
+    try:
+        versions = ml_client.models.list(name=model_name)
+        return next((v for v in versions if v.job_name == job_name or (v.tags or {}).get("job") == job_name), None)
+    except ResourceNotFoundError:
+        return None
 
 
 def delete_cluster(ml_client: MLClient, name: str) -> bool:

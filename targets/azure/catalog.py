@@ -39,6 +39,7 @@ RETIRED_VM_SIZES = {
     **dict.fromkeys(("Standard_NV12s_v3", "Standard_NV24s_v3", "Standard_NV48s_v3", "Standard_NV4as_v4",
                      "Standard_NV8as_v4", "Standard_NV16as_v4", "Standard_NV32as_v4"), "2026-09-30"),
 }
+RETIRED = {size.lower(): retired_on for size, retired_on in RETIRED_VM_SIZES.items()}
 # The lifecycle dates in the two shapes: (system_metadata.deprecation key, tag).
 LIFECYCLE_KEYS = {
     "finetune_deprecation": ("finetuneDeprecationDate", "FinetuneDeprecationDate"),
@@ -190,9 +191,12 @@ def resolve(registry_ml: MLClient, azure: AzureSettings, today: date | None = No
     registry, name, wanted = azure.registry_name, azure.base_model, azure.base_model_version
 
     def refuse(reason: str) -> ConfigError:
-        others = replacements(registry_ml, registry, name, today)
-        suggestion = (f"models of that family that can be fine-tuned now: {', '.join(others)}" if others
-                      else "no model of that family can be fine-tuned now")
+        try:
+            others = replacements(registry_ml, registry, name, today)
+            suggestion = (f"models of that family that can be fine-tuned now: {', '.join(others)}" if others
+                          else "no model of that family can be fine-tuned now")
+        except HttpResponseError as error:  # the refusal matters more than the suggestions
+            suggestion = f"(the registry could not be searched for replacements: {error.message})"
         return ConfigError(f"azure.base_model {name}{' v' + wanted if wanted else ''} in registry {registry}: "
                            f"{reason}; {suggestion} (set azure.base_model / azure.base_model_version)")
 
@@ -240,26 +244,21 @@ def hyperparameters(model: CatalogModel, training: AzureTrainingSettings) -> dic
     return chosen
 
 
-@dataclass(frozen=True)
-class SizeChoice:
-    size: str
-    family: str
-    vcpus: int
-
-
 def choose_size(setting: str, configured: str, allowed: tuple[str, ...], model: CatalogModel, region: str,
                 offered: dict, has_quota: Callable[[object], bool]) -> str:
     """A VM size from the model's list: the configured one if allowed, offered in the region and not retired,
     else the first such size with free quota (the first offered one when none has: the quota check says so)."""
     purpose = "fine-tuning" if "finetune" in setting else "inference"
-    usable = [size for size in allowed if size.lower() in offered and size not in RETIRED_VM_SIZES]
+    if not allowed:
+        raise ConfigError(f"{model.label} lists no {purpose} computes: choose another azure.base_model")
+    usable = [size for size in allowed if size.lower() in offered and size.lower() not in RETIRED]
     if configured:
         listed = {size.lower(): size for size in allowed}
         if configured.lower() not in listed:
             raise ConfigError(f"azure.{setting} {configured} is not among {model.label}'s {purpose} computes: "
                               f"{', '.join(allowed)}")
-        if configured in RETIRED_VM_SIZES:
-            raise ConfigError(f"azure.{setting} {configured} was retired on {RETIRED_VM_SIZES[configured]}; "
+        if configured.lower() in RETIRED:
+            raise ConfigError(f"azure.{setting} {configured} was retired on {RETIRED[configured.lower()]}; "
                               f"choose one of {', '.join(usable) or ', '.join(allowed)}")
         if configured.lower() not in offered:
             raise ConfigError(f"azure.{setting} {configured} is not offered in {region}; offered there from "

@@ -30,12 +30,15 @@ from pipeline.config import AzureSettings
 MANAGED_BY = "phi3-pipeline"
 LIVE_SINCE = "live-since"
 FINETUNE_OUTPUT = "registered_model"
-# SEED.md: the three roles the user-assigned identity gets, and the scope each one applies to.
+# The roles of SEED.md's identity that something uses, and the scope of each: the online endpoint runs as the
+# identity and pulls its model (storage) and image (registry) with them.
 REQUIRED_ROLES = (
-    ("Contributor", "resource_group"),
     ("Storage Blob Data Reader", "storage_account"),
     ("AcrPull", "container_registry"),
 )
+# SEED.md's third role, Contributor on the resource group: nothing the pipeline runs uses it (a fine-tune job
+# takes no identity), so it is not granted, and one an earlier version granted is removed.
+UNUSED_ROLES = (("Contributor", "resource_group"),)
 # Probes (azure-ai-ml defaults: period 10 s, failure threshold 30): liveness waits out the cold start, after
 # which 30 failed checks restart the container; readiness starts early and only marks it unready until the
 # model answers, so the deployment is ready as soon as the model is, not after a fixed 10 minutes.
@@ -79,7 +82,7 @@ def user_assigned(azure: AzureSettings) -> IdentityConfiguration:
 
 def compute_cluster(azure: AzureSettings, vm_size: str, tags: dict[str, str]) -> AmlCompute:
     """SEED.md: dedicated GPU tier, min 0, max 1 node, 120 s idle before scale-down; the size from the model's
-    fine-tuning computes; it runs as the pipeline's identity (Contributor on the resource group)."""
+    fine-tuning computes."""
     return AmlCompute(
         name=azure.compute_name,
         size=vm_size,
@@ -87,7 +90,6 @@ def compute_cluster(azure: AzureSettings, vm_size: str, tags: dict[str, str]) ->
         min_instances=azure.compute_min_nodes,
         max_instances=azure.compute_max_nodes,
         idle_time_before_scale_down=azure.compute_idle_seconds,
-        identity=user_assigned(azure),
         tags=tags,
     )
 
@@ -127,10 +129,13 @@ def registered_model(model_name: str, version: str, job_name: str, tags: dict[st
     )
 
 
-def online_endpoint(azure: AzureSettings, name: str, tags: dict[str, str]) -> ManagedOnlineEndpoint:
+def online_endpoint(azure: AzureSettings, name: str, tags: dict[str, str],
+                    user_assigned_identity: bool = True) -> ManagedOnlineEndpoint:
     """Key auth; runs as the pipeline's identity, whose Storage Blob Data Reader and AcrPull grants are what a
-    deployment needs to pull its model and image."""
-    return ManagedOnlineEndpoint(name=name, auth_mode="key", identity=user_assigned(azure), tags=tags)
+    deployment needs to pull its model and image. Without them (a workspace with no registry yet, so no AcrPull)
+    it runs as a system-assigned identity, which Azure grants what it needs itself."""
+    identity = user_assigned(azure) if user_assigned_identity else IdentityConfiguration(type="system_assigned")
+    return ManagedOnlineEndpoint(name=name, auth_mode="key", identity=identity, tags=tags)
 
 
 def online_deployment(azure: AzureSettings, vm_size: str, endpoint_name: str, deployment_name: str, model_id: str,

@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import functools
 
+import requests
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
 from pipeline.errors import PipelineError, TransientError
+
+# The stage each target method serves, for the message of an unexpected failure.
+STAGES = {
+    "check_resources": "quota check", "notices": "quota check", "ensure_identity": "identity and RBAC",
+    "store_dataset": "dataset", "find_or_submit_job": "fine-tune", "job_status": "fine-tune",
+    "job_result": "fine-tune", "job_inputs": "fine-tune", "register_model": "register", "deploy": "deploy",
+    "live_deployment": "live model", "ask": "scoring request", "go_live": "go live", "remove_deployments": "go live",
+    "endpoint_key": "connection", "create_connection": "connection", "plan": "plan", "teardown": "teardown",
+    "sweep": "teardown",
+}
 
 PERMISSION_HELP = ("the signed-in account needs Contributor and User Access Administrator (or Owner) on the "
                    "resource group; see the README's Azure section")
@@ -22,7 +33,8 @@ def translated(method):
             return method(target, *args, **kwargs)
         except (PipelineError, TransientError):
             raise
-        except (ServiceRequestError, ServiceResponseError) as error:
+        except (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError,
+                requests.RequestException) as error:
             raise TransientError(f"Azure did not answer: {error}") from None
         except HttpResponseError as error:
             status = error.status_code or 0
@@ -30,8 +42,9 @@ def translated(method):
                 raise TransientError(f"Azure answered {status} after retries: {error.message}") from None
             advice = PERMISSION_HELP if status in (401, 403) else "fix the request or the setting it names"
             raise PipelineError(f"Azure refused the request ({status}): {error.message}; {advice}") from None
-        except Exception as error:  # the cause stays chained for --verbose and the flow's logs
-            raise PipelineError(f"Azure stage '{method.__name__.strip('_').replace('_', ' ')}' in workspace "
-                                f"{target.azure.workspace_name} failed unexpectedly: {type(error).__name__}: "
-                                f"{error}") from error
+        except Exception as error:  # the cause stays chained for the flow's logs
+            azure = target.azure
+            raise PipelineError(f"Azure stage '{STAGES.get(method.__name__, method.__name__)}' failed unexpectedly "
+                                f"in workspace {azure.workspace_name} (resource group {azure.resource_group}): "
+                                f"{type(error).__name__}: {error}") from error
     return wrapper

@@ -53,11 +53,12 @@ def ensure_project(resource_group_ml: MLClient, azure: AzureSettings, tags: dict
         tags=tags))
 
 
-def upsert_custom_connection(project_ml: MLClient, name: str, endpoint: str, key: str,
+def upsert_custom_connection(project_ml: MLClient, name: str, endpoint: str, key: str, contract: str,
                              tags: dict[str, str]) -> None:
-    """SEED.md: keys `endpoint` (the scoring URI) and `key` (the endpoint's primary key, secret)."""
-    project_ml.connections.create_or_update(
-        CustomKeysConnection(name=name, target=endpoint, keys={"endpoint": endpoint, "key": key}, tags=tags))
+    """SEED.md: keys `endpoint` (the scoring URI) and `key` (the endpoint's primary key, secret); the scoring
+    contract, which is no secret, in the connection's metadata beside the tags."""
+    project_ml.connections.create_or_update(CustomKeysConnection(
+        name=name, target=endpoint, keys={"endpoint": endpoint, "key": key}, tags={**tags, "contract": contract}))
 
 
 def delete_all(resource_group_ml: MLClient, project_ml: MLClient, azure: AzureSettings,

@@ -26,13 +26,13 @@ def _succeeded(resource) -> bool:
     return str(resource.provisioning_state).lower().endswith(SUCCEEDED)
 
 
-def ensure_endpoint(ml_client: MLClient, azure: AzureSettings, name: str,
-                    tags: dict[str, str]) -> tuple[ManagedOnlineEndpoint, bool]:
-    """The endpoint of that name, created (key auth, the pipeline's identity) only if it does not exist;
-    (endpoint, created)."""
+def ensure_endpoint(ml_client: MLClient, azure: AzureSettings, name: str, tags: dict[str, str],
+                    user_assigned_identity: bool = True) -> tuple[ManagedOnlineEndpoint, bool]:
+    """The endpoint of that name, created (key auth, the pipeline's identity, else a system-assigned one) only
+    if it does not exist; (endpoint, created)."""
     endpoints = ml_client.online_endpoints
-    return get_or_create(lambda: endpoints.get(name),
-                         lambda: endpoints.begin_create_or_update(online_endpoint(azure, name, tags)).result())
+    return get_or_create(lambda: endpoints.get(name), lambda: endpoints.begin_create_or_update(
+        online_endpoint(azure, name, tags, user_assigned_identity)).result())
 
 
 def ensure_deployment(ml_client: MLClient, azure: AzureSettings, vm_size: str, endpoint_name: str,

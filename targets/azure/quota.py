@@ -14,12 +14,14 @@ service's camelCase fields (`currentValue`, `vCPUs`) and leave their snake_case 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
 from azure.ai.ml import MLClient
 
 from pipeline.config import AzureSettings
+from pipeline.errors import ConfigError
 from targets.azure.catalog import CatalogModel, choose_size
 from targets.base import ResourceCheck
 
@@ -28,6 +30,8 @@ REGIONAL_TOTAL = "Total Cluster Dedicated Regional vCPUs"
 REGIONAL_TOTAL_NAMES = {"totaldedicatedcores", "totalclusterdedicatedregionalvcpus"}
 DEDICATED_SUFFIX = "clusterdedicatedvcpus"
 UNLIMITED = -1
+UNLIMITED_SHOWN = 1e9
+UPGRADE_RESERVE = 1.2
 
 
 def _key(text: str) -> str:
@@ -97,45 +101,56 @@ class SizePlan:
     checks: list[ResourceCheck]
 
 
+def deployment_instances(azure: AzureSettings) -> int:
+    """Instances whose vCPUs a deployment holds: Azure ML reserves 20 % more for upgrades, rounded up (Azure ML
+    docs, "Manage and increase quotas", managed online endpoints), so one instance needs the quota of two."""
+    return math.ceil(azure.deploy_instance_count * UPGRADE_RESERVE)
+
+
 def plan_sizes(ml_client: MLClient, azure: AzureSettings, model: CatalogModel,
                cluster_size: str | None = None) -> SizePlan:
     """Choose the cluster's size (an existing cluster keeps its own) and the deployment's, each the first of the
-    model's sizes offered in the region whose family still has the vCPUs (the two may share a family), then
-    check every family and the regional total: the cluster at max nodes, the deployment twice over (an update
-    runs old and new instances side by side)."""
+    model's sizes offered in the region whose family's quota limit covers it (the two may share a family), then
+    check every family's free vCPUs and the regional total: the cluster at max nodes, the deployment with
+    Azure's upgrade reserve. The choice reads limits, not usage, so every stage of a run makes the same one."""
     region = azure.location
     offered = {size.name.lower(): size for size in ml_client.compute.list_sizes(location=region)}
     families, total = usage_rows(ml_client, region)
     drawn: dict[str, int] = defaultdict(int)
 
-    def free(family: str) -> float:
+    def limit(family: str) -> float:
         row = families.get(_key(family))
-        return (row.free if row else 0) - drawn[_key(family)]
+        return (row.limit if row and row.limit is not None else float("inf") if row else 0) - drawn[_key(family)]
 
     def choose(setting: str, configured: str, allowed: tuple[str, ...], instances: int, purpose: str) -> Need:
         size = choose_size(setting, configured, allowed, model, region, offered,
-                           lambda s: free(s.family) >= _vcpus(s) * instances)
+                           lambda s: limit(s.family) >= _vcpus(s) * instances)
         vm = offered[size.lower()]
         drawn[_key(vm.family)] += _vcpus(vm) * instances
         return Need(size=size, family=vm.family, vcpus=_vcpus(vm) * instances, purpose=f"{purpose} {size} x{instances}")
 
+    if cluster_size and cluster_size.lower() not in {size.lower() for size in model.finetune_computes}:
+        raise ConfigError(f"cluster {azure.compute_name} exists with {cluster_size}, which is not among "
+                          f"{model.label}'s fine-tuning computes ({', '.join(model.finetune_computes)}): delete it "
+                          "(teardown with --azure.teardown_everything) or set another azure.compute_name")
     cluster = choose("finetune_vm_size", cluster_size or azure.finetune_vm_size, model.finetune_computes,
                      azure.compute_max_nodes, "fine-tuning cluster")
     deployment = choose("deploy_vm_size", azure.deploy_vm_size, model.inference_computes,
-                        azure.deploy_instance_count * 2, "online deployment")
+                        deployment_instances(azure), "online deployment")
     needed: dict[str, list[Need]] = defaultdict(list)
     for need in (cluster, deployment):
         needed[need.family].append(need)
-    checks = []
-    for family, needs in needed.items():
-        row = families.get(_key(family))
-        checks.append(ResourceCheck(
-            resource=f"{family} vCPUs in {region} ({', '.join(n.purpose for n in needs)})",
-            needed=sum(n.vcpus for n in needs), available=min(row.free if row else 0, 1e9), unit="vCPUs",
-            advice=QUOTA_HELP.format(family=family, region=region)))
+    checks = [ResourceCheck(resource=f"{family} vCPUs in {region} ({', '.join(n.purpose for n in needs)})",
+                            needed=sum(n.vcpus for n in needs), available=_free(families.get(_key(family))),
+                            unit="vCPUs", advice=QUOTA_HELP.format(family=family, region=region))
+              for family, needs in needed.items()]
     if total is not None:
-        checks.append(ResourceCheck(
-            resource=f"{REGIONAL_TOTAL} in {region}", needed=cluster.vcpus + deployment.vcpus,
-            available=min(total.free, 1e9), unit="vCPUs", advice=QUOTA_HELP.format(family=REGIONAL_TOTAL,
-                                                                                   region=region)))
+        checks.append(ResourceCheck(resource=f"{REGIONAL_TOTAL} in {region}", needed=cluster.vcpus + deployment.vcpus,
+                                    available=_free(total),
+                                    unit="vCPUs", advice=QUOTA_HELP.format(family=REGIONAL_TOTAL, region=region)))
     return SizePlan(finetune_vm_size=cluster.size, deploy_vm_size=deployment.size, checks=checks)
+
+
+def _free(row: Row | None) -> float:
+    """Free vCPUs of a row; none is 0, unlimited is shown as a large number."""
+    return 0 if row is None else min(row.free, UNLIMITED_SHOWN)

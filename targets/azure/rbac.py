@@ -1,4 +1,4 @@
-"""Identity and RBAC on Azure: the user-assigned managed identity and its three role assignments.
+"""Identity and RBAC on Azure: the user-assigned managed identity and its role assignments.
 
 Get-or-create throughout: the identity is looked up by name, the assignments have deterministic
 names, and "already exists" counts as done. A new identity's principal takes a while to replicate;
@@ -19,14 +19,20 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from pipeline.config import AzureSettings
 from pipeline.errors import PipelineError
 from targets.azure.clients import get_or_create
-from targets.azure.entities import REQUIRED_ROLES, managed_identity, role_assignment, role_assignment_name
+from targets.azure.entities import (
+    REQUIRED_ROLES,
+    UNUSED_ROLES,
+    managed_identity,
+    role_assignment,
+    role_assignment_name,
+)
 
 PRINCIPAL_NOT_REPLICATED = "PrincipalNotFound"
 
 
 @dataclass(frozen=True)
 class RoleScopes:
-    """The ARM ids the three roles apply to (SEED.md)."""
+    """The ARM ids SEED.md's roles apply to."""
 
     resource_group: str
     storage_account: str
@@ -75,10 +81,22 @@ def _create_assignment(authorization: AuthorizationManagementClient, scope: str,
     return True
 
 
+def remove_unused_roles(authorization: AuthorizationManagementClient, principal_id: str,
+                        scopes: RoleScopes) -> list[str]:
+    """Delete the assignments of UNUSED_ROLES an earlier version made (found by their deterministic names);
+    the roles removed ("already gone" is not an error)."""
+    removed = []
+    for role, scope_field in UNUSED_ROLES:
+        scope = getattr(scopes, scope_field)
+        if authorization.role_assignments.delete(scope, role_assignment_name(scope, role, principal_id)):
+            removed.append(role)
+    return removed
+
+
 def ensure_roles(authorization: AuthorizationManagementClient, principal_id: str, scopes: RoleScopes,
                  roles: tuple[str, ...] = tuple(role for role, _ in REQUIRED_ROLES)) -> list[RoleGrant]:
-    """Contributor on the resource group, Storage Blob Data Reader on the storage, AcrPull on the registry
-    (skipped while the workspace has no registry: the caller says so and grants it later)."""
+    """Storage Blob Data Reader on the storage, AcrPull on the registry (skipped while the workspace has no
+    registry: the caller says so and grants it later)."""
     grants = []
     for role, scope_field in REQUIRED_ROLES:
         scope = getattr(scopes, scope_field)

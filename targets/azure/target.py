@@ -22,6 +22,7 @@ from targets.azure.entities import finetune_job, resource_tags
 from targets.azure.errors import translated
 from targets.base import (
     SMOKE_PROBE,
+    UNPRICED,
     ConnectionRef,
     DatasetRef,
     DeploymentRef,
@@ -41,6 +42,8 @@ from targets.local.workspace import Workspace
 
 NO_REGISTRY = ("workspace {workspace} has no container registry yet (Azure creates one when first needed): the "
                "AcrPull grant waits until then; the deploy stage grants it once the registry exists")
+SYSTEM_IDENTITY = ("workspace {workspace} still has no container registry, so the identity cannot get AcrPull: "
+                   "endpoint {endpoint} runs as a system-assigned identity (Azure grants it what it needs)")
 
 
 class AzureTarget(Target):
@@ -131,18 +134,22 @@ class AzureTarget(Target):
         workspace_id, scopes = self._role_scopes()
         identity, created = rbac.ensure_identity(self.clients.msi, self.azure, self.tags)
         grants = rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes)
-        roles = ", ".join(f"{g.role} ({'granted' if g.created else 'held'})" for g in grants)
+        removed = rbac.remove_unused_roles(self.clients.authorization, identity.principal_id, scopes)
+        roles = ", ".join([f"{g.role} ({'granted' if g.created else 'held'})" for g in grants]
+                          + [f"{role} (removed: unused)" for role in removed])
         warnings = [] if scopes.container_registry else [NO_REGISTRY.format(workspace=self.azure.workspace_name)]
         return IdentityRef(workspace_id=workspace_id, detail=f"{self.azure.identity_name}: {roles}", created=created,
                            warnings=warnings)
 
-    def _grant_acr_pull_once_registry_exists(self) -> None:
-        """A workspace made without a registry gets one lazily: grant the deferred AcrPull before deploying."""
+    def _grant_acr_pull_once_registry_exists(self) -> bool:
+        """A workspace made without a registry gets one lazily: grant the deferred AcrPull before deploying.
+        False if there is still no registry (the identity then lacks AcrPull)."""
         _, scopes = self._role_scopes()
-        if scopes.container_registry is not None:
-            identity = self.clients.msi.user_assigned_identities.get(self.azure.resource_group,
-                                                                     self.azure.identity_name)
-            rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes, roles=("AcrPull",))
+        if scopes.container_registry is None:
+            return False
+        identity = self.clients.msi.user_assigned_identities.get(self.azure.resource_group, self.azure.identity_name)
+        rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes, roles=("AcrPull",))
+        return True
 
     # ---- quota ---------------------------------------------------------------------------------
     @translated
@@ -189,16 +196,18 @@ class AzureTarget(Target):
         return JobFailedError(
             f"fine-tune job {job_name} did not complete: {status.error or status.state}. A re-run with the "
             "same data and settings adopts this job (Azure keeps job names for good): fix the cause, then "
-            "change the data or a setting (e.g. training.epochs) so a new job is named."
+            "change the data or a setting (e.g. azure.training.epochs) so a new job is named."
         )
 
     # ---- register ------------------------------------------------------------------------------
     @translated
     def register_model(self, job: JobRef, dataset: DatasetRef) -> ModelRef:
-        """The service registers the job's output itself: adopt that version and tag it with the lineage."""
-        lineage = {**self.tags, "train-data": dataset.train_uri, "test-data": dataset.test_uri,
-                   "base-model": self.model.asset_id}
-        model, created = assets.adopt_job_model(self.clients.ml, self.settings.model_name, job.name, lineage)
+        """The service registers the job's output itself: adopt that version and tag it with the lineage (the
+        base model as the job itself names it)."""
+        base_model = getattr(getattr(self.clients.ml.jobs.get(job.name), "model", None), "path", None)
+        lineage = {"train-data": dataset.train_uri, "test-data": dataset.test_uri, "base-model": str(base_model)}
+        model, created = assets.adopt_job_model(self.clients.ml, self.settings.model_name, job.name, lineage,
+                                                self.tags)
         return ModelRef(name=model.name, version=int(model.version), uri=model.id, job_name=job.name,
                         created=created)
 
@@ -213,12 +222,15 @@ class AzureTarget(Target):
     @translated
     def deploy(self, model: ModelRef) -> DeploymentRef:
         ml, name = self.clients.ml, self.deployment_name(model)
-        self._grant_acr_pull_once_registry_exists()
-        online.ensure_endpoint(ml, self.azure, self.endpoint_name, self.tags)
+        with_identity = self._grant_acr_pull_once_registry_exists()
+        _, endpoint_created = online.ensure_endpoint(ml, self.azure, self.endpoint_name, self.tags, with_identity)
+        warnings = [] if with_identity or not endpoint_created else [
+            SYSTEM_IDENTITY.format(workspace=self.azure.workspace_name, endpoint=self.endpoint_name)]
         tags = {**self.tags, "job": model.job_name, "model-version": str(model.version)}
         deployment, created = online.ensure_deployment(ml, self.azure, self.sizes.deploy_vm_size, self.endpoint_name,
                                                        name, model.uri, tags)
-        return self._deployment_ref(ml.online_endpoints.get(self.endpoint_name), deployment, created)
+        ref = self._deployment_ref(ml.online_endpoints.get(self.endpoint_name), deployment, created)
+        return ref.model_copy(update={"warnings": warnings})
 
     @translated
     def live_deployment(self) -> DeploymentRef | None:
@@ -257,7 +269,8 @@ class AzureTarget(Target):
         """The Custom keys connection in the Foundry project, and the same one for local Prompt flow."""
         name, key = self.settings.connection_name, self.endpoint_key(deployment)
         foundry.ensure_project(self.clients.resource_group_ml, self.azure, self.tags)
-        foundry.upsert_custom_connection(self.clients.project_ml, name, deployment.scoring_uri, key, self.tags)
+        foundry.upsert_custom_connection(self.clients.project_ml, name, deployment.scoring_uri, key,
+                                         deployment.contract, self.tags)
         promptflow_chat.upsert_connection(name, deployment.scoring_uri, key, deployment.contract)
         return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
 
@@ -268,7 +281,7 @@ class AzureTarget(Target):
         price = self.azure.vm_prices_usd_per_hour.get(vm_size)
         if price is None:
             return {"usd_per_hour": 0.0,
-                    "detail": f"{detail}; price unknown: add {vm_size} to azure.vm_prices_usd_per_hour"}
+                    "detail": f"{detail}; {UNPRICED}: add {vm_size} to azure.vm_prices_usd_per_hour"}
         return {"usd_per_hour": round(price * count, 2), "detail": detail}
 
     @translated
