@@ -105,3 +105,15 @@ def test_an_unexpected_failure_in_a_stage_is_one_pipeline_error_naming_stage_and
     with pytest.raises(PipelineError, match=r"Azure stage 'identity and RBAC' failed unexpectedly in workspace ws "
                                             r"\(resource group rg\)"):
         AzureTarget(azure_settings).ensure_identity()
+
+
+def test_the_contributor_grant_an_earlier_version_made_is_removed_by_the_identity_stage(azure_cloud, azure_settings):
+    from targets.azure.entities import role_assignment_name
+    from tests.azure_fakes import GROUP
+
+    name = role_assignment_name(GROUP, "Contributor", "principal-1")
+    path = f"{GROUP}/providers/Microsoft.Authorization/roleAssignments/{name}"
+    azure_cloud.arm.resources[path] = {"id": path, "name": name, "properties": {"principalId": "principal-1"}}
+    identity = AzureTarget(azure_settings).ensure_identity()
+    assert "Contributor (removed: unused)" in identity.detail and path not in azure_cloud.arm.resources
+    assert "Contributor" not in AzureTarget(azure_settings).ensure_identity().detail

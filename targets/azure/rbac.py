@@ -18,7 +18,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from pipeline.config import AzureSettings
 from pipeline.errors import PipelineError
-from targets.azure.clients import get_or_create
+from targets.azure.clients import found, get_or_create
 from targets.azure.entities import (
     REQUIRED_ROLES,
     UNUSED_ROLES,
@@ -88,7 +88,9 @@ def remove_unused_roles(authorization: AuthorizationManagementClient, principal_
     removed = []
     for role, scope_field in UNUSED_ROLES:
         scope = getattr(scopes, scope_field)
-        if authorization.role_assignments.delete(scope, role_assignment_name(scope, role, principal_id)):
+        name = role_assignment_name(scope, role, principal_id)
+        if found(lambda: authorization.role_assignments.get(scope, name)):  # a re-run only reads
+            authorization.role_assignments.delete(scope, name)
             removed.append(role)
     return removed
 
