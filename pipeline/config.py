@@ -108,6 +108,15 @@ class LocalSettings(BaseModel):
     )
     port: int = Field(0, ge=0, le=65535, description="Scoring server port on 127.0.0.1; 0 picks a free port.")
     max_new_tokens_limit: int = Field(256, ge=1, le=4096, description="Cap on max_new_tokens a request may ask.")
+    max_request_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body the scoring server reads (413 above)."
+    )
+    generation_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Seconds one request may generate; the answer so far is returned then."
+    )
+    max_concurrent_generations: int = Field(
+        2, ge=1, le=64, description="Requests generating at once; more are refused at once with 503 and Retry-After."
+    )
     scoring_contract: ScoringContract = Field(
         "input_data", description="Request shape the chat flow and the pipeline use: input_data (the tutorial's "
                                   "/score body) or chat_completions (OpenAI-style); the server answers both.",

@@ -11,6 +11,10 @@ from pathlib import Path
 DEFAULT_PARAMETERS = {"temperature": 0.7, "max_new_tokens": 128}
 
 
+class PromptTooLong(ValueError):
+    """The conversation and the answer asked for do not fit the model's positions."""
+
+
 def find_checkpoint(model_dir: str | Path) -> Path:
     """The folder holding config.json under a model directory (an MLflow model keeps it in data/)."""
     root = Path(model_dir)
@@ -35,16 +39,29 @@ class ChatModel:
         self.model.eval()
         self._torch = torch
 
-    def chat(self, messages: list[dict], temperature: float, max_new_tokens: int) -> str:
+    @property
+    def max_positions(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
+
+    def chat(self, messages: list[dict], temperature: float, max_new_tokens: int,
+             max_time_s: float | None = None) -> str:
+        """The answer; generation stops after `max_time_s` with what it has. PromptTooLong if the prompt's tokens
+        plus `max_new_tokens` exceed the model's positions."""
         inputs = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
+        prompt_tokens = inputs["input_ids"].shape[1]
+        if prompt_tokens + max_new_tokens > self.max_positions:
+            raise PromptTooLong(f"the conversation is {prompt_tokens} tokens; with max_new_tokens {max_new_tokens} "
+                                f"the model takes at most {self.max_positions - max_new_tokens} input tokens "
+                                f"({self.max_positions} positions)")
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         with self._torch.no_grad():
             output = self.model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=1,
+                max_time=max_time_s,
                 eos_token_id=self.tokenizer.eos_token_id,
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                 **sampling,

@@ -21,11 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: E402
-from chat_model import DEFAULT_PARAMETERS, ChatModel  # noqa: E402
+from chat_model import DEFAULT_PARAMETERS, ChatModel, PromptTooLong  # noqa: E402
 
 logger = logging.getLogger(__name__)
 MAX_NEW_TOKENS_LIMIT = int(os.environ.get("PHI3_MAX_NEW_TOKENS_LIMIT", "256"))
+GENERATION_TIMEOUT_S = float(os.environ.get("PHI3_GENERATION_TIMEOUT_S", "30"))
 KNOWN_ROLES = ("system", "user", "assistant")
+# Below this a temperature divides the logits past float range and the probabilities become NaN.
+MIN_TEMPERATURE = 0.01
 model: ChatModel | None = None
 
 
@@ -45,8 +48,13 @@ def _messages(messages, field: str) -> list[dict]:
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in KNOWN_ROLES:
             raise BadRequest(f"field '{field}[{index}].role' must be one of {KNOWN_ROLES}")
-        if not isinstance(message.get("content"), str) or not message["content"].strip():
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
             raise BadRequest(f"field '{field}[{index}].content' must be non-empty text")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(f"field '{field}[{index}].content' is not valid Unicode (a lone surrogate)") from None
     return messages
 
 
@@ -54,8 +62,9 @@ def _sampling(given, prefix: str, length_field: str) -> tuple[float, int]:
     parameters = {"temperature": DEFAULT_PARAMETERS["temperature"],
                   length_field: DEFAULT_PARAMETERS["max_new_tokens"], **given}
     temperature, max_tokens = parameters["temperature"], parameters[length_field]
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise BadRequest(f"field '{prefix}temperature' must be a number from 0 to 2")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not (temperature == 0 or MIN_TEMPERATURE <= temperature <= 2):
+        raise BadRequest(f"field '{prefix}temperature' must be 0 (greedy) or a number from {MIN_TEMPERATURE} to 2")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_NEW_TOKENS_LIMIT:
         raise BadRequest(f"field '{prefix}{length_field}' must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT}")
     return float(temperature), max_tokens
@@ -68,6 +77,10 @@ def parse_request(raw: str | bytes | dict) -> tuple[list[dict], float, int, str]
         body = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
     except json.JSONDecodeError as error:
         raise BadRequest(f"body is not JSON: {error.msg}") from None
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts, or bytes not UTF-8
+        raise BadRequest(f"body is not acceptable JSON: {error}") from None
     if isinstance(body, dict) and "messages" in body:
         given = {key: body[key] for key in ("temperature", "max_tokens") if key in body}
         return (_messages(body["messages"], "messages"), *_sampling(given, "", "max_tokens"), "chat_completions")
@@ -75,7 +88,7 @@ def parse_request(raw: str | bytes | dict) -> tuple[list[dict], float, int, str]
     if not isinstance(input_data, dict):
         raise BadRequest("field 'input_data' (or, OpenAI-style, 'messages') must be an object")
     messages = _messages(input_data.get("input_string"), "input_data.input_string")
-    given = input_data.get("parameters") or {}
+    given = input_data.get("parameters", {})
     if not isinstance(given, dict):
         raise BadRequest("field 'input_data.parameters' must be an object")
     return (messages, *_sampling(given, "input_data.parameters.", "max_new_tokens"), "input_data")
@@ -84,9 +97,9 @@ def parse_request(raw: str | bytes | dict) -> tuple[list[dict], float, int, str]
 def run(raw_data):
     try:
         messages, temperature, max_tokens, contract = parse_request(raw_data)
-    except BadRequest as error:
+        answer = model.chat(messages, temperature, max_tokens, GENERATION_TIMEOUT_S)
+    except (BadRequest, PromptTooLong) as error:
         return AMLResponse({"error": str(error)}, 400, json_str=True)
-    answer = model.chat(messages, temperature, max_tokens)
     if contract == "chat_completions":
         return {"object": "chat.completion", "choices": [
             {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}

@@ -170,6 +170,26 @@ def test_server_checks_the_key_and_the_body(deployed):
     assert response.status_code == 200 and isinstance(response.json()["output"], str)
 
 
+def test_the_real_server_refuses_what_it_cannot_answer_with_4xx_and_stays_up(deployed):
+    target, _, deployment = deployed
+    url, auth = deployment.scoring_uri, {"Authorization": f"Bearer {target.endpoint_key(deployment)}"}
+    long_prompt = {"input_data": {"input_string": [{"role": "user", "content": "word " * 3000}],
+                                  "parameters": {"max_new_tokens": 64}}}
+    too_long = requests.post(url, json=long_prompt, headers=auth, timeout=60)
+    assert too_long.status_code == 400 and "at most 448 input tokens (512 positions)" in too_long.json()["error"]
+    oversized = {"input_data": {"input_string": [{"role": "user", "content": "x" * 1_000_000}]}}
+    try:
+        assert requests.post(url, json=oversized, headers=auth, timeout=30).status_code == 413
+    except requests.ConnectionError:  # waitress refuses past twice the limit and may close while we still write
+        pass
+    nested = "[" * 10_000 + "]" * 10_000
+    assert requests.post(url, data=nested, headers={**auth, "Content-Type": "application/json"},
+                         timeout=30).status_code == 400
+    started = time.monotonic()
+    assert requests.get(url.removesuffix("score"), timeout=1).ok and time.monotonic() - started < 1
+    assert requests.post(url, json=CHAT, headers=auth, timeout=60).status_code == 200
+
+
 def test_server_listens_on_loopback_only(deployed):
     _, _, deployment = deployed
     port = int(deployment.scoring_uri.split(":")[2].split("/")[0])

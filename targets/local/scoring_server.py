@@ -12,6 +12,7 @@ import hmac
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 from targets.local.workspace import write_json_atomic
@@ -22,44 +23,74 @@ SCORE_PATH = "/score"
 # OpenAI-style routes of the catalog's inference server, answered by the same scoring script.
 CHAT_COMPLETIONS_PATHS = ("/chat/completions", "/v1/chat/completions")
 SCORE_SCRIPT = Path(__file__).resolve().parents[2] / "serving" / "score.py"
+RETRY_AFTER_S = 1
+SPARE_THREADS = 4
 
 
-class BearerKeyAuth:
-    """WSGI middleware: every route but the health probe needs `Authorization: Bearer <key>`; the OpenAI-style
-    chat routes are served by the scoring route."""
+def _json(start_response, status: str, payload: dict, *headers: tuple[str, str]) -> list[bytes]:
+    body = json.dumps(payload).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers])
+    return [body]
 
-    def __init__(self, app, key: str):
+
+class ScoringGate:
+    """WSGI middleware in front of the scoring app, so the server stays bounded and responsive:
+    - `GET /` (the health probe) is answered here, without the app, whatever the load;
+    - every other route needs `Authorization: Bearer <key>` (401);
+    - a body over `max_body_bytes` is refused with a JSON 413 (waitress itself refuses, with a plain 413 and
+      without reading it, any body over twice that, chunked ones included);
+    - at most `max_generations` requests are in the app at once: one more is refused at once (503,
+      Retry-After), not queued, so a client never waits behind a flood;
+    - the OpenAI-style chat routes are served by the scoring route (score.py tells the contract by the body).
+    """
+
+    def __init__(self, app, key: str, max_body_bytes: int, max_generations: int):
         self.app = app
         self.expected = f"Bearer {key}".encode()
+        self.max_body_bytes = max_body_bytes
+        self.generating = threading.BoundedSemaphore(max_generations)
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == HEALTH_PATH and environ.get("REQUEST_METHOD") == "GET":
-            return self.app(environ, start_response)
-        given = environ.get("HTTP_AUTHORIZATION", "").encode()
-        if hmac.compare_digest(given, self.expected):
+            return _json(start_response, "200 OK", {"status": "healthy"})
+        if not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", "").encode(), self.expected):
+            return _json(start_response, "401 Unauthorized",
+                         {"error": "missing or invalid key: send 'Authorization: Bearer <key>'"},
+                         ("WWW-Authenticate", "Bearer"))
+        length = environ.get("CONTENT_LENGTH") or "0"
+        if not length.isdigit() or int(length) > self.max_body_bytes:
+            return _json(start_response, "413 Request Entity Too Large",
+                         {"error": f"request body over {self.max_body_bytes} bytes (local.max_request_bytes)"})
+        if not self.generating.acquire(blocking=False):
+            return _json(start_response, "503 Service Unavailable",
+                         {"error": "the server is busy generating other answers; retry shortly"},
+                         ("Retry-After", str(RETRY_AFTER_S)))
+        try:
             if environ.get("PATH_INFO") in CHAT_COMPLETIONS_PATHS:
-                environ["PATH_INFO"] = SCORE_PATH  # score.py tells the contract by the body
-            return self.app(environ, start_response)
-        body = json.dumps({"error": "missing or invalid key: send 'Authorization: Bearer <key>'"}).encode()
-        start_response("401 Unauthorized", [("Content-Type", "application/json"),
-                                            ("Content-Length", str(len(body))),
-                                            ("WWW-Authenticate", "Bearer")])
-        return [body]
+                environ["PATH_INFO"] = SCORE_PATH
+            return list(self.app(environ, start_response))  # generated in full while the slot is held
+        finally:
+            self.generating.release()
 
 
 def serve(deployment_dir: Path) -> None:
     import waitress
 
     spec = json.loads((deployment_dir / "spec.json").read_text(encoding="utf-8"))
+    limits = spec["limits"]
     os.environ["AZUREML_ENTRY_SCRIPT"] = str(SCORE_SCRIPT)
     os.environ["AZUREML_MODEL_DIR"] = spec["model_dir"]
-    os.environ["PHI3_MAX_NEW_TOKENS_LIMIT"] = str(spec["max_new_tokens_limit"])
+    os.environ["PHI3_MAX_NEW_TOKENS_LIMIT"] = str(limits["max_new_tokens"])
+    os.environ["PHI3_GENERATION_TIMEOUT_S"] = str(limits["generation_timeout_s"])
     key = Path(spec["key_file"]).read_text(encoding="utf-8").strip()
 
     from azureml_inference_server_http.server.create_app import create
 
-    app = BearerKeyAuth(create(), key)
-    server = waitress.create_server(app, host=LOOPBACK, port=spec["port"], threads=4)
+    app = ScoringGate(create(), key, limits["max_request_bytes"], limits["max_concurrent_generations"])
+    # threads beyond the generation slots answer health probes and refusals while every slot generates
+    server = waitress.create_server(app, host=LOOPBACK, port=spec["port"],
+                                    threads=limits["max_concurrent_generations"] + SPARE_THREADS,
+                                    max_request_body_size=2 * limits["max_request_bytes"])
     write_json_atomic(deployment_dir / "state.json", {
         "pid": os.getpid(), "host": LOOPBACK, "port": server.effective_port,
         "model_version": spec["model_version"],

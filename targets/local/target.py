@@ -307,13 +307,20 @@ class LocalTarget(Target):
                              model_version=spec.get("model_version", 0), job_name=spec.get("job_name", ""),
                              created=created, contract=self.settings.local.scoring_contract)
 
+    def _serving_limits(self) -> dict:
+        local = self.settings.local
+        return {"max_new_tokens": local.max_new_tokens_limit, "max_request_bytes": local.max_request_bytes,
+                "generation_timeout_s": local.generation_timeout_s,
+                "max_concurrent_generations": local.max_concurrent_generations}
+
     def deploy(self, model: ModelRef) -> DeploymentRef:
         """The model's server, started beside the live one (or found running); traffic moves in go_live."""
         deployment_dir = self.ws.dir("deployments", f"{model.name}-v{model.version}")
         with self.ws.lock(f"endpoint-{self.endpoint_name}"):
             state = self._server_state(deployment_dir)
             spec = read_json(deployment_dir / "spec.json") or {}
-            if state and spec.get("key_sha256") != self.ws.key_fingerprint():  # the key was replaced
+            if state and (spec.get("key_sha256") != self.ws.key_fingerprint()  # the key was replaced
+                          or spec.get("limits") != self._serving_limits()):  # or the server's limits changed
                 _stop_process(state["pid"])
                 state = None
             created = state is None
@@ -359,7 +366,7 @@ class LocalTarget(Target):
             "model_dir": model.uri, "model_version": model.version, "job_name": model.job_name,
             "key_file": str(self.ws.key_file),
             "key_sha256": self.ws.key_fingerprint(),
-            "port": port, "max_new_tokens_limit": self.settings.local.max_new_tokens_limit,
+            "port": port, "limits": self._serving_limits(),
         })
         pid = _spawn(SERVER_MODULE, deployment_dir, "server.log")
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S

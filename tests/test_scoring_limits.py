@@ -1,0 +1,136 @@
+"""The scoring server stays bounded: its request parser turns any body into a parsed request or a 400 (never a
+5xx), and its gate answers health probes at once, refuses oversized bodies (413) and extra concurrent
+generations (503 with Retry-After, at once). The gate runs here in front of a stand-in app on a real waitress
+server; the real model behind it is tested in test_local_target.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import waitress
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from targets.local.scoring_server import ScoringGate
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "serving"))
+from score import BadRequest, parse_request  # noqa: E402
+
+KEY = "k" * 43
+AUTH = {"Authorization": f"Bearer {KEY}"}
+USER = [{"role": "user", "content": "Who founded Microsoft?"}]
+
+
+def valid(**parameters) -> dict:
+    return {"input_data": {"input_string": USER, "parameters": parameters}}
+
+
+@pytest.mark.parametrize("raw", [
+    "[" * 10_000 + "]" * 10_000,  # nesting past Python's recursion limit
+    json.dumps(valid()).replace("Who founded", "\\ud800 founded"),  # a lone surrogate in content
+    json.dumps(valid(temperature=1e-320)),  # probabilities would become NaN
+    '{"input_data": {"input_string": [{"role": "user", "content": "x"}], "parameters": {"max_new_tokens": '
+    + "9" * 5000 + "}}}",  # more digits than Python converts
+    b"\xff\xfe not utf-8",
+    *[json.dumps({"input_data": {"input_string": USER, "parameters": falsy}}) for falsy in (False, 0, "", [])],
+    json.dumps({"messages": USER, "max_tokens": True}),
+    json.dumps({"messages": [], "max_tokens": 8}),
+])
+def test_malformed_bodies_that_used_to_be_500s_are_400s(raw):
+    with pytest.raises(BadRequest):
+        parse_request(raw)
+
+
+def test_both_contracts_parse_to_the_same_request():
+    assert parse_request(json.dumps(valid(temperature=0, max_new_tokens=8)))[:3] == (USER, 0.0, 8)
+    assert parse_request(json.dumps({"messages": USER, "temperature": 0, "max_tokens": 8})) == \
+        (USER, 0.0, 8, "chat_completions")
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children,
+                                                                                        max_size=4), max_leaves=12)
+MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "robot", 1]),
+                                           "content": st.one_of(st.text(), st.integers(), st.none())}), max_size=3)
+PARAMETERS = st.one_of(JSON, st.fixed_dictionaries({}, optional={
+    "temperature": st.one_of(st.floats(allow_nan=True), st.integers(), st.booleans(), st.text()),
+    "max_new_tokens": st.one_of(st.integers(), st.floats(), st.booleans(), st.none())}))
+BODIES = st.one_of(
+    JSON,
+    st.builds(lambda m, p: {"input_data": {"input_string": m, "parameters": p}}, MESSAGES, PARAMETERS),
+    st.builds(lambda m, p: {"messages": m, **(p if isinstance(p, dict) else {})}, MESSAGES, PARAMETERS),
+)
+
+
+@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=BODIES, as_text=st.booleans())
+def test_any_body_is_parsed_or_refused_with_a_400_never_an_error(body, as_text):
+    try:
+        raw = json.dumps(body) if as_text else body
+    except ValueError:  # NaN and the like: what a client cannot send as JSON text
+        return
+    try:
+        messages, temperature, max_tokens, contract = parse_request(raw)
+    except BadRequest as refusal:
+        assert str(refusal)
+        return
+    assert messages and (temperature == 0 or 0.01 <= temperature <= 2) and 1 <= max_tokens <= 256
+    assert contract in ("input_data", "chat_completions")
+
+
+@pytest.fixture
+def gate():
+    """The gate (1 generation slot, 4 KiB bodies) on a real waitress server, before an app whose requests
+    block until released."""
+    release, entered = threading.Event(), threading.Semaphore(0)
+
+    def slow_app(environ, start_response):
+        entered.release()
+        release.wait(30)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"output": "done"}']
+
+    server = waitress.create_server(ScoringGate(slow_app, KEY, 4096, 1), host="127.0.0.1", port=0, threads=5,
+                                    max_request_body_size=8192)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}", release, entered
+    finally:
+        release.set()
+        server.close()
+
+
+def test_the_health_probe_and_refusals_answer_at_once_while_every_slot_generates(gate):
+    base, release, entered = gate
+    with ThreadPoolExecutor(4) as pool:
+        busy = pool.submit(requests.post, f"{base}/score", json=valid(), headers=AUTH, timeout=30)
+        assert entered.acquire(timeout=10), "the first request is generating"
+        started = time.monotonic()
+        assert requests.get(f"{base}/", timeout=1).json() == {"status": "healthy"}
+        refused = requests.post(f"{base}/score", json=valid(), headers=AUTH, timeout=2)
+        assert time.monotonic() - started < 1
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1" and "busy" in refused.json()["error"]
+        release.set()
+        assert busy.result().json() == {"output": "done"}
+    assert requests.post(f"{base}/v1/chat/completions", json={"messages": USER}, headers=AUTH, timeout=5).ok
+
+
+def test_oversized_bodies_get_a_json_413_and_a_wrong_key_a_401(gate):
+    base, _, _ = gate
+    too_big = requests.post(f"{base}/score", data=b"x" * 5000, headers={**AUTH, "Content-Type": "application/json"},
+                            timeout=5)
+    assert too_big.status_code == 413 and "local.max_request_bytes" in too_big.json()["error"]
+    try:  # refused by waitress before it is read; it may close the socket while the client still writes
+        assert requests.post(f"{base}/score", data=b"x" * 1_000_000, headers=AUTH, timeout=5).status_code == 413
+    except requests.ConnectionError:
+        pass
+    assert requests.get(f"{base}/", timeout=1).ok
+    assert requests.post(f"{base}/score", json=valid(), timeout=5).status_code == 401
