@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import os
 import sys
 from collections.abc import Callable
 
@@ -9,7 +12,13 @@ from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
 from pipeline.chat_data import check_source
-from pipeline.config import VM_PRICES_AS_OF, PipelineSettings, TeardownSettings
+from pipeline.config import (
+    VM_PRICES_AS_OF,
+    PipelineSettings,
+    TeardownSettings,
+    unknown_environment_settings,
+    unknown_setting,
+)
 from pipeline.errors import ConfigError, PipelineError, TransientError
 from targets import get_target, plan_run
 from targets.base import UNPRICED, PlanItem, TeardownReport, raise_if_short
@@ -19,18 +28,38 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+class FlagParser(argparse.ArgumentParser):
+    """argparse that fails with one ConfigError (suggesting the closest flag) instead of usage text and exit."""
+
+    def error(self, message: str):
+        unknown = message.removeprefix("unrecognized arguments: ").split() if "unrecognized" in message else []
+        flags = [flag for flag in unknown if flag.startswith("--")]
+        if flags:
+            close = difflib.get_close_matches(flags[0], list(self._option_string_actions), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"invalid configuration: unknown flag {flags[0]}{hint}; see --help")
+        raise ConfigError(f"invalid configuration: {message}; see --help")
+
+
+def _problem(model: type[PipelineSettings], item: dict) -> str:
+    path = tuple(str(part) for part in item["loc"])
+    if item["type"] == "extra_forbidden":
+        return unknown_setting(model, path)
+    return f"{'.'.join(path) or 'settings'}: {item['msg'].removeprefix('Value error, ')}"
+
+
 def load_settings(argv: list[str], prog: str, model: type[PipelineSettings] = PipelineSettings) -> PipelineSettings:
-    """Parse flags (highest precedence) over env and config file; --help lists every option."""
-    source = CliSettingsSource(model, cli_prog_name=prog, cli_implicit_flags=True)
+    """Parse flags (highest precedence) over env and config file; --help lists every option. A key that names
+    no setting, at any level of the file, the environment or the flags, is an error suggesting the closest."""
+    source = CliSettingsSource(model, cli_prog_name=prog, cli_implicit_flags=True,
+                               root_parser=FlagParser(prog=prog, description=model.__doc__, allow_abbrev=False))
+    if problems := unknown_environment_settings(model, dict(os.environ)):
+        raise ConfigError(f"invalid configuration: {'; '.join(problems)}")
     try:
         return model(**source(args=argv)())
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg'].removeprefix('Value error, ')}"
-            for item in error.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
-    except ValueError as error:  # e.g. a config file that does not exist
+        raise ConfigError(f"invalid configuration: {'; '.join(_problem(model, i) for i in error.errors())}") from None
+    except ValueError as error:  # e.g. a config file that does not exist or does not parse
         raise ConfigError(f"invalid configuration: {error}") from None
 
 

@@ -62,7 +62,8 @@ def check_jsonl(path: Path) -> int:
     """Validate every line of a JSON Lines file before `datasets` parses it; return the record count."""
     count = 0
     with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+        lines = _utf8_lines(handle, path)
+        for line_number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{line_number}"
@@ -75,6 +76,17 @@ def check_jsonl(path: Path) -> int:
     if count == 0:
         raise DatasetError(f"{path}: no records")
     return count
+
+
+def _utf8_lines(handle, path: Path):
+    """The file's lines; a DatasetError naming the file and line at the first byte that is not UTF-8."""
+    line_number = 0
+    try:
+        for line_number, line in enumerate(handle, start=1):  # noqa: B007 - the number names the bad line
+            yield line
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path}:{line_number + 1}: not UTF-8 text (byte {error.object[error.start]:#04x}); "
+                           "save the file as UTF-8") from None
 
 
 def source_path(settings: DatasetSettings, scratch_dir: Path) -> Path | None:
@@ -92,6 +104,8 @@ def check_json_file(path: Path) -> int:
             records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             return check_jsonl(path)  # many .json chat files are JSON Lines
+        except UnicodeDecodeError:
+            return check_jsonl(path)  # names the first line that is not UTF-8
         if not isinstance(records, list) or not records:
             raise DatasetError(f"{path}: expected a JSON array of records or JSON Lines")
         for index, record in enumerate(records):
@@ -105,6 +119,8 @@ def check_source(settings: DatasetSettings, scratch_dir: Path) -> None:
     path = source_path(settings, scratch_dir)
     if path is not None and path.suffix in (".jsonl", ".json") and path.is_file():
         check_json_file(path)
+    elif path is not None and path.is_dir():
+        check_folder_split(path, _split_name(settings.split))
 
 
 def load_split(settings: DatasetSettings, scratch_dir: Path):
@@ -113,11 +129,12 @@ def load_split(settings: DatasetSettings, scratch_dir: Path):
 
     datasets.disable_progress_bars()
     path = source_path(settings, scratch_dir)
-    split_name = re.split(r"[\[+]", settings.split, maxsplit=1)[0]
+    split_name = _split_name(settings.split)
     try:
         if path is None:
             return datasets.load_dataset(settings.source, split=settings.split)
         if path.is_dir():
+            check_folder_split(path, split_name)
             return datasets.load_dataset(str(path), split=settings.split)
         loader = LOADERS_BY_SUFFIX.get(path.suffix)
         if loader is None:
@@ -129,6 +146,21 @@ def load_split(settings: DatasetSettings, scratch_dir: Path):
         )
     except (ValueError, FileNotFoundError) as error:
         raise DatasetError(f"cannot load dataset {settings.source!r} split {settings.split!r}: {error}") from None
+
+
+def _split_name(split: str) -> str:
+    """`train_sft[:1%]` -> `train_sft`."""
+    return re.split(r"[\[+]", split, maxsplit=1)[0]
+
+
+def check_folder_split(path: Path, split_name: str) -> None:
+    """A folder of data files must hold the split asked for (the error lists the splits `datasets` finds)."""
+    import datasets  # heavy import, only for a folder source
+
+    found = sorted(datasets.load_dataset_builder(str(path)).config.data_files or {})
+    if split_name not in found:
+        raise DatasetError(f"{path} has no split {split_name!r} (dataset.split); splits found there: "
+                           f"{', '.join(found) or 'none'}")
 
 
 def split_and_write(settings: DatasetSettings, scratch_dir: Path) -> SplitFiles:

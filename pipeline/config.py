@@ -6,12 +6,15 @@ nested with "__") < command-line flags (--training.learning_rate ...).
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +24,7 @@ from pydantic_settings import (
 
 BUILTIN_SAMPLE = "builtin:ultrachat-sample"
 BUILTIN_BASE_MODEL = "builtin:tiny-phi3"
+ENV_PREFIX = "PHI3_"
 CONFIG_FILE_ENV = "PHI3_CONFIG"
 DEFAULT_CONFIG_FILE = Path("phi3-pipeline.toml")
 
@@ -42,7 +46,13 @@ SchedulerType = Literal[
 ]
 
 
-class DatasetSettings(BaseModel):
+class StrictModel(BaseModel):
+    """A settings section: an unknown key (a typo) is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSettings(StrictModel):
     """Where the chat data comes from and how it is split (the tutorial's ultrachat 1 % slice)."""
 
     source: str = Field(
@@ -57,13 +67,13 @@ class DatasetSettings(BaseModel):
         description="Split slice to load, in `datasets` syntax, e.g. train_sft[:1%] for the tutorial's slice.",
     )
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of records held out as test data.")
-    seed: int = Field(42, description="Seed of the train/test split and of training.")
+    seed: int = Field(42, ge=0, lt=2**32, description="Seed of the train/test split and of training (0 to 2^32-1).")
     sample_size: int = Field(
         240, ge=200, le=20000, description=f"Number of conversations {BUILTIN_SAMPLE} generates."
     )
 
 
-class TrainingSettings(BaseModel):
+class TrainingSettings(StrictModel):
     """The fine-tune's base model and the tutorial's 'advanced settings'."""
 
     base_model: str = Field(
@@ -86,7 +96,7 @@ class TrainingSettings(BaseModel):
     )
 
 
-class EvaluationSettings(BaseModel):
+class EvaluationSettings(StrictModel):
     """The gate a retrained model passes before it takes the live model's traffic (blue/green)."""
 
     questions: int = Field(
@@ -100,7 +110,7 @@ class EvaluationSettings(BaseModel):
     max_new_tokens: int = Field(48, ge=1, le=1024, description="Answer length asked of each model.")
 
 
-class LocalSettings(BaseModel):
+class LocalSettings(StrictModel):
     """Where the local target keeps its workspace and serves the model."""
 
     workspace_dir: Path = Field(
@@ -123,7 +133,7 @@ class LocalSettings(BaseModel):
     )
 
 
-class AzureTrainingSettings(BaseModel):
+class AzureTrainingSettings(StrictModel):
     """The fine-tune's settings on Azure (the tutorial's "advanced settings"). Unset, each takes the catalog
     model's own default (`model_specific_defaults` in its registry entry); a learning rate outside the
     model's published range is refused before anything is created."""
@@ -136,7 +146,7 @@ class AzureTrainingSettings(BaseModel):
     )
 
 
-class AzureSettings(BaseModel):
+class AzureSettings(StrictModel):
     """The Azure resources of the tutorial; the model and VM sizes are read from the catalog at run time."""
 
     subscription_id: str | None = Field(None, description="Azure subscription id.")
@@ -192,7 +202,7 @@ class PipelineSettings(BaseSettings):
     """Everything a run needs; every field has a default that works offline on the local target."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PHI3_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
@@ -221,9 +231,10 @@ class PipelineSettings(BaseSettings):
         pattern=r"^[A-Za-z0-9_]{1,64}$",
         description="Name of the Prompt flow custom connection the chat flow uses.",
     )
-    smoke_chat_timeout_s: float = Field(180.0, gt=0, description="Seconds the smoke chat may take.")
+    smoke_chat_timeout_s: float = Field(180.0, gt=0, le=3600, description="Seconds the smoke chat may take.")
     job_timeout_s: float = Field(
-        21600.0, gt=0, description="Seconds the run waits for the fine-tune job (it keeps running after)."
+        21600.0, gt=0, le=7 * 86400,
+        description="Seconds the run waits for the fine-tune job (it keeps running after; at most a week)."
     )
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
@@ -242,12 +253,7 @@ class PipelineSettings(BaseSettings):
     @classmethod
     def _base_model_exists(cls, value: TrainingSettings) -> TrainingSettings:
         if value.base_model != BUILTIN_BASE_MODEL:
-            path = Path(value.base_model).expanduser()
-            if not (path / "config.json").is_file():
-                raise ValueError(
-                    f"training.base_model must be {BUILTIN_BASE_MODEL} or a local Hugging Face checkpoint "
-                    f"folder with a config.json; not found: {value.base_model}"
-                )
+            _check_checkpoint(Path(value.base_model).expanduser(), value.base_model)
         return value
 
     @model_validator(mode="after")
@@ -292,6 +298,61 @@ class TeardownSettings(PipelineSettings):
     )
 
 
+def setting_names(model: type[BaseModel], path: tuple[str, ...] = ()) -> list[str]:
+    """The names a section (`path` into the settings) takes: a typo's closest match is suggested from these."""
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def unknown_setting(model: type[BaseModel], path: tuple[str, ...]) -> str:
+    """'<dotted path>: no such setting (did you mean <closest>?)' for a key the settings do not have."""
+    *section, name = path
+    close = difflib.get_close_matches(name, setting_names(model, tuple(section)), n=1)
+    hint = f" (did you mean {'.'.join([*section, close[0]])}?)" if close else ""
+    return f"{'.'.join(path)}: no such setting{hint}"
+
+
+def unknown_environment_settings(model: type[BaseModel], environ: dict[str, str]) -> list[str]:
+    """PHI3_* variables that name no setting (pydantic-settings ignores them silently), as error messages."""
+    problems = []
+    for variable in sorted(environ):
+        if not variable.upper().startswith(ENV_PREFIX) or variable.upper() == CONFIG_FILE_ENV:
+            continue
+        path = tuple(variable[len(ENV_PREFIX):].lower().split("__"))
+        for depth in range(1, len(path) + 1):
+            names = setting_names(model, path[:depth - 1])
+            if not names:  # a leaf such as a dict setting takes any key below it
+                break
+            if path[depth - 1] not in names:
+                problems.append(f"environment variable {variable}: {unknown_setting(model, path[:depth])}")
+                break
+    return problems
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def _check_checkpoint(path: Path, given: str) -> None:
+    """A Hugging Face checkpoint folder: a config.json that parses, and a tokenizer."""
+    config = path / "config.json"
+    if not config.is_file():
+        raise ValueError(f"training.base_model must be {BUILTIN_BASE_MODEL} or a local Hugging Face checkpoint "
+                         f"folder with a config.json; not found: {given}")
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"training.base_model: {config} is not valid JSON ({error})") from None
+    if not isinstance(parsed, dict) or "model_type" not in parsed:
+        raise ValueError(f"training.base_model: {config} has no model_type; is it a Hugging Face model config?")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"training.base_model: {path} has no tokenizer ({', '.join(TOKENIZER_FILES)})")
+
+
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet"))
 
@@ -302,5 +363,12 @@ def _config_file_path(init_settings: PydanticBaseSettingsSource) -> Path | None:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise ValueError(f"config file not found: {path}")
-        return path
-    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+    elif DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    else:
+        return None
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"config file {path} is not valid TOML: {error}") from None
+    return path

@@ -24,8 +24,8 @@ from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: 
 from chat_model import DEFAULT_PARAMETERS, ChatModel, PromptTooLong  # noqa: E402
 
 logger = logging.getLogger(__name__)
-MAX_NEW_TOKENS_LIMIT = int(os.environ.get("PHI3_MAX_NEW_TOKENS_LIMIT", "256"))
-GENERATION_TIMEOUT_S = float(os.environ.get("PHI3_GENERATION_TIMEOUT_S", "30"))
+MAX_NEW_TOKENS_LIMIT = int(os.environ.get("SCORING_MAX_NEW_TOKENS", "256"))
+GENERATION_TIMEOUT_S = float(os.environ.get("SCORING_GENERATION_TIMEOUT_S", "30"))
 KNOWN_ROLES = ("system", "user", "assistant")
 # Below this a temperature divides the logits past float range and the probabilities become NaN.
 MIN_TEMPERATURE = 0.01

@@ -6,6 +6,7 @@ server; the real model behind it is tested in test_local_target.py."""
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ import waitress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from targets.local.scoring_server import ScoringGate
+from targets.local.scoring_server import ScoringGate, answer_waitress_errors_generically
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "serving"))
@@ -97,6 +98,7 @@ def gate():
         start_response("200 OK", [("Content-Type", "application/json")])
         return [b'{"output": "done"}']
 
+    answer_waitress_errors_generically()
     server = waitress.create_server(ScoringGate(slow_app, KEY, 4096, 1), host="127.0.0.1", port=0, threads=5,
                                     max_request_body_size=8192)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -134,3 +136,13 @@ def test_oversized_bodies_get_a_json_413_and_a_wrong_key_a_401(gate):
         pass
     assert requests.get(f"{base}/", timeout=1).ok
     assert requests.post(f"{base}/score", json=valid(), timeout=5).status_code == 401
+
+
+def test_a_malformed_header_line_is_refused_without_echoing_it(gate):
+    base, _, _ = gate
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        connection.sendall(f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization Bearer {KEY}\r\n"
+                           "Content-Length: 2\r\n\r\n{}".encode())
+        answer = connection.recv(65536).decode(errors="replace")
+    assert " 400 Bad Request" in answer.splitlines()[0] and KEY not in answer and '{"error": "Bad Request"}' in answer

@@ -73,15 +73,29 @@ class ScoringGate:
             self.generating.release()
 
 
+def answer_waitress_errors_generically() -> None:
+    """waitress puts what it could not parse into its own error bodies (a malformed `Authorization` line comes
+    back with the key in it) and has no setting against it: its errors are answered as JSON naming only the
+    reason."""
+    from waitress import utilities
+
+    def to_response(error, ident=None):
+        body = json.dumps({"error": error.reason}).encode()
+        return f"{error.code} {error.reason}", [("Content-Type", "application/json")], body
+
+    utilities.Error.to_response = to_response
+
+
 def serve(deployment_dir: Path) -> None:
     import waitress
 
+    answer_waitress_errors_generically()
     spec = json.loads((deployment_dir / "spec.json").read_text(encoding="utf-8"))
     limits = spec["limits"]
     os.environ["AZUREML_ENTRY_SCRIPT"] = str(SCORE_SCRIPT)
     os.environ["AZUREML_MODEL_DIR"] = spec["model_dir"]
-    os.environ["PHI3_MAX_NEW_TOKENS_LIMIT"] = str(limits["max_new_tokens"])
-    os.environ["PHI3_GENERATION_TIMEOUT_S"] = str(limits["generation_timeout_s"])
+    os.environ["SCORING_MAX_NEW_TOKENS"] = str(limits["max_new_tokens"])
+    os.environ["SCORING_GENERATION_TIMEOUT_S"] = str(limits["generation_timeout_s"])
     key = Path(spec["key_file"]).read_text(encoding="utf-8").strip()
 
     from azureml_inference_server_http.server.create_app import create
