@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -68,6 +69,8 @@ def preflight(settings: PipelineSettings) -> None:
     target = get_target(settings)
     check_source(settings.dataset, target.scratch_dir())
     raise_if_short(target.check_resources())
+    for note in target.notices():
+        print(f"warning: {note}", file=sys.stderr)
 
 
 def _fail(error: BaseException) -> int:
@@ -88,6 +91,24 @@ def print_plan(items: list[PlanItem]) -> None:
           "Nothing was created.")
 
 
+class WithoutExpectedTracebacks(logging.Filter):
+    """Prefect logs a failed task's or flow's exception with its traceback; for an expected error (a
+    PipelineError, which says what to do) the one `error:` line is enough. Tracebacks of bugs stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PipelineError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_tracebacks() -> None:
+    """Put the filter on every handler Prefect and the root logger have (Prefect sets them up on import)."""
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            if not any(isinstance(f, WithoutExpectedTracebacks) for f in handler.filters):
+                handler.addFilter(WithoutExpectedTracebacks())
+
+
 def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Callable,
          model: type[PipelineSettings] = PipelineSettings) -> int:
     """Settings, checks, then the flow; any failure ends in one `error:` line and a non-zero exit."""
@@ -100,7 +121,7 @@ def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Cal
     except (PipelineError, TransientError, OSError) as error:  # e.g. a folder that cannot be written
         return _fail(error)
     try:
-        result = run(settings)
+        result = run(settings)  # imports the flow, and with it Prefect's logging set-up
     except KeyboardInterrupt:
         print("interrupted: a running fine-tune job keeps going; run the same command again to resume",
               file=sys.stderr)
@@ -114,6 +135,8 @@ def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Cal
 def _run_pipeline(settings: PipelineSettings) -> dict:
     from flows.full_pipeline import full_pipeline
 
+    if not settings.verbose:
+        quiet_expected_tracebacks()
     return full_pipeline(settings)
 
 
@@ -131,6 +154,8 @@ def _print_answer(settings: PipelineSettings, result: dict) -> None:
 def _run_teardown(settings: TeardownSettings) -> TeardownReport:
     from flows.teardown import teardown
 
+    if not settings.verbose:
+        quiet_expected_tracebacks()
     return teardown(PipelineSettings(**settings.model_dump(exclude={"older_than_hours"})), settings.older_than_hours)
 
 

@@ -157,7 +157,7 @@ def check_folder_split(path: Path, split_name: str) -> None:
     """A folder of data files must hold the split asked for (the error lists the splits `datasets` finds)."""
     import datasets  # heavy import, only for a folder source
 
-    found = sorted(datasets.load_dataset_builder(str(path)).config.data_files or {})
+    found = sorted(str(split) for split in datasets.load_dataset_builder(str(path)).config.data_files or {})
     if split_name not in found:
         raise DatasetError(f"{path} has no split {split_name!r} (dataset.split); splits found there: "
                            f"{', '.join(found) or 'none'}")

@@ -9,8 +9,8 @@ class ConfigError(PipelineError):
     """The configuration or an input the user gave is invalid; raised before any work starts."""
 
 
-class DatasetError(PipelineError):
-    """A dataset record is malformed; the message names the file, line and field."""
+class DatasetError(ConfigError):
+    """The data the user gave is malformed; the message names the file, line and field."""
 
 
 class InsufficientResourcesError(PipelineError):

@@ -1,11 +1,14 @@
 """Bad input from the terminal ends in one clear line and a non-zero exit, never a traceback."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def assert_one_line_error(result, *fragments):
@@ -65,3 +68,23 @@ def test_azure_target_without_its_workspace_is_refused_before_any_work(workspace
     env = {**workspace_env, "PHI3_AZURE": json.dumps({"subscription_id": "s", "resource_group": "g"})}
     result = run_cli("flows.full_pipeline", "--target", "azure", env=env)
     assert_one_line_error(result, "target=azure needs azure.workspace_name, azure.location")
+
+
+def test_prefect_logs_an_expected_error_without_its_traceback_and_a_bug_with_it():
+    script = (
+        "import logging\nfrom prefect import flow  # noqa: F401 - sets Prefect's logging up, as the CLI's flow import does\n"
+        "from flows.cli import quiet_expected_tracebacks\n"
+        "from pipeline.errors import PipelineError\n"
+        "quiet_expected_tracebacks()\n"
+        "log = logging.getLogger('prefect.flow_engine')\n"
+        "for error in (PipelineError('the model is retired'), KeyError('a bug')):\n"
+        "    try:\n"
+        "        raise error\n"
+        "    except Exception:\n"
+        "        log.error('Task run failed with exception: %r', error, exc_info=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PREFECT_LOGGING_TO_API_ENABLED": "false"})
+    output = done.stdout + done.stderr
+    assert "the model is retired" in output and "a bug" in output
+    assert output.count("Traceback") == 1 and "Traceback" in output.split("the model is retired")[1]

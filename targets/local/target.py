@@ -130,6 +130,16 @@ class LocalTarget(Target):
                 "training": self.settings.training.model_dump(exclude={"base_model"}),
                 "seed": self.settings.dataset.seed}
 
+    def notices(self) -> list[str]:
+        """A local.port the live server does not hold: say what a run will do with it."""
+        port, live = self.settings.local.port, self.live_deployment()
+        live_port = int(live.scoring_uri.rsplit(":", 1)[1].split("/")[0]) if live else None
+        if not port or live_port in (None, port):
+            return []
+        return [f"local.port is {port} but {live.deployment_name} serves on port {live_port}: a newly trained "
+                f"model starts on port {port}; if this run's model is the one serving, it keeps port {live_port} "
+                "(tear it down first to move it)"]
+
     # ---- identity and RBAC -------------------------------------------------------------------
     def scratch_dir(self) -> Path:
         return self.ws.dir("scratch")
