@@ -114,6 +114,16 @@ def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Cal
     """Settings, checks, then the flow; any failure ends in one `error:` line and a non-zero exit."""
     try:
         settings = load_settings(argv, prog, model)
+    except PipelineError as error:
+        return _fail(error)
+    try:
+        return _checked_run(settings, check, run, report)
+    finally:
+        get_target(settings).remove_scratch()  # what the checks and the plan prepared
+
+
+def _checked_run(settings: PipelineSettings, check: Callable, run: Callable, report: Callable) -> int:
+    try:
         if settings.plan:
             print_plan(plan_run(settings))
             return 0
@@ -162,6 +172,8 @@ def _run_teardown(settings: TeardownSettings) -> TeardownReport:
 def _print_report(settings: PipelineSettings, report: TeardownReport) -> None:
     print(f"removed: {', '.join(report.removed) or 'nothing'}")
     print(f"already gone: {', '.join(report.already_gone) or 'nothing'}")
+    if report.kept:
+        print(f"kept (not this workspace's): {', '.join(report.kept)}")
 
 
 def run_pipeline_cli(argv: list[str]) -> int:

@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 
 from flows.teardown import teardown
 from pipeline.config import PipelineSettings
-from tasks.common import StageSummary
+from tasks.common import StageSummary, one_run_per_workspace
 from tasks.connection import create_connection
 from tasks.dataset import prepare_dataset
 from tasks.deploy import deploy, go_live
@@ -28,10 +28,10 @@ from tasks.teardown import clean_up_after_failure
 
 
 @flow(name="phi3-full-pipeline")
+@one_run_per_workspace(makes_workspace=True)
 def full_pipeline(settings: PipelineSettings | None = None) -> dict:
     """Live model -> quota (and, on Azure, the catalog model) -> identity -> dataset -> fine-tune -> register -> deploy beside the live one ->
-    evaluation gate -> go live (100 % traffic) -> connection -> smoke chat."""
-    settings = settings or PipelineSettings()
+    evaluation gate -> go live (100 % traffic) -> connection -> smoke chat. One run per workspace at a time."""
     stages = StageSummary()
     if settings.plan:  # a dry run asked for from the UI: read calls only, nothing is created
         return {"plan": [item.model_dump() for item in dry_run(settings)], "stages": stages.rows()}

@@ -11,14 +11,16 @@ from prefect import flow
 
 from pipeline.config import PipelineSettings
 from targets.base import TeardownReport
+from tasks.common import one_run_per_workspace
 from tasks.teardown import tear_down
 
 
 @flow(name="phi3-teardown")
+@one_run_per_workspace(makes_workspace=False)
 def teardown(settings: PipelineSettings | None = None, older_than_hours: float | None = None) -> TeardownReport:
     """Delete the endpoint with its deployments and the connection; idempotent. With `older_than_hours`:
     every endpoint this project made that is older than that (the reaper)."""
-    return tear_down(settings or PipelineSettings(), older_than_hours)
+    return tear_down(settings, older_than_hours)
 
 
 if __name__ == "__main__":

@@ -223,6 +223,9 @@ class PipelineSettings(BaseSettings):
     plan: bool = Field(
         False, description="Only list what a run would create or reuse and its hourly cost (read calls only)."
     )
+    wait: bool = Field(
+        True, description="When another run holds the workspace, wait for it (--no-wait: fail at once naming it)."
+    )
     verbose: bool = Field(False, description="Log tracebacks of expected errors too (bugs always have theirs).")
     model_name: str = Field(
         "phi3-custom", pattern=r"^[a-z0-9][a-z0-9-]{1,40}$", description="Name of the registered model."

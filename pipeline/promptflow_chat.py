@@ -61,12 +61,16 @@ def connection_endpoint(name: str) -> str | None:
         return None
 
 
-def delete_connection(name: str) -> bool:
-    """Delete the connection; False if it was already gone."""
-    if connection_endpoint(name) is None:
-        return False
+def delete_connection(name: str, endpoint: str | None) -> str:
+    """Delete the connection if it points at `endpoint` (one HOME's connections are shared by every workspace:
+    another workspace's is kept). 'removed', 'gone' (there was none) or 'kept'."""
+    current = connection_endpoint(name)
+    if current is None:
+        return "gone"
+    if current != endpoint:
+        return "kept"
     _client().connections.delete(name)
-    return True
+    return "removed"
 
 
 def prepare_flow(dest: Path, connection_name: str) -> Path:

@@ -6,6 +6,8 @@ secret. Keys are fetched from the target when they are used (`endpoint_key`).
 
 from __future__ import annotations
 
+import os
+import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -141,6 +143,12 @@ def plan_resource_checks(checks: list[ResourceCheck]) -> list[PlanItem]:
 class TeardownReport(BaseModel):
     removed: list[str]
     already_gone: list[str]
+    kept: list[str] = []  # not this workspace's to remove, e.g. a connection pointing at another workspace
+
+    def note(self, what: str, outcome: str | bool) -> None:
+        """File `what` under its outcome: removed (True), gone (False) or kept."""
+        {True: self.removed, "removed": self.removed, False: self.already_gone, "gone": self.already_gone,
+         "kept": self.kept}[outcome].append(what)
 
 
 class Target(ABC):
@@ -168,8 +176,32 @@ class Target(ABC):
         """What a fine-tune job is made of besides its data (base model, settings): a change names a new job."""
 
     @abstractmethod
+    def local_root(self, create: bool = True) -> Path:
+        """The private local folder this target keeps its files in (made, owner-only, with `create`)."""
+
+    @property
+    def _scratch(self) -> str:
+        """This run's scratch folder name: the flow run's id, or the process's for the command line."""
+        return self.run_id if self.run_id != "cli" else f"cli-{os.getpid()}"
+
     def scratch_dir(self) -> Path:
-        """A private local folder for files a stage prepares before the target stores them."""
+        """A private local folder, this run's own, for files a stage prepares before the target stores them."""
+        path = self.local_root() / "scratch" / self._scratch
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def remove_scratch(self) -> None:
+        """Remove this run's scratch folder (making nothing if there is none)."""
+        shutil.rmtree(self.local_root(create=False) / "scratch" / self._scratch, ignore_errors=True)
+
+    def run_lock_file(self, create: bool) -> Path | None:
+        """The lock file that keeps runs on this workspace one at a time; None (without `create`) when the
+        local folder does not exist, so a teardown of a workspace that never was makes nothing."""
+        folder = self.local_root(create) / "locks"
+        if not create and not folder.is_dir():
+            return None
+        folder.mkdir(exist_ok=True)
+        return folder / "run.lock"
 
     @abstractmethod
     def ensure_identity(self) -> IdentityRef:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
 import requests
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.task_engine import TaskRunTimeoutError
 
 from pipeline.config import PipelineSettings
 from pipeline.errors import TransientError
+from pipeline.run_lock import run_lock
 from targets import get_target
 from targets.base import Target
 
@@ -29,6 +32,29 @@ def is_transient(task, task_run, state: State) -> bool:
 def stage_target(settings: PipelineSettings) -> Target:
     """The target a stage works on; what it creates is tagged with this flow run's id."""
     return get_target(settings, run_id=str(flow_run.id or "cli"))
+
+
+def one_run_per_workspace(makes_workspace: bool):
+    """Decorate a flow so it holds its workspace's run lock from start to end (a second run waits, naming the
+    holder, or with `wait` off fails at once) and removes its own scratch folder when it ends. A plan only
+    reads and takes no lock; without `makes_workspace` a workspace that does not exist is not made."""
+    def decorate(flow_function):
+        @functools.wraps(flow_function)
+        def holding_the_workspace(settings: PipelineSettings | None = None, *args, **kwargs):
+            settings = settings or PipelineSettings()
+            target = stage_target(settings)
+            lock_file = None if settings.plan else target.run_lock_file(create=makes_workspace)
+            if lock_file is None:
+                return flow_function(settings, *args, **kwargs)
+            logger = get_run_logger()
+            try:
+                with run_lock(lock_file, settings.wait,
+                              lambda holder: logger.info("another run holds this workspace (%s): waiting", holder)):
+                    return flow_function(settings, *args, **kwargs)
+            finally:
+                target.remove_scratch()
+        return holding_the_workspace
+    return decorate
 
 
 def stage_retries() -> dict:

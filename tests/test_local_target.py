@@ -261,7 +261,7 @@ def test_the_server_speaks_both_scoring_contracts_to_the_pipeline_and_the_chat_f
         flow = promptflow_chat.prepare_flow(tmp_path / "flow", "phi3_contract_test")
         assert promptflow_chat.run_chat_flow(flow, "Who founded Microsoft?", 120).strip()
     finally:
-        promptflow_chat.delete_connection("phi3_contract_test")
+        promptflow_chat.delete_connection("phi3_contract_test", deployment.scoring_uri)
 
 
 def test_a_replaced_key_restarts_the_server_with_the_new_key(deployed):

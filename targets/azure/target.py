@@ -98,9 +98,12 @@ class AzureTarget(Target):
         return {"catalog_model": self.model.asset_id, "hyperparameters": self.hyperparameters,
                 "cluster": self.azure.compute_name}
 
-    def scratch_dir(self) -> Path:
-        """Files prepared here before upload (the split, the chat flow), in the private local workspace."""
-        return Workspace(self.settings.local.workspace_dir).dir("azure", "scratch")
+    def local_root(self, create: bool = True) -> Path:
+        """Files prepared here before upload (the split, the chat flow), in the private local workspace, one
+        folder per Azure workspace."""
+        owner = content_hash([self.azure.subscription_id, self.azure.resource_group, self.azure.workspace_name])
+        local = Workspace(self.settings.local.workspace_dir)
+        return local.dir("azure", owner[:12]) if create else local.root / "azure" / owner[:12]
 
     # ---- names: derived from the workspace and the model, so a re-run finds what the last one made ----
     @property
@@ -334,21 +337,22 @@ class AzureTarget(Target):
     @translated
     def teardown(self) -> TeardownReport:
         """The endpoint and its deployments (what bills by the hour); with azure.teardown_everything also
-        the cluster and the Foundry connection, project and hub."""
-        removed, gone = [], []
-
-        def note(what: str, existed: bool) -> None:
-            (removed if existed else gone).append(what)
-
+        the cluster and the Foundry connection, project and hub. The local Prompt flow connection goes only if
+        it points at this endpoint."""
+        report = TeardownReport(removed=[], already_gone=[])
         ml, name = self.clients.ml, self.settings.connection_name
-        note(f"endpoint {self.endpoint_name}", online.delete_endpoint(ml, self.endpoint_name))
-        note(f"local connection {name}", promptflow_chat.delete_connection(name))
+        try:
+            scoring_uri = ml.online_endpoints.get(self.endpoint_name).scoring_uri
+        except ResourceNotFoundError:
+            scoring_uri = None
+        report.note(f"endpoint {self.endpoint_name}", online.delete_endpoint(ml, self.endpoint_name))
+        report.note(f"local connection {name}", promptflow_chat.delete_connection(name, scoring_uri))
         if self.azure.teardown_everything:
-            note(f"compute {self.azure.compute_name}", assets.delete_cluster(ml, self.azure.compute_name))
+            report.note(f"compute {self.azure.compute_name}", assets.delete_cluster(ml, self.azure.compute_name))
             for what, existed in foundry.delete_all(self.clients.resource_group_ml, self.clients.project_ml,
                                                     self.azure, name):
-                note(what, existed)
-        return TeardownReport(removed=removed, already_gone=gone)
+                report.note(what, existed)
+        return report
 
     @translated
     def sweep(self, older_than_hours: float) -> TeardownReport:

@@ -141,8 +141,10 @@ class LocalTarget(Target):
                 "(tear it down first to move it)"]
 
     # ---- identity and RBAC -------------------------------------------------------------------
-    def scratch_dir(self) -> Path:
-        return self.ws.dir("scratch")
+    def local_root(self, create: bool = True) -> Path:
+        if create:
+            self.ws.ensure()
+        return self.ws.root
 
     def ensure_identity(self) -> IdentityRef:
         self.ws.ensure()
@@ -438,16 +440,22 @@ class LocalTarget(Target):
 
     # ---- teardown ------------------------------------------------------------------------------
     def teardown(self) -> TeardownReport:
-        removed, gone = [], []
+        """The servers and the endpoint, and the Prompt flow connection if it points at this workspace's
+        endpoint (one HOME's connections are shared by every workspace). A workspace that never existed
+        is left unmade."""
+        if not self.ws.root.is_dir():
+            return TeardownReport(removed=[], already_gone=[f"workspace {self.ws.root}"])
+        report = TeardownReport(removed=[], already_gone=[])
         with self.ws.lock(f"endpoint-{self.endpoint_name}"):
             for deployment_dir in self._deployments():
-                (removed if self._stop_deployment(deployment_dir) else gone).append(f"server {deployment_dir.name}")
-            endpoint_file = self.ws.root / "endpoints" / f"{self.endpoint_name}.json"
-            (removed if endpoint_file.exists() else gone).append(f"endpoint {self.endpoint_name}")
+                report.note(f"server {deployment_dir.name}", self._stop_deployment(deployment_dir))
+            endpoint_file = self._endpoint_file()
+            ours = (read_json(endpoint_file) or {}).get("scoring_uri")
+            report.note(f"endpoint {self.endpoint_name}", endpoint_file.exists())
             endpoint_file.unlink(missing_ok=True)
         name = self.settings.connection_name
-        (removed if promptflow_chat.delete_connection(name) else gone).append(f"connection {name}")
-        return TeardownReport(removed=removed, already_gone=gone)
+        report.note(f"connection {name}", promptflow_chat.delete_connection(name, ours))
+        return report
 
     def sweep(self, older_than_hours: float) -> TeardownReport:
         """Every endpoint of this workspace (any model) whose model has served longer than the limit, and
