@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
+from flows.prefect_api import prefect_api_dying_with_this_process
 from pipeline.chat_data import check_source
 from pipeline.config import (
     VM_PRICES_AS_OF,
@@ -147,7 +148,8 @@ def _run_pipeline(settings: PipelineSettings) -> dict:
 
     if not settings.verbose:
         quiet_expected_tracebacks()
-    return full_pipeline(settings)
+    with prefect_api_dying_with_this_process():
+        return full_pipeline(settings)
 
 
 def _print_answer(settings: PipelineSettings, result: dict) -> None:
@@ -166,7 +168,9 @@ def _run_teardown(settings: TeardownSettings) -> TeardownReport:
 
     if not settings.verbose:
         quiet_expected_tracebacks()
-    return teardown(PipelineSettings(**settings.model_dump(exclude={"older_than_hours"})), settings.older_than_hours)
+    with prefect_api_dying_with_this_process():
+        return teardown(PipelineSettings(**settings.model_dump(exclude={"older_than_hours"})),
+                        settings.older_than_hours)
 
 
 def _print_report(settings: PipelineSettings, report: TeardownReport) -> None:

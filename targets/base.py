@@ -11,6 +11,7 @@ import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+import psutil
 import requests
 from pydantic import BaseModel
 
@@ -105,6 +106,7 @@ class DeploymentRef(BaseModel):
     job_name: str  # the fine-tune job whose model it serves: tells a retraining run what is live
     created: bool
     contract: ScoringContract = "input_data"  # the request shape the deployment answers
+    run_id: str = ""  # the pipeline run that made the deployment: a failed run removes only its own
     warnings: list[str] = []  # e.g. an endpoint that could not run as the pipeline's identity
 
     @property
@@ -190,9 +192,17 @@ class Target(ABC):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def remove_scratch(self) -> None:
-        """Remove this run's scratch folder (making nothing if there is none)."""
-        shutil.rmtree(self.local_root(create=False) / "scratch" / self._scratch, ignore_errors=True)
+    def remove_scratch(self, others_too: bool = False) -> None:
+        """Remove this run's scratch folder (making nothing if there is none); with `others_too`, called while
+        holding the run lock, also those of runs that are gone (a killed run leaves its own behind): every
+        other run's but a command line's whose process lives."""
+        root = self.local_root(create=False) / "scratch"
+        for folder in ([root / self._scratch] if not others_too else list(root.glob("*"))):
+            name = folder.name
+            if others_too and name.startswith("cli-") and name != self._scratch and psutil.pid_exists(
+                    int(name.removeprefix("cli-")) if name.removeprefix("cli-").isdigit() else 0):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
 
     def run_lock_file(self, create: bool) -> Path | None:
         """The lock file that keeps runs on this workspace one at a time; None (without `create`) when the
@@ -252,8 +262,9 @@ class Target(ABC):
         """Move 100 % of traffic to the deployment and prove it with a request (the others stay, idle)."""
 
     @abstractmethod
-    def remove_deployments(self, keep: str) -> list[str]:
-        """Remove the endpoint's deployments other than `keep`; their names."""
+    def remove_deployments(self, keep: str, made_by: str | None = None) -> list[str]:
+        """Remove the endpoint's deployments other than `keep` (with `made_by`, only those that run made);
+        their names."""
 
     @abstractmethod
     def endpoint_key(self, deployment: DeploymentRef) -> str:

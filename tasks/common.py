@@ -50,6 +50,7 @@ def one_run_per_workspace(makes_workspace: bool):
             try:
                 with run_lock(lock_file, settings.wait,
                               lambda holder: logger.info("another run holds this workspace (%s): waiting", holder)):
+                    target.remove_scratch(others_too=True)  # what killed runs left
                     return flow_function(settings, *args, **kwargs)
             finally:
                 target.remove_scratch()

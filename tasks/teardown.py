@@ -28,12 +28,19 @@ def tear_down(settings: PipelineSettings, older_than_hours: float | None = None)
 @task(name="clean-up-after-failure", **stage_retries())
 def clean_up_after_failure(settings: PipelineSettings, live_before: DeploymentRef | None,
                            went_live: bool) -> CleanUp:
-    """Nothing served before the run: tear everything down. A model served: if the new one never completed
-    going live, traffic goes back to the old one; either way the deployments without traffic go."""
+    """Only what this run made goes. Nothing served before the run: tear everything down, unless another run
+    has made a model live meanwhile (then only this run's deployments go). A model served: if the new one
+    never completed going live, traffic goes back to the old one; either way this run's deployments without
+    traffic go."""
     target = stage_target(settings)
+    live_now = target.live_deployment()
+    if live_now is not None and live_now.run_id not in ("", target.run_id):  # another run's model serves
+        return CleanUp(removed=target.remove_deployments(keep=live_now.deployment_name, made_by=target.run_id),
+                       still_serving=live_now.deployment_name)
     if live_before is None:
         return CleanUp(removed=target.teardown().removed, still_serving=None)
-    live = target.go_live(live_before) if not went_live else target.live_deployment()
+    live = target.go_live(live_before) if not went_live else live_now
     if live is None:
         return CleanUp(removed=target.teardown().removed, still_serving=None)
-    return CleanUp(removed=target.remove_deployments(keep=live.deployment_name), still_serving=live.deployment_name)
+    return CleanUp(removed=target.remove_deployments(keep=live.deployment_name, made_by=target.run_id),
+                   still_serving=live.deployment_name)

@@ -352,3 +352,26 @@ def test_an_endpoint_made_while_the_workspace_has_no_registry_runs_as_a_system_i
     assert not [p for p in arm.resources if "/roleAssignments/" in p and "acrpull" in str(arm.resources[p])]
     assert "no container registry yet" in next(row["detail"] for row in result["stages"]
                                                if row["stage"] == "quota check")
+
+
+def test_a_failed_runs_clean_up_never_removes_what_another_run_made_live(azure_cloud, settings, monkeypatch):
+    from azure.ai.ml.entities import ManagedOnlineDeployment
+
+    from targets.azure import online
+    from tasks import teardown as teardown_tasks
+    from tests.azure_fakes import WORKSPACE
+
+    ml_client = clients.connect(AZURE).ml
+    target_b, target_a = AzureTarget(settings, run_id="run-b"), AzureTarget(settings, run_id="run-a")
+    online.ensure_endpoint(ml_client, AZURE, target_b.endpoint_name, target_b.tags)
+    model = f"{WORKSPACE}/models/phi3-custom/versions/1"
+    for name, run in (("deploy-v1", "run-b"), ("deploy-v2", "run-a")):
+        ml_client.online_deployments.begin_create_or_update(ManagedOnlineDeployment(
+            name=name, endpoint_name=target_b.endpoint_name, model=model, instance_type="Standard_NC24ads_A100_v4",
+            instance_count=1, tags={"pipeline-run": run})).result()
+    online.route_all_traffic(ml_client, target_b.endpoint_name, "deploy-v1")  # run B's model went live meanwhile
+    monkeypatch.setattr(teardown_tasks, "stage_target", lambda _settings: target_a)
+    result = teardown_tasks.clean_up_after_failure.fn(settings, None, False)  # run A: nothing served before it
+    assert (result.removed, result.still_serving) == (["deploy-v2"], "deploy-v1")
+    deployments = [p.rsplit("/", 1)[1] for p in azure_cloud.arm.resources if "/deployments/" in p]
+    assert deployments == ["deploy-v1"], "run B's live deployment and its endpoint stay"

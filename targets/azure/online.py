@@ -74,9 +74,12 @@ def route_all_traffic(ml_client: MLClient, endpoint_name: str, deployment_name: 
     return traffic
 
 
-def remove_other_deployments(ml_client: MLClient, endpoint_name: str, keep: str) -> list[str]:
-    """Delete the endpoint's deployments other than `keep` (they take no traffic but bill by the hour)."""
-    others = [d.name for d in ml_client.online_deployments.list(endpoint_name) if d.name != keep]
+def remove_other_deployments(ml_client: MLClient, endpoint_name: str, keep: str,
+                             made_by: str | None = None) -> list[str]:
+    """Delete the endpoint's deployments other than `keep` (they take no traffic but bill by the hour); with
+    `made_by`, only those that pipeline run made (its `pipeline-run` tag)."""
+    others = [d.name for d in ml_client.online_deployments.list(endpoint_name) if d.name != keep
+              and made_by in (None, (d.tags or {}).get("pipeline-run"))]
     for name in others:
         ml_client.online_deployments.begin_delete(name, endpoint_name).result()
     return others

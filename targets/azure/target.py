@@ -220,7 +220,7 @@ class AzureTarget(Target):
         return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment.name,
                              scoring_uri=endpoint.scoring_uri, traffic=online.live_traffic(endpoint),
                              model_version=int(tags.get("model-version", 0)), job_name=tags.get("job", ""),
-                             created=created, contract=self.azure.scoring_contract)
+                             created=created, contract=self.azure.scoring_contract, run_id=tags.get("pipeline-run", ""))
 
     @translated
     def deploy(self, model: ModelRef) -> DeploymentRef:
@@ -259,8 +259,8 @@ class AzureTarget(Target):
         return deployment.model_copy(update={"traffic": traffic, "created": not deployment.live})
 
     @translated
-    def remove_deployments(self, keep: str) -> list[str]:
-        return online.remove_other_deployments(self.clients.ml, self.endpoint_name, keep=keep)
+    def remove_deployments(self, keep: str, made_by: str | None = None) -> list[str]:
+        return online.remove_other_deployments(self.clients.ml, self.endpoint_name, keep=keep, made_by=made_by)
 
     @translated
     def endpoint_key(self, deployment: DeploymentRef) -> str:

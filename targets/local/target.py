@@ -317,7 +317,8 @@ class LocalTarget(Target):
         return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment_dir.name,
                              scoring_uri=f"http://{state['host']}:{state['port']}/score", traffic=traffic,
                              model_version=spec.get("model_version", 0), job_name=spec.get("job_name", ""),
-                             created=created, contract=self.settings.local.scoring_contract)
+                             created=created, contract=self.settings.local.scoring_contract,
+                             run_id=spec.get("run_id", ""))
 
     def _serving_limits(self) -> dict:
         local = self.settings.local
@@ -360,9 +361,10 @@ class LocalTarget(Target):
             self.ask(deployment, SMOKE_PROBE, 16)  # traffic is proven by an authenticated answer
         return deployment.model_copy(update={"traffic": traffic, "created": moved})
 
-    def remove_deployments(self, keep: str) -> list[str]:
+    def remove_deployments(self, keep: str, made_by: str | None = None) -> list[str]:
         with self.ws.lock(f"endpoint-{self.endpoint_name}"):
-            others = [d for d in self._deployments() if d.name != keep]
+            others = [d for d in self._deployments() if d.name != keep
+                      and made_by in (None, (read_json(d / "spec.json") or {}).get("run_id"))]
             for deployment_dir in others:
                 self._stop_deployment(deployment_dir)
         return [d.name for d in others]
@@ -375,7 +377,7 @@ class LocalTarget(Target):
             raise ConfigError(f"local.port {port} is in use on 127.0.0.1: stop what listens there or set local.port=0")
         (deployment_dir / "state.json").unlink(missing_ok=True)
         write_json_atomic(deployment_dir / "spec.json", {
-            "model_dir": model.uri, "model_version": model.version, "job_name": model.job_name,
+            "model_dir": model.uri, "model_version": model.version, "job_name": model.job_name, "run_id": self.run_id,
             "key_file": str(self.ws.key_file),
             "key_sha256": self.ws.key_fingerprint(),
             "port": port, "limits": self._serving_limits(),

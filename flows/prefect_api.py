@@ -1,0 +1,78 @@
+"""A Prefect API for one command-line run that dies with it.
+
+With no Prefect server configured, Prefect starts a temporary API server as a child process and stops it
+from `atexit`, which a SIGKILL never runs: the server then lives on, orphaned, listening on 127.0.0.1. Here
+the same server (Prefect's app factory under uvicorn, with the environment Prefect gives its temporary
+server) is started as a child that the kernel kills together with this process (Linux's parent-death
+signal, set by util-linux `setpriv --pdeathsig KILL` before it execs the server), and the run is pointed at
+it. Without `setpriv`, or with PREFECT_API_URL set, Prefect's own behaviour is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import requests
+
+# What Prefect's own temporary server runs with (prefect.server.api.server.SubprocessASGIServer, 3.8):
+# no UI, and the server's background services off.
+TEMPORARY_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def prefect_api_dying_with_this_process() -> Iterator[None]:
+    """Point Prefect at a server child of this process for the block (see the module's docstring)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    setpriv = shutil.which("setpriv")
+    if PREFECT_API_URL.value() or setpriv is None:
+        yield
+        return
+    port = _free_port()
+    server = subprocess.Popen(
+        [setpriv, "--pdeathsig", "KILL", sys.executable, "-m", "uvicorn", "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
+         "--lifespan", "on"],
+        env={**os.environ, **TEMPORARY_SERVER_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + get_current_settings().server.ephemeral.startup_timeout_seconds
+        while not _healthy(api):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect API server for this run did not start (exit code {server.poll()}); "
+                                   "start one with `prefect server start` and set PREFECT_API_URL")
+            time.sleep(0.5)
+        with temporary_settings({PREFECT_API_URL: api}):
+            try:
+                yield
+            finally:  # what the run logged and emitted reaches the server before it stops
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all(timeout=10)
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _healthy(api: str) -> bool:
+    try:
+        return requests.get(f"{api}/health", timeout=2).ok
+    except requests.RequestException:
+        return False

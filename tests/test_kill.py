@@ -1,0 +1,83 @@
+"""SIGKILL of the command line at each stage boundary: the Prefect API server it started dies with it, a re-run
+completes with one training job, one model version and one server, and after teardown nothing the project
+started is left running or listening. Slow (a run per boundary): runs in CI (CI=true)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import QUICK_TRAINING, ROOT, run_cli
+from tests.test_e2e import processes_using, promptflow_services
+
+pytestmark = pytest.mark.slow
+# Stage boundaries, by the Prefect task whose completion they follow.
+BOUNDARIES = ["identity-and-rbac", "dataset", "fine-tune", "register-model", "deploy", "go-live", "connection",
+              "smoke-chat"]
+PREFECT_APP = "prefect.server.api.server:create_app"
+
+
+def api_servers_since(started: float) -> list[psutil.Process]:
+    """Prefect API servers (the command line's own) started after `started`."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "create_time", "status"]):
+        if (PREFECT_APP in " ".join(process.info["cmdline"] or []) and process.info["create_time"] >= started
+                and process.info["status"] != psutil.STATUS_ZOMBIE):
+            found.append(process)
+    return found
+
+
+def run_until(stage: str, env: dict) -> str:
+    """Start the pipeline with no Prefect server configured, SIGKILL it once `stage` has finished; its output."""
+    cli = subprocess.Popen([sys.executable, "-m", "flows.full_pipeline"], cwd=ROOT, text=True, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    deadline = time.monotonic() + 600
+    for line in cli.stdout:
+        lines.append(line)
+        if f"Task run '{stage}-" in line and "Finished in state" in line:
+            cli.send_signal(signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline, "".join(lines)
+    cli.wait(30)
+    assert cli.returncode == -signal.SIGKILL, "".join(lines)
+    return "".join(lines)
+
+
+def listening_ports(workspace: Path) -> list[int]:
+    return [c.laddr.port for p in processes_using(workspace) for c in p.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN]
+
+
+@pytest.mark.parametrize("stage", BOUNDARIES)
+def test_a_run_killed_after_a_stage_leaves_nothing_behind_and_a_rerun_completes(stage, prefect_server, tmp_path_factory,
+                                                                               session_home):
+    workspace = tmp_path_factory.getbasetemp() / "killed-runs-ws"  # one workspace for every boundary
+    env = {**os.environ, **QUICK_TRAINING, "PHI3_LOCAL__WORKSPACE_DIR": str(workspace)}
+    own_api = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
+    started = time.time()
+    run_until(stage, own_api)
+    deadline = time.monotonic() + 20
+    while api_servers_since(started) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert api_servers_since(started) == [], "the killed run's Prefect API server died with it"
+
+    rerun = run_cli("flows.full_pipeline", env={"PHI3_LOCAL__WORKSPACE_DIR": str(workspace), **QUICK_TRAINING})
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert len(list(workspace.glob("jobs/*"))) == 1, "one training job"
+    assert [p.name for p in (workspace / "registry" / "phi3-custom").iterdir() if p.is_dir()] == ["1"]
+    endpoint = json.loads(next((workspace / "endpoints").glob("*.json")).read_text())
+    assert len(endpoint["traffic"]) == 1 and len(listening_ports(workspace)) == 1, "one server"
+
+    down = run_cli("flows.teardown", env={"PHI3_LOCAL__WORKSPACE_DIR": str(workspace)})
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert processes_using(workspace) == [] and promptflow_services() == []
+    assert api_servers_since(started) == []
