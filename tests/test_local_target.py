@@ -338,3 +338,28 @@ def test_plan_lists_what_a_local_run_would_do_and_starts_nothing(tmp_path, capsy
     assert "fine-tune job phi3-custom-ft-" in out and "submit" in out and "create" in out
     assert "up to 0.00 USD/hour" in out and "Nothing was created." in out
     assert not (tmp_path / "jobs").exists() and not (tmp_path / "deployments").exists()
+
+
+def test_a_local_port_the_live_server_does_not_hold_is_said_before_the_run(deployed):
+    target, _, deployment = deployed
+    port = int(deployment.scoring_uri.rsplit(":", 1)[1].split("/")[0])
+    other = LocalTarget(target.settings.model_copy(
+        update={"local": target.settings.local.model_copy(update={"port": port + 1})}))
+    (notice,) = other.notices()
+    assert f"local.port is {port + 1} but {deployment.deployment_name} serves on port {port}" in notice
+    assert target.notices() == []
+
+
+def test_teardown_keeps_a_connection_that_points_at_another_workspaces_endpoint(tmp_path, session_home):
+    from pipeline import promptflow_chat
+
+    promptflow_chat.upsert_connection("phi3_scoped_test", "http://127.0.0.1:1/score", "other-key", "input_data")
+    try:
+        workspace_a = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "a"},
+                                                   connection_name="phi3_scoped_test"))
+        workspace_a.ensure_identity()
+        report = workspace_a.teardown()
+        assert report.kept == ["connection phi3_scoped_test"]
+        assert promptflow_chat.connection_endpoint("phi3_scoped_test") == "http://127.0.0.1:1/score"
+    finally:
+        promptflow_chat.delete_connection("phi3_scoped_test", "http://127.0.0.1:1/score")
