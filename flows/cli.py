@@ -55,7 +55,7 @@ def load_settings(argv: list[str], prog: str, model: type[PipelineSettings] = Pi
     no setting, at any level of the file, the environment or the flags, is an error suggesting the closest."""
     source = CliSettingsSource(model, cli_prog_name=prog, cli_implicit_flags=True,
                                root_parser=FlagParser(prog=prog, description=model.__doc__, allow_abbrev=False))
-    if problems := unknown_environment_settings(model, dict(os.environ)):
+    if problems := unknown_environment_settings(TeardownSettings, dict(os.environ)):  # every command's settings
         raise ConfigError(f"invalid configuration: {'; '.join(problems)}")
     try:
         return model(**source(args=argv)())

@@ -5,7 +5,8 @@ from `atexit`, which a SIGKILL never runs: the server then lives on, orphaned, l
 the same server (Prefect's app factory under uvicorn, with the environment Prefect gives its temporary
 server) is started as a child that the kernel kills together with this process (Linux's parent-death
 signal, set by util-linux `setpriv --pdeathsig KILL` before it execs the server), and the run is pointed at
-it. Without `setpriv`, or with PREFECT_API_URL set, Prefect's own behaviour is kept.
+it. Without such a `setpriv`, with PREFECT_API_URL set, or with Prefect's temporary server turned off
+(`server.ephemeral.enabled`), Prefect's own behaviour is kept.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psutil
 import requests
 
 # What Prefect's own temporary server runs with (prefect.server.api.server.SubprocessASGIServer, 3.8):
@@ -32,6 +34,35 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _pdeathsig_wrapper() -> list[str] | None:
+    """`setpriv --pdeathsig KILL` if this system's setpriv has it (util-linux 2.33 and later), else None."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    probe = subprocess.run([setpriv, "--pdeathsig", "KILL", "true"], capture_output=True, check=False)
+    return [setpriv, "--pdeathsig", "KILL"] if probe.returncode == 0 else None
+
+
+def _start(wrapper: list[str], env: dict) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    server = subprocess.Popen(
+        [*wrapper, sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host",
+         "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return server, f"http://127.0.0.1:{port}/api"
+
+
+def _serving(server: subprocess.Popen, api: str) -> bool:
+    """Our server answers on its port (not another process that took the port meanwhile)."""
+    port = int(api.rsplit(":", 1)[1].split("/")[0])
+    try:
+        ours = any(c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                   for c in psutil.Process(server.pid).net_connections("inet"))
+    except psutil.Error:
+        return False
+    return ours and _healthy(api)
+
+
 @contextmanager
 def prefect_api_dying_with_this_process() -> Iterator[None]:
     """Point Prefect at a server child of this process for the block (see the module's docstring)."""
@@ -39,23 +70,21 @@ def prefect_api_dying_with_this_process() -> Iterator[None]:
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    setpriv = shutil.which("setpriv")
-    if PREFECT_API_URL.value() or setpriv is None:
+    settings = get_current_settings()
+    wrapper = _pdeathsig_wrapper()
+    if PREFECT_API_URL.value() or wrapper is None or not settings.server.ephemeral.enabled:
         yield
         return
-    port = _free_port()
-    server = subprocess.Popen(
-        [setpriv, "--pdeathsig", "KILL", sys.executable, "-m", "uvicorn", "--factory",
-         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
-         "--lifespan", "on"],
-        env={**os.environ, **TEMPORARY_SERVER_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, **settings.to_environment_variables(exclude_unset=True), **TEMPORARY_SERVER_ENV}
+    deadline = time.monotonic() + settings.server.ephemeral.startup_timeout_seconds
+    server, api = _start(wrapper, env)
     try:
-        deadline = time.monotonic() + get_current_settings().server.ephemeral.startup_timeout_seconds
-        while not _healthy(api):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect API server for this run did not start (exit code {server.poll()}); "
-                                   "start one with `prefect server start` and set PREFECT_API_URL")
+        while not _serving(server, api):
+            if server.poll() is not None:  # e.g. the port was taken before it bound: again on another
+                server, api = _start(wrapper, env)
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Prefect API server for this run did not start; start one with "
+                                   "`prefect server start` and set PREFECT_API_URL")
             time.sleep(0.5)
         with temporary_settings({PREFECT_API_URL: api}):
             try:

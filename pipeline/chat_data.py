@@ -157,7 +157,10 @@ def check_folder_split(path: Path, split_name: str) -> None:
     """A folder of data files must hold the split asked for (the error lists the splits `datasets` finds)."""
     import datasets  # heavy import, only for a folder source
 
-    found = sorted(str(split) for split in datasets.load_dataset_builder(str(path)).config.data_files or {})
+    try:
+        found = sorted(str(split) for split in datasets.load_dataset_builder(str(path)).config.data_files or {})
+    except (ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise DatasetError(f"{path}: not a folder of data files `datasets` can read ({error})") from None
     if split_name not in found:
         raise DatasetError(f"{path} has no split {split_name!r} (dataset.split); splits found there: "
                            f"{', '.join(found) or 'none'}")

@@ -41,33 +41,38 @@ def _client():
     return PFClient()
 
 
-def upsert_connection(name: str, endpoint: str, key: str, contract: str) -> None:
-    """Create or update the tutorial's custom connection: `endpoint` and the scoring `contract` in the clear,
-    `key` as secret."""
+def upsert_connection(name: str, endpoint: str, key: str, contract: str, owner: str) -> None:
+    """Create or update the tutorial's custom connection: `endpoint`, the scoring `contract` and the `owner`
+    (the workspace it belongs to: one home's connections are shared by every workspace) in the clear, `key`
+    as secret."""
     from promptflow.entities import CustomConnection
 
-    connection = CustomConnection(name=name, configs={"endpoint": endpoint, "contract": contract},
+    connection = CustomConnection(name=name, configs={"endpoint": endpoint, "contract": contract, "owner": owner},
                                   secrets={"key": key})
     _client().connections.create_or_update(connection)
 
 
-def connection_endpoint(name: str) -> str | None:
-    """The endpoint a connection points at, or None if there is no such connection."""
+def _configs(name: str) -> dict | None:
     from promptflow.exceptions import UserErrorException
 
     try:
-        return _client().connections.get(name).configs.get("endpoint")
+        return dict(_client().connections.get(name).configs)
     except UserErrorException:
         return None
 
 
-def delete_connection(name: str, endpoint: str | None) -> str:
-    """Delete the connection if it points at `endpoint` (one HOME's connections are shared by every workspace:
+def connection_endpoint(name: str) -> str | None:
+    """The endpoint a connection points at, or None if there is no such connection."""
+    return (_configs(name) or {}).get("endpoint")
+
+
+def delete_connection(name: str, owner: str) -> str:
+    """Delete the connection if it belongs to `owner` (one home's connections are shared by every workspace:
     another workspace's is kept). 'removed', 'gone' (there was none) or 'kept'."""
-    current = connection_endpoint(name)
-    if current is None:
+    configs = _configs(name)
+    if configs is None:
         return "gone"
-    if current != endpoint:
+    if configs.get("owner") != owner:
         return "kept"
     _client().connections.delete(name)
     return "removed"

@@ -1,9 +1,9 @@
 """One run per workspace: a pipeline or teardown run holds the workspace's run lock from start to end.
 
 The lock is an flock on a file in the local workspace, so the kernel releases it when the holder dies, even
-by SIGKILL: a stale lock is simply taken over. Beside it a small JSON file names the holder (pid, start time)
-for the message of whoever waits. The lock is re-entrant within a process, so the teardown subflow of a
-pipeline run does not wait for its own run.
+by SIGKILL: a stale lock is simply taken over. Beside it a small file names the holder (pid, start time) for
+the message of whoever waits. The lock is re-entrant within a thread, so the teardown subflow of a pipeline
+run (which Prefect runs in the same thread) does not wait for its own run; another thread is another run.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 
-_held: dict[Path, int] = {}  # lock files this process holds, and how many times
-_guard = threading.Lock()
+_held = threading.local()  # .files: the lock files this thread holds
 
 
 class WorkspaceBusyError(PipelineError):
@@ -34,22 +33,14 @@ def _holder(info_file: Path) -> str:
 
 
 @contextmanager
-def run_lock(lock_file: Path, wait: bool, on_wait: Callable[[str], None]) -> Iterator[None]:
-    """Hold the workspace's run lock for the block. Another holder: with `wait`, say who (`on_wait`) and wait
-    for it; without, fail at once naming it."""
+def run_lock(lock_file: Path, wait: bool, on_wait: Callable[[str], None]) -> Iterator[bool]:
+    """Hold the workspace's run lock for the block; yields True if this call took it (False: this thread
+    held it already). Another holder: with `wait`, say who (`on_wait`) and wait for it; without, fail at once
+    naming it."""
     lock_file = lock_file.resolve()
-    with _guard:
-        if lock_file in _held:
-            _held[lock_file] += 1
-            reentered = True
-        else:
-            reentered = False
-    if reentered:
-        try:
-            yield
-        finally:
-            with _guard:
-                _held[lock_file] -= 1
+    held: set[Path] = _held.__dict__.setdefault("files", set())
+    if lock_file in held:
+        yield False
         return
     info_file = lock_file.with_suffix(".holder")
     with lock_file.open("a") as handle:
@@ -64,12 +55,10 @@ def run_lock(lock_file: Path, wait: bool, on_wait: Callable[[str], None]) -> Ite
             fcntl.flock(handle, fcntl.LOCK_EX)
         info_file.write_text(f"pid {os.getpid()}, started {datetime.now(UTC).isoformat(timespec='seconds')}",
                              encoding="utf-8")
-        with _guard:
-            _held[lock_file] = 1
+        held.add(lock_file)
         try:
-            yield
+            yield True
         finally:
-            with _guard:
-                del _held[lock_file]
+            held.discard(lock_file)
             info_file.unlink(missing_ok=True)
             fcntl.flock(handle, fcntl.LOCK_UN)

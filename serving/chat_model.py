@@ -51,6 +51,9 @@ class ChatModel:
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         prompt_tokens = inputs["input_ids"].shape[1]
+        if max_new_tokens >= self.max_positions:
+            raise PromptTooLong(f"max_new_tokens {max_new_tokens} leaves no room for the conversation: the model "
+                                f"has {self.max_positions} positions")
         if prompt_tokens + max_new_tokens > self.max_positions:
             raise PromptTooLong(f"the conversation is {prompt_tokens} tokens; with max_new_tokens {max_new_tokens} "
                                 f"the model takes at most {self.max_positions - max_new_tokens} input tokens "

@@ -193,9 +193,9 @@ class Target(ABC):
         return path
 
     def remove_scratch(self, others_too: bool = False) -> None:
-        """Remove this run's scratch folder (making nothing if there is none); with `others_too`, called while
-        holding the run lock, also those of runs that are gone (a killed run leaves its own behind): every
-        other run's but a command line's whose process lives."""
+        """Remove this run's scratch folder (making nothing if there is none). With `others_too`, called just
+        after taking the run lock, when no other run of the workspace can be active: also every other run's
+        (what killed runs left), but a command line's whose process lives (a plan or a check in progress)."""
         root = self.local_root(create=False) / "scratch"
         for folder in ([root / self._scratch] if not others_too else list(root.glob("*"))):
             name = folder.name
@@ -207,11 +207,11 @@ class Target(ABC):
     def run_lock_file(self, create: bool) -> Path | None:
         """The lock file that keeps runs on this workspace one at a time; None (without `create`) when the
         local folder does not exist, so a teardown of a workspace that never was makes nothing."""
-        folder = self.local_root(create) / "locks"
-        if not create and not folder.is_dir():
+        root = self.local_root(create)
+        if not root.is_dir():
             return None
-        folder.mkdir(exist_ok=True)
-        return folder / "run.lock"
+        (root / "locks").mkdir(exist_ok=True)
+        return root / "locks" / "run.lock"
 
     @abstractmethod
     def ensure_identity(self) -> IdentityRef:

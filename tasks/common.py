@@ -48,9 +48,10 @@ def one_run_per_workspace(makes_workspace: bool):
                 return flow_function(settings, *args, **kwargs)
             logger = get_run_logger()
             try:
-                with run_lock(lock_file, settings.wait,
-                              lambda holder: logger.info("another run holds this workspace (%s): waiting", holder)):
-                    target.remove_scratch(others_too=True)  # what killed runs left
+                with run_lock(lock_file, settings.wait, lambda holder: logger.info(
+                        "another run holds this workspace (%s): waiting", holder)) as taken_now:
+                    if taken_now:  # no other run of this workspace is active: what killed runs left can go
+                        target.remove_scratch(others_too=True)
                     return flow_function(settings, *args, **kwargs)
             finally:
                 target.remove_scratch()

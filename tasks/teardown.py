@@ -39,8 +39,9 @@ def clean_up_after_failure(settings: PipelineSettings, live_before: DeploymentRe
                        still_serving=live_now.deployment_name)
     if live_before is None:
         return CleanUp(removed=target.teardown().removed, still_serving=None)
-    live = target.go_live(live_before) if not went_live else live_now
-    if live is None:
-        return CleanUp(removed=target.teardown().removed, still_serving=None)
+    if went_live:  # this run's model serves: the older ones take no traffic and go
+        return CleanUp(removed=target.remove_deployments(keep=live_now.deployment_name),
+                       still_serving=live_now.deployment_name)
+    live = target.go_live(live_before)  # traffic back to the model that served before
     return CleanUp(removed=target.remove_deployments(keep=live.deployment_name, made_by=target.run_id),
                    still_serving=live.deployment_name)

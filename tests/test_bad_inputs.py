@@ -96,6 +96,12 @@ def data_folder(tmp: Path) -> list[str]:
     return ["--dataset.source", str(tmp / "data"), "--dataset.split", "train_sft"]
 
 
+def mixed_folder(tmp: Path) -> list[str]:
+    write(tmp / "mixed" / "train.jsonl", json.dumps(GOOD_RECORD) + "\n")
+    write(tmp / "mixed" / "test.csv", "a,b\n")
+    return ["--dataset.source", str(tmp / "mixed")]
+
+
 # (id, how to make the input in a temporary folder, expected in the error line)
 FILE_CASES = [
     ("toml malformed", lambda t: config_file(t, "[training\nepochs = 4\n"), "phi3-pipeline.toml is not valid TOML"),
@@ -113,6 +119,7 @@ FILE_CASES = [
     ("json not array", lambda t: data_file(t, "chat.json", json.dumps({"a": 1})), "chat.json"),
     ("data path missing", lambda t: ["--dataset.source", str(t / "nothing.jsonl")], "dataset.source"),
     ("folder without split", data_folder, "has no split 'train_sft' (dataset.split); splits found there: train"),
+    ("folder of mixed formats", mixed_folder, "not a folder of data files `datasets` can read"),
     ("model no config", lambda t: model_folder(t, None, True), "training.base_model"),
     ("model bad config", lambda t: model_folder(t, "{oops", True), "config.json is not valid JSON"),
     ("model config not hf", lambda t: model_folder(t, "{}", True), "has no model_type"),

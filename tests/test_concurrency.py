@@ -46,11 +46,26 @@ def test_a_second_run_fails_at_once_naming_the_holder_or_waits_for_it(tmp_path):
         other.wait()
 
 
-def test_the_lock_is_reentrant_within_a_process_so_the_teardown_subflow_does_not_wait_for_its_own_run(tmp_path):
+def test_the_lock_is_reentrant_within_a_thread_so_the_teardown_subflow_does_not_wait_for_its_own_run(tmp_path):
+    import threading
+
     lock_file = tmp_path / "run.lock"
-    with run_lock(lock_file, wait=False, on_wait=print):
-        with run_lock(lock_file, wait=False, on_wait=print):
-            pass
+    with run_lock(lock_file, wait=False, on_wait=print) as taken:
+        with run_lock(lock_file, wait=False, on_wait=print) as taken_again:
+            assert (taken, taken_again) == (True, False)
+        refused = []
+
+        def other_thread():  # another thread is another run
+            try:
+                with run_lock(lock_file, wait=False, on_wait=print):
+                    pass
+            except WorkspaceBusyError as error:
+                refused.append(error)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(10)
+        assert len(refused) == 1
         with pytest.raises(subprocess.CalledProcessError):  # still held: another process cannot take it
             subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path\n"
                             "from pipeline.run_lock import run_lock\n"

@@ -256,12 +256,13 @@ def test_the_server_speaks_both_scoring_contracts_to_the_pipeline_and_the_chat_f
     as_chat = deployment.model_copy(update={"contract": "chat_completions"})
     assert target.ask(as_chat, "Who founded Microsoft?", 8) == target.ask(deployment, "Who founded Microsoft?", 8), \
         "greedy answers are the same whichever contract asks"
-    promptflow_chat.upsert_connection("phi3_contract_test", deployment.scoring_uri, key, "chat_completions")
+    promptflow_chat.upsert_connection("phi3_contract_test", deployment.scoring_uri, key, "chat_completions",
+                                      owner="contract-test")
     try:
         flow = promptflow_chat.prepare_flow(tmp_path / "flow", "phi3_contract_test")
         assert promptflow_chat.run_chat_flow(flow, "Who founded Microsoft?", 120).strip()
     finally:
-        promptflow_chat.delete_connection("phi3_contract_test", deployment.scoring_uri)
+        promptflow_chat.delete_connection("phi3_contract_test", owner="contract-test")
 
 
 def test_a_replaced_key_restarts_the_server_with_the_new_key(deployed):
@@ -341,7 +342,8 @@ def test_plan_lists_what_a_local_run_would_do_and_starts_nothing(tmp_path, capsy
 
 
 def test_a_local_port_the_live_server_does_not_hold_is_said_before_the_run(deployed):
-    target, _, deployment = deployed
+    target, model, _ = deployed
+    deployment = target.go_live(target.deploy(model))  # live again, whatever the tests before did
     port = int(deployment.scoring_uri.rsplit(":", 1)[1].split("/")[0])
     other = LocalTarget(target.settings.model_copy(
         update={"local": target.settings.local.model_copy(update={"port": port + 1})}))
@@ -350,10 +352,11 @@ def test_a_local_port_the_live_server_does_not_hold_is_said_before_the_run(deplo
     assert target.notices() == []
 
 
-def test_teardown_keeps_a_connection_that_points_at_another_workspaces_endpoint(tmp_path, session_home):
+def test_teardown_keeps_a_connection_that_belongs_to_another_workspace(tmp_path, session_home):
     from pipeline import promptflow_chat
 
-    promptflow_chat.upsert_connection("phi3_scoped_test", "http://127.0.0.1:1/score", "other-key", "input_data")
+    promptflow_chat.upsert_connection("phi3_scoped_test", "http://127.0.0.1:1/score", "other-key", "input_data",
+                                      owner="workspace-b")
     try:
         workspace_a = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "a"},
                                                    connection_name="phi3_scoped_test"))
@@ -362,4 +365,4 @@ def test_teardown_keeps_a_connection_that_points_at_another_workspaces_endpoint(
         assert report.kept == ["connection phi3_scoped_test"]
         assert promptflow_chat.connection_endpoint("phi3_scoped_test") == "http://127.0.0.1:1/score"
     finally:
-        promptflow_chat.delete_connection("phi3_scoped_test", "http://127.0.0.1:1/score")
+        promptflow_chat.delete_connection("phi3_scoped_test", owner="workspace-b")

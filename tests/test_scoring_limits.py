@@ -73,10 +73,7 @@ BODIES = st.one_of(
 @settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=BODIES, as_text=st.booleans())
 def test_any_body_is_parsed_or_refused_with_a_400_never_an_error(body, as_text):
-    try:
-        raw = json.dumps(body) if as_text else body
-    except ValueError:  # NaN and the like: what a client cannot send as JSON text
-        return
+    raw = json.dumps(body) if as_text else body  # Python writes NaN and Infinity too: the parser sees them
     try:
         messages, temperature, max_tokens, contract = parse_request(raw)
     except BadRequest as refusal:

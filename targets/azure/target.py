@@ -274,7 +274,8 @@ class AzureTarget(Target):
         foundry.ensure_project(self.clients.resource_group_ml, self.azure, self.tags)
         foundry.upsert_custom_connection(self.clients.project_ml, name, deployment.scoring_uri, key,
                                          deployment.contract, self.tags)
-        promptflow_chat.upsert_connection(name, deployment.scoring_uri, key, deployment.contract)
+        promptflow_chat.upsert_connection(name, deployment.scoring_uri, key, deployment.contract,
+                                          owner=self.endpoint_name)
         return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
 
     # ---- plan ----------------------------------------------------------------------------------
@@ -338,15 +339,11 @@ class AzureTarget(Target):
     def teardown(self) -> TeardownReport:
         """The endpoint and its deployments (what bills by the hour); with azure.teardown_everything also
         the cluster and the Foundry connection, project and hub. The local Prompt flow connection goes only if
-        it points at this endpoint."""
+        it is this endpoint's."""
         report = TeardownReport(removed=[], already_gone=[])
         ml, name = self.clients.ml, self.settings.connection_name
-        try:
-            scoring_uri = ml.online_endpoints.get(self.endpoint_name).scoring_uri
-        except ResourceNotFoundError:
-            scoring_uri = None
         report.note(f"endpoint {self.endpoint_name}", online.delete_endpoint(ml, self.endpoint_name))
-        report.note(f"local connection {name}", promptflow_chat.delete_connection(name, scoring_uri))
+        report.note(f"local connection {name}", promptflow_chat.delete_connection(name, owner=self.endpoint_name))
         if self.azure.teardown_everything:
             report.note(f"compute {self.azure.compute_name}", assets.delete_cluster(ml, self.azure.compute_name))
             for what, existed in foundry.delete_all(self.clients.resource_group_ml, self.clients.project_ml,

@@ -37,8 +37,8 @@ class ScoringGate:
     """WSGI middleware in front of the scoring app, so the server stays bounded and responsive:
     - `GET /` (the health probe) is answered here, without the app, whatever the load;
     - every other route needs `Authorization: Bearer <key>` (401);
-    - a body over `max_body_bytes` is refused with a JSON 413 (waitress itself refuses, with a plain 413 and
-      without reading it, any body over twice that, chunked ones included);
+    - a body over `max_body_bytes` is refused with a JSON 413 (waitress itself refuses any body over twice
+      that without reading it, chunked ones included; its errors are JSON too, see below);
     - at most `max_generations` requests are in the app at once: one more is refused at once (503,
       Retry-After), not queued, so a client never waits behind a flood;
     - the OpenAI-style chat routes are served by the scoring route (score.py tells the contract by the body).
@@ -68,7 +68,11 @@ class ScoringGate:
         try:
             if environ.get("PATH_INFO") in CHAT_COMPLETIONS_PATHS:
                 environ["PATH_INFO"] = SCORE_PATH
-            return list(self.app(environ, start_response))  # generated in full while the slot is held
+            answer = self.app(environ, start_response)
+            try:
+                return list(answer)  # generated in full while the slot is held
+            finally:
+                getattr(answer, "close", lambda: None)()
         finally:
             self.generating.release()
 

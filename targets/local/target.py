@@ -339,7 +339,13 @@ class LocalTarget(Target):
             created = state is None
             if created:
                 state = self._start_server(deployment_dir, model)
+            elif spec.get("run_id") != self.run_id and not self._routed(deployment_dir.name):
+                # a candidate a killed run left: this run adopts it, and its failure clean-up removes it
+                write_json_atomic(deployment_dir / "spec.json", {**spec, "run_id": self.run_id})
         return self._deployment_ref(deployment_dir, state, created)
+
+    def _routed(self, deployment_name: str) -> bool:
+        return deployment_name in (read_json(self._endpoint_file()) or {}).get("traffic", {})
 
     def live_deployment(self) -> DeploymentRef | None:
         traffic = (read_json(self._endpoint_file()) or {}).get("traffic", {})
@@ -417,7 +423,7 @@ class LocalTarget(Target):
     def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
         name = self.settings.connection_name
         promptflow_chat.upsert_connection(name, deployment.scoring_uri, self.endpoint_key(deployment),
-                                          deployment.contract)
+                                          deployment.contract, owner=self.ws.workspace_id)
         return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
 
     # ---- plan ----------------------------------------------------------------------------------
@@ -452,11 +458,10 @@ class LocalTarget(Target):
             for deployment_dir in self._deployments():
                 report.note(f"server {deployment_dir.name}", self._stop_deployment(deployment_dir))
             endpoint_file = self._endpoint_file()
-            ours = (read_json(endpoint_file) or {}).get("scoring_uri")
             report.note(f"endpoint {self.endpoint_name}", endpoint_file.exists())
             endpoint_file.unlink(missing_ok=True)
         name = self.settings.connection_name
-        report.note(f"connection {name}", promptflow_chat.delete_connection(name, ours))
+        report.note(f"connection {name}", promptflow_chat.delete_connection(name, owner=self.ws.workspace_id))
         return report
 
     def sweep(self, older_than_hours: float) -> TeardownReport:
