@@ -86,12 +86,16 @@ def prefect_api_dying_with_this_process() -> Iterator[None]:
                 raise RuntimeError("the Prefect API server for this run did not start; start one with "
                                    "`prefect server start` and set PREFECT_API_URL")
             time.sleep(0.5)
+        # the environment too: Prefect's threads that do not share this context must not start a temporary
+        # server of their own (one that would outlive a kill)
+        os.environ["PREFECT_API_URL"] = api
         with temporary_settings({PREFECT_API_URL: api}):
             try:
                 yield
             finally:  # what the run logged and emitted reaches the server before it stops
                 APILogWorker.drain_all(timeout=10)
                 EventsWorker.drain_all(timeout=10)
+                os.environ.pop("PREFECT_API_URL", None)
     finally:
         server.terminate()
         try:
