@@ -30,8 +30,9 @@ from tasks.teardown import clean_up_after_failure
 @flow(name="phi3-full-pipeline")
 @one_run_per_workspace(makes_workspace=True)
 def full_pipeline(settings: PipelineSettings | None = None) -> dict:
-    """Live model -> quota (and, on Azure, the catalog model) -> identity -> dataset -> fine-tune -> register -> deploy beside the live one ->
-    evaluation gate -> go live (100 % traffic) -> connection -> smoke chat. One run per workspace at a time."""
+    """Live model -> quota (on Azure: the catalog model too) -> identity -> dataset -> fine-tune -> register ->
+    deploy beside the live one -> evaluation gate -> go live (100 % traffic) -> connection -> smoke chat.
+    One run per workspace at a time."""
     stages = StageSummary()
     if settings.plan:  # a dry run asked for from the UI: read calls only, nothing is created
         return {"plan": [item.model_dump() for item in dry_run(settings)], "stages": stages.rows()}

@@ -44,10 +44,10 @@ def one_run_per_workspace(makes_workspace: bool):
             settings = settings or PipelineSettings()
             target = stage_target(settings)
             lock_file = None if settings.plan else target.run_lock_file(create=makes_workspace)
-            if lock_file is None:
-                return flow_function(settings, *args, **kwargs)
             logger = get_run_logger()
             try:
+                if lock_file is None:
+                    return flow_function(settings, *args, **kwargs)
                 with run_lock(lock_file, settings.wait, lambda holder: logger.info(
                         "another run holds this workspace (%s): waiting", holder)) as taken_now:
                     if taken_now:  # no other run of this workspace is active: what killed runs left can go
