@@ -313,8 +313,17 @@ def setting_names(model: type[BaseModel], path: tuple[str, ...] = ()) -> list[st
     return list(model.model_fields)
 
 
+# Settings an earlier version had, and what took their place.
+RENAMED = {
+    "azure.finetune_model": "azure.base_model (a catalog name, e.g. Phi-4) and azure.base_model_version",
+    "azure.probe_initial_delay_s": "azure.cold_start_s",
+}
+
+
 def unknown_setting(model: type[BaseModel], path: tuple[str, ...]) -> str:
     """'<dotted path>: no such setting (did you mean <closest>?)' for a key the settings do not have."""
+    if ".".join(path) in RENAMED:
+        return f"{'.'.join(path)}: no such setting any more; use {RENAMED['.'.join(path)]}"
     *section, name = path
     close = difflib.get_close_matches(name, setting_names(model, tuple(section)), n=1)
     hint = f" (did you mean {'.'.join([*section, close[0]])}?)" if close else ""

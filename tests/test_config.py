@@ -92,3 +92,16 @@ def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in _setting_names(PipelineSettings) if f"| `{name}` |" not in readme]
     assert missing == []
+
+
+def test_a_renamed_azure_setting_names_its_successor(tmp_path):
+    from flows.cli import load_settings
+    from pipeline.errors import ConfigError
+
+    old = tmp_path / "old.toml"
+    old.write_text('[azure]\nfinetune_model = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/'
+                   'latest"\nprobe_initial_delay_s = 600\n')
+    with pytest.raises(ConfigError, match="azure.finetune_model: no such setting any more; use azure.base_model.*"
+                                          "azure.probe_initial_delay_s: no such setting any more; use "
+                                          "azure.cold_start_s"):
+        load_settings(["--config", str(old)], "x")
