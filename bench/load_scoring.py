@@ -3,7 +3,8 @@
     python bench/load_scoring.py [--clients 16] [--seconds 60] [--workspace DIR]
 
 Trains and deploys the built-in model in a fresh workspace (about a minute) unless --workspace names one
-whose live deployment should be used; what it started, it stops. Clients honour 503's Retry-After. Prints, for the steady load, requests, errors (anything but 200 and
+whose live deployment should be used; what it started, it stops. Clients honour 503's Retry-After.
+Prints, for the steady load, requests, errors (anything but 200 and
 503), 503 refusals, p50/p95 latency and the server's peak RSS; then for the flood (4 clients sending 1 MB
 prompts for 10 s) the worst health-probe and small-request latency of a fifth client.
 Targets: 0 errors under the steady load; health probe < 1 s and a small request answered or refused

@@ -326,4 +326,5 @@ def ask_scoring_uri(deployment: DeploymentRef, key: str, question: str, max_new_
         return answer_from(contract, payload)
     except ContractError:
         raise PipelineError(f"deployment {name} answered HTTP 200 but not in the {contract} contract: "
-                            f"{response.text[:300]}; if it speaks {other}, set the scoring contract to {other}") from None
+                            f"{response.text[:300]}; if it speaks {other}, set the scoring contract to {other}"
+                            ) from None

@@ -67,7 +67,8 @@ def vcpu_usages(a100: tuple[int, int] = (0, 96), h100: tuple[int, int] = (0, 80)
         *rows(H100, "Standard NCadsH100v5 Family Cluster Dedicated vCPUs", *h100),
         {"id": f"{base}/Standard_NCADSA100v4_Family_Cluster_LowPriority_vCPUs", "unit": "Count",
          "type": "Microsoft.MachineLearningServices/vmFamily/lowPriorityCores/usages", "currentValue": 0,
-         "limit": -1, "name": {"value": A100, "localizedValue": "Standard NCADSA100v4 Family Cluster LowPriority vCPUs"}},
+         "limit": -1,
+         "name": {"value": A100, "localizedValue": "Standard NCADSA100v4 Family Cluster LowPriority vCPUs"}},
     ]}
 
 

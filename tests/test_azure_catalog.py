@@ -35,7 +35,8 @@ def test_the_default_is_phi4_pinned_to_its_newest_active_version_read_only(regis
     model = resolve(registry_ml)
     assert (model.name, model.version) == ("Phi-4", "8"), "v7 is archived"
     assert model.asset_id == "azureml://registries/azureml/models/Phi-4/versions/8"
-    assert "Standard_NC24ads_A100_v4" in model.finetune_computes and "Standard_NC40ads_H100_v5" in model.inference_computes
+    assert "Standard_NC24ads_A100_v4" in model.finetune_computes
+    assert "Standard_NC40ads_H100_v5" in model.inference_computes
     assert model.defaults["learning_rate"] == "5e-6" and model.deprecations(TODAY) == []
     assert {r.method for r in transport.requests} == {"GET"}
 

@@ -79,7 +79,8 @@ def test_an_existing_cluster_keeps_its_size():
 
 
 @pytest.mark.parametrize(("setting", "size", "model", "error"), [
-    ("deploy_vm_size", "Standard_NC6s_v3", PHI4, "is not among Phi-4 v8's inference computes: Standard_NC24ads_A100_v4"),
+    ("deploy_vm_size", "Standard_NC6s_v3", PHI4,
+     "is not among Phi-4 v8's inference computes: Standard_NC24ads_A100_v4"),
     ("deploy_vm_size", "Standard_NC6s_v3", replace(PHI4, inference_computes=("Standard_NC6s_v3",
                                                                              "Standard_NC24ads_A100_v4")),
      "was retired on 2025-09-30; choose one of Standard_NC24ads_A100_v4"),

@@ -40,7 +40,8 @@ def recording(name: str) -> dict:
 
 
 def entry(name: str, method: str, path_end: str, nth: int = 0) -> dict:
-    found = [e for e in recording(name)["entries"] if e["method"] == method and e["path"].split("?")[0].endswith(path_end)]
+    found = [e for e in recording(name)["entries"]
+             if e["method"] == method and e["path"].split("?")[0].endswith(path_end)]
     return found[nth]
 
 
@@ -67,7 +68,8 @@ def driven(cloud, arm):
     assets.ensure_cluster(ml_client, AZURE, "Standard_NC24ads_A100_v4", TAGS)
     foundry.upsert_custom_connection(ml_client, "phi3-custom", "https://x/score", "secret-key", "input_data", TAGS)
     finetune.submit(ml_client, finetune_job(AZURE, "azureml://registries/azureml/models/Phi-4/versions/8", {},
-                                            "phi3-custom-ft-recorded", "azureml:t:1", "azureml:v:1", "phi3-custom", TAGS))
+                                            "phi3-custom-ft-recorded", "azureml:t:1", "azureml:v:1", "phi3-custom",
+                                            TAGS))
     assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-recorded", {}, TAGS)
     online.delete_endpoint(ml_client, "ep-recorded")
     assets.delete_cluster(ml_client, AZURE.compute_name)

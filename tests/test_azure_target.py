@@ -192,7 +192,8 @@ def test_plan_reads_only_and_prices_what_the_run_would_start(azure_cloud, tmp_pa
     lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines() if len(line.split()) > 2}
     assert "create" in lines["managed identity"] and "submit" in lines["fine-tune job"]
     assert "Phi-4 v8" in lines["catalog model"] and "learning_rate 5e-6" in lines["catalog model"]
-    assert "3.67" in lines["fine-tune job"] and "Standard_NC24ads_A100_v4 x1" in lines["deployment (Standard_NC24ads_A100_v4"]
+    assert "3.67" in lines["fine-tune job"]
+    assert "Standard_NC24ads_A100_v4 x1" in lines["deployment (Standard_NC24ads_A100_v4"]
     assert "up to 7.34 USD/hour" in out and "2026-11-25" in out
     assert "NC6s_v3" not in out and "Phi-3" not in out, "no retired size or model in a default plan"
 

@@ -16,7 +16,7 @@ import requests
 
 from pipeline.chat_data import split_and_write
 from pipeline.config import PipelineSettings
-from pipeline.errors import ConfigError, InsufficientResourcesError, PipelineError
+from pipeline.errors import ConfigError, InsufficientResourcesError
 from targets.base import raise_if_short
 from targets.local.target import LocalTarget
 from targets.local.workspace import write_json_atomic
