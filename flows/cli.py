@@ -7,7 +7,8 @@ import difflib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
@@ -143,12 +144,20 @@ def _checked_run(settings: PipelineSettings, check: Callable, run: Callable, rep
     return 0
 
 
-def _run_pipeline(settings: PipelineSettings) -> dict:
-    from flows.full_pipeline import full_pipeline
-
+@contextmanager
+def _flow_run(settings: PipelineSettings) -> Iterator[None]:
+    """What a flow started from the command line runs with: expected errors logged without tracebacks (unless
+    --verbose), and a Prefect API server that dies with the command."""
     if not settings.verbose:
         quiet_expected_tracebacks()
     with prefect_api_dying_with_this_process():
+        yield
+
+
+def _run_pipeline(settings: PipelineSettings) -> dict:
+    from flows.full_pipeline import full_pipeline
+
+    with _flow_run(settings):
         return full_pipeline(settings)
 
 
@@ -166,9 +175,7 @@ def _print_answer(settings: PipelineSettings, result: dict) -> None:
 def _run_teardown(settings: TeardownSettings) -> TeardownReport:
     from flows.teardown import teardown
 
-    if not settings.verbose:
-        quiet_expected_tracebacks()
-    with prefect_api_dying_with_this_process():
+    with _flow_run(settings):
         return teardown(PipelineSettings(**settings.model_dump(exclude={"older_than_hours"})),
                         settings.older_than_hours)
 

@@ -16,10 +16,10 @@ import requests
 from pydantic import BaseModel
 
 from chat_flow.scoring_contract import CONTRACTS, ContractError, answer_from, request_for
+from pipeline import naming
 from pipeline.chat_data import SplitFiles
 from pipeline.config import PipelineSettings, ScoringContract
 from pipeline.errors import InsufficientResourcesError, PipelineError, TransientError
-from pipeline import naming
 
 SMOKE_PROBE = "Who founded Microsoft?"
 UNPRICED = "price unknown"  # a plan line's detail for a VM size missing from the price table
@@ -197,10 +197,8 @@ class Target(ABC):
         after taking the run lock, when no other run of the workspace can be active: also every other run's
         (what killed runs left), but a command line's whose process lives (a plan or a check in progress)."""
         root = self.local_root(create=False) / "scratch"
-        for folder in ([root / self._scratch] if not others_too else list(root.glob("*"))):
-            name = folder.name
-            if others_too and name.startswith("cli-") and name != self._scratch and psutil.pid_exists(
-                    int(name.removeprefix("cli-")) if name.removeprefix("cli-").isdigit() else 0):
+        for folder in list(root.glob("*")) if others_too else [root / self._scratch]:
+            if folder.name != self._scratch and _command_line_alive(folder.name):
                 continue
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -285,6 +283,12 @@ class Target(ABC):
     @abstractmethod
     def sweep(self, older_than_hours: float) -> TeardownReport:
         """Remove every endpoint this project made (any run, any model) that is older than the limit."""
+
+
+def _command_line_alive(scratch_name: str) -> bool:
+    """A `cli-<pid>` scratch folder whose command line still runs."""
+    pid = scratch_name.removeprefix("cli-")
+    return scratch_name.startswith("cli-") and pid.isdigit() and psutil.pid_exists(int(pid))
 
 
 def raise_if_short(checks: list[ResourceCheck]) -> None:
