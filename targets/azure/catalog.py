@@ -126,8 +126,19 @@ class CatalogModel:
                 notes.append(f"{self.label} is deprecated for {label} since {since.isoformat()}{until}")
         return notes
 
-    def finetunable(self, today: date) -> bool:
-        return CHAT_COMPLETION in self.finetune_tasks and bool(self.finetune_computes) and not self.retired(today)
+    def refusal(self, today: date) -> str | None:
+        """Why this version cannot be fine-tuned (chat completion, managed compute) today; None if it can."""
+        if reasons := self.retired(today):
+            dates = ", ".join(f"{key.replace('_', ' ')} {value.isoformat()}" for key, value in self.dates.items()
+                              if value) or "no lifecycle dates"
+            return f"{self.label} is {' and '.join(reasons)} (lifecycle: {dates})"
+        if CHAT_COMPLETION not in self.finetune_tasks:
+            return (f"{self.label} cannot be fine-tuned for {CHAT_COMPLETION} "
+                    f"(its fine-tuning tasks: {', '.join(self.finetune_tasks) or 'none'})")
+        if not self.finetune_computes:
+            return (f"{self.label} lists no managed compute to fine-tune on (serverless fine-tuning is not "
+                    "supported by this pipeline yet)")
+        return None
 
 
 def read_model(raw: dict, registry: str) -> CatalogModel:
@@ -174,7 +185,7 @@ def replacements(registry_ml: MLClient, registry: str, family_of: str, today: da
     for name in sorted(names)[:FAMILY_CANDIDATES_CHECKED]:
         newest = _newest(registry_ml.models.list(name=name))
         if newest is not None and read_model(registry_entry(registry_ml, name, str(newest.version)),
-                                             registry).finetunable(today):
+                                             registry).refusal(today) is None:
             found.append(f"{name} (v{newest.version})")
     return found
 
@@ -213,16 +224,8 @@ def resolve(registry_ml: MLClient, azure: AzureSettings, today: date | None = No
         raise ConfigError(f"azure.base_model_version {wanted} of {name} does not exist in registry {registry}; "
                           f"versions: {', '.join(numbers)} (leave it empty for the newest)")
     model = read_model(registry_entry(registry_ml, name, wanted or str(_newest(versions).version)), registry)
-    if reasons := model.retired(today):
-        dates = ", ".join(f"{key.replace('_', ' ')} {value.isoformat()}" for key, value in model.dates.items()
-                          if value) or "no lifecycle dates"
-        raise refuse(f"{model.label} is {' and '.join(reasons)} (lifecycle: {dates})")
-    if CHAT_COMPLETION not in model.finetune_tasks:
-        raise refuse(f"{model.label} cannot be fine-tuned for {CHAT_COMPLETION} "
-                     f"(its fine-tuning tasks: {', '.join(model.finetune_tasks) or 'none'})")
-    if not model.finetune_computes:
-        raise refuse(f"{model.label} lists no managed compute to fine-tune on (serverless fine-tuning is not "
-                     "supported by this pipeline yet)")
+    if reason := model.refusal(today):
+        raise refuse(reason)
     return model
 
 
