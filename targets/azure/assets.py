@@ -43,13 +43,12 @@ def adopt_job_model(ml_client: MLClient, model_name: str, job_name: str, lineage
     """The model version the fine-tuning service registered from the job (`output_model_name_prefix`), found by
     the job's `registered_model` output, else by its lineage (`jobName` or our `job` tag), and given the
     lineage tags; registered here (with `tags` too) only if the service made none. (model, created)."""
-    made = _service_registered(ml_client, model_name, job_name)
+    made, versions = _registered_by_job_output(ml_client, model_name, job_name), []
+    if made is None:
+        versions = _versions(ml_client, model_name)
+        made = next((v for v in versions if v.job_name == job_name or (v.tags or {}).get("job") == job_name), None)
     wanted = {**lineage, "job": job_name}
     if made is None:
-        try:
-            versions = list(ml_client.models.list(name=model_name))
-        except ResourceNotFoundError:  # no version of that name yet: the service answers 404 (recorded)
-            versions = []
         next_version = max((int(v.version) for v in versions if str(v.version).isdigit()), default=0) + 1
         return ml_client.models.create_or_update(
             registered_model(model_name, str(next_version), job_name, {**tags, **wanted})), True
@@ -59,19 +58,24 @@ def adopt_job_model(ml_client: MLClient, model_name: str, job_name: str, lineage
     return made, False
 
 
-def _service_registered(ml_client: MLClient, model_name: str, job_name: str) -> Model | None:
+def _registered_by_job_output(ml_client: MLClient, model_name: str, job_name: str) -> Model | None:
+    """The version the job's `registered_model` output names, if the service filled it in."""
     try:
         output = (ml_client.jobs.get(job_name).outputs or {}).get(FINETUNE_OUTPUT)
     except ResourceNotFoundError:
-        output = None
+        return None
     version = getattr(output, "version", None)
     if version and getattr(output, "name", None) == model_name:
         return ml_client.models.get(model_name, str(version))
+    return None
+
+
+def _versions(ml_client: MLClient, model_name: str) -> list[Model]:
+    """Every version of the model; none yet is a 404 from the service (recorded), read as an empty list."""
     try:
-        versions = ml_client.models.list(name=model_name)
-        return next((v for v in versions if v.job_name == job_name or (v.tags or {}).get("job") == job_name), None)
+        return list(ml_client.models.list(name=model_name))
     except ResourceNotFoundError:
-        return None
+        return []
 
 
 def delete_cluster(ml_client: MLClient, name: str) -> bool:
