@@ -129,11 +129,15 @@ def plan_sizes(ml_client: MLClient, azure: AzureSettings, model: CatalogModel,
         drawn[_key(vm.family)] += _vcpus(vm) * instances
         return Need(size=size, family=vm.family, vcpus=_vcpus(vm) * instances, purpose=f"{purpose} {size} x{instances}")
 
+    configured = azure.finetune_vm_size
+    if cluster_size and configured and cluster_size.lower() != configured.lower():
+        raise ConfigError(f"azure.finetune_vm_size is {configured} but cluster {azure.compute_name} exists with "
+                          f"{cluster_size}: leave the setting empty, or choose another azure.compute_name")
     if cluster_size and cluster_size.lower() not in {size.lower() for size in model.finetune_computes}:
         raise ConfigError(f"cluster {azure.compute_name} exists with {cluster_size}, which is not among "
                           f"{model.label}'s fine-tuning computes ({', '.join(model.finetune_computes)}): delete it "
                           "(teardown with --azure.teardown_everything) or set another azure.compute_name")
-    cluster = choose("finetune_vm_size", cluster_size or azure.finetune_vm_size, model.finetune_computes,
+    cluster = choose("finetune_vm_size", cluster_size or configured, model.finetune_computes,
                      azure.compute_max_nodes, "fine-tuning cluster")
     deployment = choose("deploy_vm_size", azure.deploy_vm_size, model.inference_computes,
                         deployment_instances(azure), "online deployment")

@@ -15,7 +15,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from pipeline import promptflow_chat
 from pipeline.chat_data import SplitFiles
 from pipeline.config import PipelineSettings
-from pipeline.errors import ConfigError, JobFailedError
+from pipeline.errors import JobFailedError
 from pipeline.naming import content_hash
 from targets.azure import assets, catalog, clients, finetune, foundry, online, quota, rbac
 from targets.azure.entities import finetune_job, resource_tags
@@ -78,10 +78,6 @@ class AzureTarget(Target):
     def sizes(self) -> quota.SizePlan:
         """The cluster's and the deployment's VM sizes (from the model's lists), with the quota checks."""
         existing = assets.cluster_size(self.clients.ml, self.azure.compute_name)
-        if existing and self.azure.finetune_vm_size and existing.lower() != self.azure.finetune_vm_size.lower():
-            raise ConfigError(
-                f"azure.finetune_vm_size is {self.azure.finetune_vm_size} but cluster {self.azure.compute_name} "
-                f"exists with {existing}: leave the setting empty, or choose another azure.compute_name")
         return quota.plan_sizes(self.clients.ml, self.azure, self.model, existing)
 
     @translated
@@ -122,11 +118,17 @@ class AzureTarget(Target):
         return f"{self.settings.model_name}-{part}"
 
     # ---- identity and RBAC -------------------------------------------------------------------
+    @cached_property
+    def _workspace(self):
+        """The ML workspace, read once per target (a target serves one stage: the deploy stage reads it anew,
+        so a registry Azure made meanwhile is seen)."""
+        return self.clients.ml.workspaces.get(self.azure.workspace_name)
+
     def _role_scopes(self) -> tuple[str, rbac.RoleScopes]:
         """(the workspace's immutable GUID, the three role scopes): a workspace deleted and made again under
         the same name has a new GUID, so nothing cached against the old one is reused (azure-ai-ml 1.35
         keeps the GUID in a private attribute)."""
-        workspace = self.clients.ml.workspaces.get(self.azure.workspace_name)
+        workspace = self._workspace
         group = f"/subscriptions/{self.azure.subscription_id}/resourceGroups/{self.azure.resource_group}"
         return workspace._workspace_id, rbac.RoleScopes(
             resource_group=group, storage_account=workspace.storage_account,
