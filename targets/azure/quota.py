@@ -51,8 +51,12 @@ class Row:
     limit: int | None
 
     @property
+    def cap(self) -> float:
+        return float("inf") if self.limit is None else self.limit
+
+    @property
     def free(self) -> float:
-        return float("inf") if self.limit is None else self.limit - self.used
+        return self.cap - self.used
 
 
 def _row(usage) -> Row | None:
@@ -120,7 +124,7 @@ def plan_sizes(ml_client: MLClient, azure: AzureSettings, model: CatalogModel,
 
     def limit(family: str) -> float:
         row = families.get(_key(family))
-        return (row.limit if row and row.limit is not None else float("inf") if row else 0) - drawn[_key(family)]
+        return (row.cap if row else 0) - drawn[_key(family)]
 
     def choose(setting: str, configured: str, allowed: tuple[str, ...], instances: int, purpose: str) -> Need:
         size = choose_size(setting, configured, allowed, model, region, offered,
