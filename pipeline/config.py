@@ -175,6 +175,12 @@ class AzureSettings(StrictModel):
                         "offered in the region with free quota.",
     )
     deploy_instance_count: int = Field(1, ge=1, description="Instances of the online deployment.")
+    deployment_lease_minutes: int = Field(
+        240, ge=30, le=7 * 24 * 60,
+        description="How long a deployment without traffic stays another run's: a run going live (from this or "
+                    "another machine) removes such a candidate only once its lease has run out. It covers one "
+                    "run's deploy, gate and go-live; a killed run's candidate bills until then (or teardown).",
+    )
     cold_start_s: int = Field(
         600, ge=0, description="Seconds the liveness probe waits before its first check: a large model loads "
                                "slowly (the readiness probe starts at once and fails until the model answers).",

@@ -108,6 +108,7 @@ class DeploymentRef(BaseModel):
     contract: ScoringContract = "input_data"  # the request shape the deployment answers
     run_id: str = ""  # the pipeline run that made the deployment: a failed run removes only its own
     warnings: list[str] = []  # e.g. an endpoint that could not run as the pipeline's identity
+    superseded: list[str] = []  # after going live: the deployments that served until then
 
     @property
     def live(self) -> bool:
@@ -260,9 +261,10 @@ class Target(ABC):
         """Move 100 % of traffic to the deployment and prove it with a request (the others stay, idle)."""
 
     @abstractmethod
-    def remove_deployments(self, keep: str, made_by: str | None = None) -> list[str]:
-        """Remove the endpoint's deployments other than `keep` (with `made_by`, only those that run made);
-        their names."""
+    def remove_deployments(self, keep: DeploymentRef | None, only_own: bool = False) -> TeardownReport:
+        """Remove the endpoint's deployments other than `keep`: with `only_own`, only this run's; else also
+        those `keep` replaced and those no other run holds (on Azure, where runs on other machines share the
+        endpoint, a candidate under another run's lease stays: reported as kept)."""
 
     @abstractmethod
     def endpoint_key(self, deployment: DeploymentRef) -> str:

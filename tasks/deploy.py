@@ -24,7 +24,10 @@ def deploy(settings: PipelineSettings, model: ModelRef) -> DeploymentRef:
 def go_live(settings: PipelineSettings, deployment: DeploymentRef) -> DeploymentRef:
     target = stage_target(settings)
     live = target.go_live(deployment)
-    retired = target.remove_deployments(keep=live.deployment_name)  # only once the new one answers live
-    get_run_logger().info("deployment %s live at %s with 100 %% of traffic; removed: %s", live.deployment_name,
-                          live.scoring_uri, ", ".join(retired) or "nothing")
+    retired = target.remove_deployments(keep=live)  # only once the new one answers live
+    logger = get_run_logger()
+    logger.info("deployment %s live at %s with 100 %% of traffic; removed: %s", live.deployment_name,
+                live.scoring_uri, ", ".join(retired.removed) or "nothing")
+    if retired.kept:
+        logger.info("left to the runs whose candidates they are: %s", ", ".join(retired.kept))
     return live

@@ -29,19 +29,22 @@ def tear_down(settings: PipelineSettings, older_than_hours: float | None = None)
 def clean_up_after_failure(settings: PipelineSettings, live_before: DeploymentRef | None,
                            went_live: bool) -> CleanUp:
     """Only what this run made goes. Nothing served before the run: tear everything down, unless another run
-    has made a model live meanwhile (then only this run's deployments go). A model served: if the new one
-    never completed going live, traffic goes back to the old one; either way this run's deployments without
-    traffic go."""
+    has made a model live meanwhile (then only this run's deployments go) or holds a candidate on the endpoint.
+    A model served: if the new one never completed going live, traffic goes back to the old one; either way
+    this run's deployments without traffic go."""
     target = stage_target(settings)
     live_now = target.live_deployment()
     if live_now is not None and live_now.run_id not in ("", target.run_id):  # another run's model serves
-        return CleanUp(removed=target.remove_deployments(keep=live_now.deployment_name, made_by=target.run_id),
+        return CleanUp(removed=target.remove_deployments(keep=live_now, only_own=True).removed,
                        still_serving=live_now.deployment_name)
     if live_before is None:
-        return CleanUp(removed=target.teardown().removed, still_serving=None)
+        left = target.remove_deployments(keep=live_now)
+        if left.kept:  # another run's candidate: the endpoint stays for it
+            return CleanUp(removed=left.removed, still_serving=live_now.deployment_name if live_now else None)
+        return CleanUp(removed=left.removed + target.teardown().removed, still_serving=None)
     if went_live:  # this run's model serves: the older ones take no traffic and go
-        return CleanUp(removed=target.remove_deployments(keep=live_now.deployment_name),
+        return CleanUp(removed=target.remove_deployments(keep=live_now).removed,
                        still_serving=live_now.deployment_name)
     live = target.go_live(live_before)  # traffic back to the model that served before
-    return CleanUp(removed=target.remove_deployments(keep=live.deployment_name, made_by=target.run_id),
+    return CleanUp(removed=target.remove_deployments(keep=live, only_own=True).removed,
                    still_serving=live.deployment_name)

@@ -202,7 +202,8 @@ def test_the_sweep_removes_only_this_projects_endpoints_past_their_age(azure_clo
     from azure.ai.ml.entities import ManagedOnlineEndpoint
 
     from targets.azure import online
-    from targets.azure.entities import resource_tags
+    from targets.azure.entities import deployment_lease, resource_tags
+    from tests.azure_fakes import WORKSPACE
 
     ml_client = clients.connect(AZURE).ml
     now = datetime.now(UTC)
@@ -211,9 +212,14 @@ def test_the_sweep_removes_only_this_projects_endpoints_past_their_age(azure_clo
     ml_client.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="ep-not-ours", auth_mode="key",
                                                                             tags={"owner": "someone"})).result()
     online.ensure_endpoint(ml_client, AZURE, "ep-odd-tag", {"managed-by": "phi3-pipeline", "created-at": "yesterday"})
+    for name, minutes_ago in (("killed-candidate", 300), ("running-candidate", 5)):
+        online.ensure_deployment(ml_client, AZURE, "Standard_NC24ads_A100_v4", "ep-fresh", name,
+                                 f"{WORKSPACE}/models/phi3-custom/versions/1",
+                                 deployment_lease("run-3", 240, now - timedelta(minutes=minutes_ago)))
     report = AzureTarget(settings).sweep(older_than_hours=24)
-    assert report.removed == ["endpoint ep-old"]
-    assert sorted(p.rsplit("/", 1)[1] for p in azure_cloud.arm.resources if "/onlineEndpoints/" in p) == [
+    assert report.removed == ["endpoint ep-old", "deployment killed-candidate of ep-fresh (lease ended)"]
+    assert [d.name for d in ml_client.online_deployments.list("ep-fresh")] == ["running-candidate"]
+    assert sorted(endpoint.name for endpoint in ml_client.online_endpoints.list()) == [
         "ep-fresh", "ep-not-ours", "ep-odd-tag"]
 
 
@@ -376,3 +382,27 @@ def test_a_failed_runs_clean_up_never_removes_what_another_run_made_live(azure_c
     assert (result.removed, result.still_serving) == (["deploy-v2"], "deploy-v1")
     deployments = [p.rsplit("/", 1)[1] for p in azure_cloud.arm.resources if "/deployments/" in p]
     assert deployments == ["deploy-v1"], "run B's live deployment and its endpoint stay"
+
+
+def test_a_failed_run_with_nothing_live_leaves_the_endpoint_to_another_machines_candidate(azure_cloud, settings,
+                                                                                          monkeypatch):
+    """Run B, on another machine, is deploying beside run A: A's failure removes its own candidate only."""
+    from azure.ai.ml.entities import ManagedOnlineDeployment
+
+    from targets.azure import online
+    from targets.azure.entities import deployment_lease
+    from tasks import teardown as teardown_tasks
+    from tests.azure_fakes import WORKSPACE
+
+    ml_client = clients.connect(AZURE).ml
+    target_a = AzureTarget(settings, run_id="run-a")
+    online.ensure_endpoint(ml_client, AZURE, target_a.endpoint_name, target_a.tags)
+    for name, run in (("deploy-v1", "run-b"), ("deploy-v2", "run-a")):
+        ml_client.online_deployments.begin_create_or_update(ManagedOnlineDeployment(
+            name=name, endpoint_name=target_a.endpoint_name, model=f"{WORKSPACE}/models/phi3-custom/versions/1",
+            instance_type="Standard_NC24ads_A100_v4", instance_count=1,
+            tags=deployment_lease(run, settings.azure.deployment_lease_minutes))).result()
+    monkeypatch.setattr(teardown_tasks, "stage_target", lambda _settings: target_a)
+    result = teardown_tasks.clean_up_after_failure.fn(settings, None, False)
+    assert (result.removed, result.still_serving) == (["deploy-v2"], None)
+    assert [d.name for d in ml_client.online_deployments.list(target_a.endpoint_name)] == ["deploy-v1"]

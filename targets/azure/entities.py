@@ -7,7 +7,7 @@ SDK's own validation and REST serialisation can be checked offline against the t
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from azure.ai.ml.constants import AssetTypes
 from azure.ai.ml.entities import (
@@ -29,6 +29,7 @@ from pipeline.config import AzureSettings
 
 MANAGED_BY = "phi3-pipeline"
 LIVE_SINCE = "live-since"
+LEASE_UNTIL = "lease-until"  # on a deployment: until when runs going live (on any machine) leave it alone
 FINETUNE_OUTPUT = "registered_model"
 # The roles of SEED.md's identity that something uses, and the scope of each: the online endpoint runs as the
 # identity and pulls its model (storage) and image (registry) with them.
@@ -51,6 +52,12 @@ def resource_tags(run_id: str, created_at: datetime | None = None) -> dict[str, 
     """Tags on everything the pipeline creates, so a sweep can find (and age) what it made."""
     created = (created_at or datetime.now(UTC)).isoformat(timespec="seconds")
     return {"managed-by": MANAGED_BY, "pipeline-run": run_id, "created-at": created}
+
+
+def deployment_lease(run_id: str, minutes: int, now: datetime | None = None) -> dict[str, str]:
+    """The tags that make a deployment this run's candidate: other runs keep off it until the lease ends."""
+    until = (now or datetime.now(UTC)) + timedelta(minutes=minutes)
+    return {"pipeline-run": run_id, LEASE_UNTIL: until.isoformat(timespec="seconds")}
 
 
 def role_assignment_name(scope: str, role: str, principal_id: str) -> str:

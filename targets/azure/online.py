@@ -17,7 +17,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from pipeline.config import AzureSettings
 from pipeline.errors import PipelineError
 from targets.azure.clients import found, get_or_create
-from targets.azure.entities import LIVE_SINCE, MANAGED_BY, online_deployment, online_endpoint, with_full_traffic
+from targets.azure.entities import LEASE_UNTIL, LIVE_SINCE, MANAGED_BY, online_deployment, online_endpoint, with_full_traffic
 
 SUCCEEDED = "succeeded"
 
@@ -36,12 +36,17 @@ def ensure_endpoint(ml_client: MLClient, azure: AzureSettings, name: str, tags: 
 
 
 def ensure_deployment(ml_client: MLClient, azure: AzureSettings, vm_size: str, endpoint_name: str,
-                      deployment_name: str, model_id: str,
-                      tags: dict[str, str]) -> tuple[ManagedOnlineDeployment, bool]:
-    """The deployment of that name if it provisioned; else create it and wait (a failure says where to look)."""
+                      deployment_name: str, model_id: str, tags: dict[str, str],
+                      claim: bool = False) -> tuple[ManagedOnlineDeployment, bool]:
+    """The deployment of that name if it provisioned (with `claim`, re-tagged as this run's candidate: a resumed
+    run renews a killed run's lease); else create it and wait (a failure says where to look)."""
     try:
         existing = ml_client.online_deployments.get(deployment_name, endpoint_name)
         if _succeeded(existing):
+            if claim and any((existing.tags or {}).get(tag) != tags[tag] for tag in ("pipeline-run", LEASE_UNTIL)):
+                existing.tags = {**(existing.tags or {}), "pipeline-run": tags["pipeline-run"],
+                                 LEASE_UNTIL: tags[LEASE_UNTIL]}
+                existing = ml_client.online_deployments.begin_create_or_update(existing).result()
             return existing, False
     except ResourceNotFoundError:
         pass
@@ -63,26 +68,42 @@ def live_traffic(endpoint: ManagedOnlineEndpoint) -> dict[str, int]:
     return {name: share for name, share in (endpoint.traffic or {}).items() if share}
 
 
-def route_all_traffic(ml_client: MLClient, endpoint_name: str, deployment_name: str) -> dict[str, int]:
-    """Put 100 % of live traffic on the deployment, then read it back (at 0 % it cannot be tested)."""
+def route_all_traffic(ml_client: MLClient, endpoint_name: str, deployment_name: str) -> tuple[list[str], dict]:
+    """Put 100 % of live traffic on the deployment, then read it back (at 0 % it cannot be tested);
+    (the deployments that served until now, the traffic now)."""
     endpoint = ml_client.online_endpoints.get(endpoint_name)
+    superseded = [name for name in live_traffic(endpoint) if name != deployment_name]
     if (endpoint.traffic or {}).get(deployment_name) != 100:
         ml_client.online_endpoints.begin_create_or_update(with_full_traffic(endpoint, deployment_name)).result()
     traffic = live_traffic(ml_client.online_endpoints.get(endpoint_name))
     if traffic.get(deployment_name) != 100:
         raise PipelineError(f"endpoint {endpoint_name} reports traffic {traffic}, not 100 % on {deployment_name}")
-    return traffic
+    return superseded, traffic
 
 
-def remove_other_deployments(ml_client: MLClient, endpoint_name: str, keep: str,
-                             made_by: str | None = None) -> list[str]:
-    """Delete the endpoint's deployments other than `keep` (they take no traffic but bill by the hour); with
-    `made_by`, only those that pipeline run made (its `pipeline-run` tag)."""
-    others = [d.name for d in ml_client.online_deployments.list(endpoint_name) if d.name != keep
-              and made_by in (None, (d.tags or {}).get("pipeline-run"))]
-    for name in others:
-        ml_client.online_deployments.begin_delete(name, endpoint_name).result()
-    return others
+def remove_other_deployments(ml_client: MLClient, endpoint_name: str, keep: str | None, run_id: str,
+                             only_own: bool = False, superseded: tuple[str, ...] = (),
+                             now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """Delete the endpoint's deployments other than `keep` (they take no traffic but bill by the hour): this
+    run's, those `keep` has just replaced, and those whose lease has run out (a killed run's candidate, or one
+    from before leases); with `only_own`, only this run's. Another run's leased candidate stays, whichever
+    machine that run is on. (removed, kept)."""
+    removed, kept = [], []
+    try:
+        deployments = list(ml_client.online_deployments.list(endpoint_name))
+    except ResourceNotFoundError:  # no endpoint yet: nothing to remove
+        return removed, kept
+    for deployment in deployments:
+        if deployment.name == keep:
+            continue
+        tags = deployment.tags or {}
+        leased = (_tag_time(tags.get(LEASE_UNTIL)) or datetime.min.replace(tzinfo=UTC)) > (now or datetime.now(UTC))
+        if tags.get("pipeline-run") == run_id or not only_own and (deployment.name in superseded or not leased):
+            ml_client.online_deployments.begin_delete(deployment.name, endpoint_name).result()
+            removed.append(deployment.name)
+        else:
+            kept.append(deployment.name)
+    return removed, kept
 
 
 def endpoint_key(ml_client: MLClient, endpoint_name: str) -> str:
@@ -104,14 +125,23 @@ def _tag_time(value: str | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
 
 
-def expired_endpoints(ml_client: MLClient, older_than_hours: float) -> list[str]:
-    """Endpoints tagged as made by this project whose model has served (or, never routed, whose endpoint has
-    existed) longer than the limit; an endpoint without a readable time is left alone."""
-    cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
-    expired = []
-    for endpoint in ml_client.online_endpoints.list():
-        tags = endpoint.tags or {}
-        since = _tag_time(tags.get(LIVE_SINCE) or tags.get("created-at"))
-        if tags.get("managed-by") == MANAGED_BY and since is not None and since < cutoff:
-            expired.append(endpoint.name)
-    return expired
+def managed_endpoints(ml_client: MLClient) -> list[ManagedOnlineEndpoint]:
+    """The workspace's endpoints that this project made (its `managed-by` tag)."""
+    return [e for e in ml_client.online_endpoints.list() if (e.tags or {}).get("managed-by") == MANAGED_BY]
+
+
+def expired(endpoint: ManagedOnlineEndpoint, older_than_hours: float) -> bool:
+    """Whether its model has served (or, never routed, the endpoint has existed) longer than the limit; an
+    endpoint without a readable time is left alone."""
+    tags = endpoint.tags or {}
+    since = _tag_time(tags.get(LIVE_SINCE) or tags.get("created-at"))
+    return since is not None and since < datetime.now(UTC) - timedelta(hours=older_than_hours)
+
+
+def remove_ended_candidates(ml_client: MLClient, endpoint: ManagedOnlineEndpoint) -> list[str]:
+    """The reaper's part for an endpoint it keeps: candidates whose lease has ended (a killed run's) go; an
+    endpoint whose traffic is split by hand is left alone."""
+    live = list(live_traffic(endpoint))
+    if len(live) > 1:
+        return []
+    return remove_other_deployments(ml_client, endpoint.name, live[0] if live else None, run_id="")[0]

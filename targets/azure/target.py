@@ -18,7 +18,7 @@ from pipeline.config import PipelineSettings
 from pipeline.errors import JobFailedError
 from pipeline.naming import content_hash
 from targets.azure import assets, catalog, clients, finetune, foundry, online, quota, rbac
-from targets.azure.entities import finetune_job, resource_tags
+from targets.azure.entities import deployment_lease, finetune_job, resource_tags
 from targets.azure.errors import translated
 from targets.base import (
     SMOKE_PROBE,
@@ -228,12 +228,14 @@ class AzureTarget(Target):
     def deploy(self, model: ModelRef) -> DeploymentRef:
         ml, name = self.clients.ml, self.deployment_name(model)
         with_identity = self._grant_acr_pull_once_registry_exists()
-        _, endpoint_created = online.ensure_endpoint(ml, self.azure, self.endpoint_name, self.tags, with_identity)
+        endpoint, endpoint_created = online.ensure_endpoint(ml, self.azure, self.endpoint_name, self.tags, with_identity)
         warnings = [] if with_identity or not endpoint_created else [
             SYSTEM_IDENTITY.format(workspace=self.azure.workspace_name, endpoint=self.endpoint_name)]
-        tags = {**self.tags, "job": model.job_name, "model-version": str(model.version)}
+        tags = {**self.tags, "job": model.job_name, "model-version": str(model.version),
+                **deployment_lease(self.run_id, self.azure.deployment_lease_minutes)}
         deployment, created = online.ensure_deployment(ml, self.azure, self.sizes.deploy_vm_size, self.endpoint_name,
-                                                       name, model.uri, tags)
+                                                       name, model.uri, tags,
+                                                       claim=name not in online.live_traffic(endpoint))
         ref = self._deployment_ref(ml.online_endpoints.get(self.endpoint_name), deployment, created)
         return ref.model_copy(update={"warnings": warnings})
 
@@ -256,13 +258,18 @@ class AzureTarget(Target):
 
     @translated
     def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
-        traffic = online.route_all_traffic(self.clients.ml, self.endpoint_name, deployment.deployment_name)
+        superseded, traffic = online.route_all_traffic(self.clients.ml, self.endpoint_name,
+                                                       deployment.deployment_name)
         self.ask(deployment, SMOKE_PROBE, 16)  # 100 % of traffic, proven by an authenticated answer
-        return deployment.model_copy(update={"traffic": traffic, "created": not deployment.live})
+        return deployment.model_copy(update={"traffic": traffic, "created": not deployment.live,
+                                             "superseded": superseded})
 
     @translated
-    def remove_deployments(self, keep: str, made_by: str | None = None) -> list[str]:
-        return online.remove_other_deployments(self.clients.ml, self.endpoint_name, keep=keep, made_by=made_by)
+    def remove_deployments(self, keep: DeploymentRef | None, only_own: bool = False) -> TeardownReport:
+        removed, kept = online.remove_other_deployments(
+            self.clients.ml, self.endpoint_name, keep.deployment_name if keep else None, self.run_id, only_own,
+            superseded=tuple(keep.superseded) if keep else ())
+        return TeardownReport(removed=removed, already_gone=[], kept=kept)
 
     @translated
     def endpoint_key(self, deployment: DeploymentRef) -> str:
@@ -355,7 +362,12 @@ class AzureTarget(Target):
 
     @translated
     def sweep(self, older_than_hours: float) -> TeardownReport:
-        ml = self.clients.ml
-        expired = online.expired_endpoints(ml, older_than_hours)
-        removed = [f"endpoint {name}" for name in expired if online.delete_endpoint(ml, name)]
-        return TeardownReport(removed=removed, already_gone=[])
+        """Endpoints past their age go whole; from the others, candidates whose lease has ended."""
+        ml, report = self.clients.ml, TeardownReport(removed=[], already_gone=[])
+        for endpoint in online.managed_endpoints(ml):
+            if online.expired(endpoint, older_than_hours):
+                report.note(f"endpoint {endpoint.name}", online.delete_endpoint(ml, endpoint.name))
+            else:
+                report.removed += [f"deployment {name} of {endpoint.name} (lease ended)"
+                                   for name in online.remove_ended_candidates(ml, endpoint)]
+        return report

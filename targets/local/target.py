@@ -367,13 +367,16 @@ class LocalTarget(Target):
             self.ask(deployment, SMOKE_PROBE, 16)  # traffic is proven by an authenticated answer
         return deployment.model_copy(update={"traffic": traffic, "created": moved})
 
-    def remove_deployments(self, keep: str, made_by: str | None = None) -> list[str]:
+    def remove_deployments(self, keep: DeploymentRef | None, only_own: bool = False) -> TeardownReport:
+        """Runs on one workspace are serialised by its run lock, so no other run holds a deployment here."""
         with self.ws.lock(f"endpoint-{self.endpoint_name}"):
-            others = [d for d in self._deployments() if d.name != keep
-                      and made_by in (None, (read_json(d / "spec.json") or {}).get("run_id"))]
-            for deployment_dir in others:
+            others = [d for d in self._deployments() if not keep or d.name != keep.deployment_name]
+            removed = [d for d in others
+                       if not only_own or (read_json(d / "spec.json") or {}).get("run_id") == self.run_id]
+            for deployment_dir in removed:
                 self._stop_deployment(deployment_dir)
-        return [d.name for d in others]
+        return TeardownReport(removed=[d.name for d in removed], already_gone=[],
+                              kept=[d.name for d in others if d not in removed])
 
     def _start_server(self, deployment_dir: Path, model: ModelRef) -> dict:
         port = self.settings.local.port
