@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
 from flows.prefect_api import prefect_api_dying_with_this_process
-from pipeline.chat_data import check_source
+from pipeline.chat_data import split_once
 from pipeline.config import (
     VM_PRICES_AS_OF,
     PipelineSettings,
@@ -69,7 +69,7 @@ def load_settings(argv: list[str], prog: str, model: type[PipelineSettings] = Pi
 def preflight(settings: PipelineSettings) -> None:
     """What can be checked before Prefect starts: target, data source records, free resources."""
     target = get_target(settings)
-    check_source(settings.dataset, target.scratch_dir())
+    split_once(settings.dataset, target.local_root())  # a bad record fails here; the stages reuse the split
     raise_if_short(target.check_resources())
     for note in target.notices():
         print(f"warning: {note}", file=sys.stderr)

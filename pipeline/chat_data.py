@@ -1,25 +1,45 @@
-"""Load, validate, split and write chat data in the ultrachat_200k record format.
+"""Load, validate, split and write chat data in the ultrachat_200k record format, once per source.
 
-The same code loads the hub dataset for the Azure target and a local file for the local one;
-only the source string differs.
+The same code loads the hub dataset for the Azure target and a local file for the local one; only
+the source string differs. `datasets` keeps the data memory-mapped, the records are checked a column
+batch at a time and written a few thousand at a time, hashed as they are written: at the full
+ultrachat size (207,865 conversations) memory stays flat. A split is kept under the target's local
+folder by its settings and source, so the stages of a run, and later runs, make it once.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import math
+import os
 import re
+import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+
+from pipeline import chat_records
+from pipeline.chat_records import check_json_file, validate_record
 from pipeline.config import BUILTIN_SAMPLE, DatasetSettings
 from pipeline.errors import DatasetError
+from pipeline.naming import content_hash
 from pipeline.sample_data import write_sample
 
-KNOWN_ROLES = ("system", "user", "assistant")
 TRAIN_FILE = "train_data.jsonl"
 TEST_FILE = "test_data.jsonl"
+MANIFEST_FILE = "split.json"
 LOADERS_BY_SUFFIX = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+CHECK_BATCH_ROWS = 10_000  # records checked at a time in Python when their types need it
+SUSPECTS_READ = 100  # the SQL check's first suspects, read back to say what is wrong
+HASH_CHUNK_BYTES = 1 << 22  # bytes read at a time to hash or decode a file
+TRAIN, TEST = 1, 2
+KEEP_OTHER_SPLITS_S = 3600  # another settings' split younger than this may be a waiting run's: it stays
 
 
 @dataclass(frozen=True)
@@ -33,62 +53,6 @@ class SplitFiles:
     test_rows: int
 
 
-def validate_record(record: object, where: str) -> dict:
-    """Return the record's tutorial fields, or raise naming `where` and the offending field."""
-    if not isinstance(record, dict):
-        raise DatasetError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
-    for field in ("prompt", "prompt_id"):
-        if not isinstance(record.get(field), str) or not record[field].strip():
-            raise DatasetError(f"{where}: field '{field}' must be a non-empty string")
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise DatasetError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
-    for index, message in enumerate(messages):
-        field = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise DatasetError(f"{where}: field '{field}' must be an object with role and content")
-        if message.get("role") not in KNOWN_ROLES:
-            raise DatasetError(
-                f"{where}: field '{field}.role' is {message.get('role')!r}; expected one of {', '.join(KNOWN_ROLES)}"
-            )
-        if not isinstance(message.get("content"), str) or not message["content"].strip():
-            raise DatasetError(f"{where}: field '{field}.content' must be non-empty text")
-    if not any(message["role"] == "assistant" for message in messages):
-        raise DatasetError(f"{where}: field 'messages' has no assistant turn to learn from")
-    return {"prompt": record["prompt"], "prompt_id": record["prompt_id"], "messages": messages}
-
-
-def check_jsonl(path: Path) -> int:
-    """Validate every line of a JSON Lines file before `datasets` parses it; return the record count."""
-    count = 0
-    with path.open(encoding="utf-8") as handle:
-        lines = _utf8_lines(handle, path)
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DatasetError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
-            validate_record(record, where)
-            count += 1
-    if count == 0:
-        raise DatasetError(f"{path}: no records")
-    return count
-
-
-def _utf8_lines(handle, path: Path):
-    """The file's lines; a DatasetError naming the file and line at the first byte that is not UTF-8."""
-    line_number = 0
-    try:
-        for line_number, line in enumerate(handle, start=1):  # noqa: B007 - the number names the bad line
-            yield line
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path}:{line_number + 1}: not UTF-8 text (byte {error.object[error.start]:#04x}); "
-                           "save the file as UTF-8") from None
-
-
 def source_path(settings: DatasetSettings, scratch_dir: Path) -> Path | None:
     """The local file or folder behind the source, making the built-in sample if that is the source."""
     if settings.source == BUILTIN_SAMPLE:
@@ -97,55 +61,79 @@ def source_path(settings: DatasetSettings, scratch_dir: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def check_json_file(path: Path) -> int:
-    """Validate a .jsonl file line by line, or a .json file holding an array (or JSON Lines)."""
-    if path.suffix == ".json":
+def hub_revision(settings: DatasetSettings) -> str | None:
+    """The commit a hub dataset resolves to: the pinned one, the hub's (online), else the local cache's."""
+    from huggingface_hub import HfApi, constants
+
+    if re.fullmatch(r"[0-9a-f]{40}", settings.revision):
+        return settings.revision
+    ref = settings.revision or "main"
+    if not constants.HF_HUB_OFFLINE:
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return check_jsonl(path)  # many .json chat files are JSON Lines
-        except UnicodeDecodeError:
-            return check_jsonl(path)  # names the first line that is not UTF-8
-        if not isinstance(records, list) or not records:
-            raise DatasetError(f"{path}: expected a JSON array of records or JSON Lines")
-        for index, record in enumerate(records):
-            validate_record(record, f"{path}[{index}]")
-        return len(records)
-    return check_jsonl(path)
+            return HfApi().dataset_info(settings.source, revision=ref, timeout=10).sha
+        except Exception:  # noqa: BLE001 - offline, no network or no access: what the local cache holds
+            pass
+    cached = Path(constants.HF_HUB_CACHE) / f"datasets--{settings.source.replace('/', '--')}" / "refs" / ref
+    return cached.read_text().strip() if cached.is_file() else None
 
 
-def check_source(settings: DatasetSettings, scratch_dir: Path) -> None:
-    """Fail fast on a malformed local JSON/JSONL source, naming file, line (or index) and field."""
-    path = source_path(settings, scratch_dir)
-    if path is not None and path.suffix in (".jsonl", ".json") and path.is_file():
-        check_json_file(path)
-    elif path is not None and path.is_dir():
-        check_folder_split(path, _split_name(settings.split))
+def source_fingerprint(settings: DatasetSettings) -> dict:
+    """What identifies the source's content without reading it: file sizes and times, or the hub revision."""
+    if settings.source == BUILTIN_SAMPLE:
+        return {"builtin": settings.sample_size}
+    path = Path(settings.source).expanduser()
+    if not path.exists():
+        return {"hub": settings.source, "revision": hub_revision(settings)}
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in files}
 
 
-def load_split(settings: DatasetSettings, scratch_dir: Path):
-    """Load the configured slice with `datasets` (hub name, local file or folder)."""
+def load_split(settings: DatasetSettings, work_dir: Path):
+    """Load the configured slice with `datasets` (hub name, local file or folder), memory-mapped. A JSON file
+    that does not load, or holds a bad record, is read again line by line to name the line."""
     import datasets  # heavy import, only when the stage runs
 
     datasets.disable_progress_bars()
-    path = source_path(settings, scratch_dir)
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a file it cannot read becomes one error line
+    path = source_path(settings, work_dir)
     split_name = _split_name(settings.split)
+    if path is not None and settings.revision:
+        raise DatasetError(f"dataset.revision {settings.revision!r} applies to hub datasets; {path} is a local "
+                           "source: leave dataset.revision empty")
+    if path is not None and path.is_file() and LOADERS_BY_SUFFIX.get(path.suffix) == "json" and not _utf8(path):
+        check_json_file(path)  # names the line
     try:
         if path is None:
-            return datasets.load_dataset(settings.source, split=settings.split)
+            return datasets.load_dataset(settings.source, split=settings.split,
+                                         revision=hub_revision(settings) or settings.revision or None)
         if path.is_dir():
             check_folder_split(path, split_name)
-            return datasets.load_dataset(str(path), split=settings.split)
+            return datasets.load_dataset(str(path), split=settings.split, cache_dir=str(work_dir / "hf"))
         loader = LOADERS_BY_SUFFIX.get(path.suffix)
         if loader is None:
             raise DatasetError(f"{path}: unsupported file type; use .jsonl, .json or .parquet")
-        if loader == "json":
-            check_json_file(path)
         return datasets.load_dataset(
-            loader, data_files={split_name: str(path)}, split=settings.split, cache_dir=str(scratch_dir / "hf")
+            loader, data_files={split_name: str(path)}, split=settings.split, cache_dir=str(work_dir / "hf")
         )
-    except (ValueError, FileNotFoundError) as error:
+    except DatasetError:
+        raise
+    except Exception as error:  # noqa: BLE001 - `datasets` and Arrow raise many types for a file they cannot read
+        if path is not None and LOADERS_BY_SUFFIX.get(path.suffix) == "json":
+            check_json_file(path)  # names the line and field
         raise DatasetError(f"cannot load dataset {settings.source!r} split {settings.split!r}: {error}") from None
+
+
+def _utf8(path: Path) -> bool:
+    """Whether the file is UTF-8 text (Arrow's JSON reader takes other bytes into its strings)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(HASH_CHUNK_BYTES):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _split_name(split: str) -> str:
@@ -166,41 +154,160 @@ def check_folder_split(path: Path, split_name: str) -> None:
                            f"{', '.join(found) or 'none'}")
 
 
-def split_and_write(settings: DatasetSettings, scratch_dir: Path) -> SplitFiles:
-    """Split 80/20 (configurable) with the seed, validate every row, write the tutorial's two files."""
-    dataset = load_split(settings, scratch_dir)
-    if len(dataset) < 2:
-        raise DatasetError(
-            f"dataset {settings.source!r} split {settings.split!r} has {len(dataset)} record(s); need 2 or more"
-        )
-    for index, row in enumerate(dataset):  # before the shuffle, so the index is the source's own
-        validate_record(row, f"{settings.source} (split {settings.split}, record {index})")
-    parts = dataset.train_test_split(test_size=settings.test_fraction, seed=settings.seed)
-    out_dir = scratch_dir / "split"
+@dataclass(frozen=True)
+class Records:
+    """The split's records, never read into Python memory: a DuckDB query over them in the source's order."""
+
+    count: int
+    query: str
+    checkable: bool  # columns of the types the SQL check reads (else each record is checked in Python)
+
+
+def _parquet_rows(path: Path, split: str) -> tuple[int, int] | None:
+    """The row range of a parquet file that the split slice names, or None when it is not one range."""
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(path).metadata.num_rows
+    if "[" not in split and "+" not in split:
+        return 0, rows
+    import datasets  # the slice syntax, with its rounding of percentages
+
+    ranges = datasets.ReadInstruction.from_spec(split).to_absolute({_split_name(split): rows})
+    return (ranges[0].from_, ranges[0].to) if len(ranges) == 1 else None
+
+
+def open_records(settings: DatasetSettings, work_dir: Path, con) -> Records:
+    """A local parquet file is read by DuckDB as it is (no conversion); any other source is loaded by
+    `datasets` (memory-mapped Arrow) and read from there."""
+    path = source_path(settings, work_dir)
+    if path is not None and path.is_file() and path.suffix == ".parquet" and not settings.revision:
+        try:
+            bounds = _parquet_rows(path, settings.split)
+        except (ValueError, OSError) as error:
+            raise DatasetError(f"cannot load dataset {settings.source!r} split {settings.split!r}: {error}") from None
+        if bounds is not None:
+            import pyarrow.parquet as pq
+
+            first, end = bounds
+            literal = str(path).replace("'", "''")
+            return Records(count=end - first, checkable=chat_records.checkable(pq.read_schema(path)),
+                           query=f"SELECT * EXCLUDE (file_row_number) FROM read_parquet('{literal}', "
+                                 f"file_row_number=true) WHERE file_row_number >= {first} AND file_row_number < {end}")
+    dataset = load_split(settings, work_dir)
+    table = dataset.flatten_indices().data.table if dataset._indices is not None else dataset.data.table
+    con.register("loaded", table)
+    return Records(count=table.num_rows, query="SELECT * FROM loaded", checkable=chat_records.checkable(table.schema))
+
+
+def check_records(con, records: Records, settings: DatasetSettings, work_dir: Path) -> None:
+    """Every record, named on failure by its index in the source's order (or its file and line): the SQL
+    check finds the suspects in one pass, `validate_record` says what is wrong with the first."""
+    where = f"{settings.source} (split {settings.split}, record {{}})"
+    con.register("positions", pa.table({"position": np.arange(records.count)}))
+    numbered = f"SELECT p.position, r.* FROM ({records.query}) r POSITIONAL JOIN positions p"
+    if records.checkable:
+        found = con.sql(f"SELECT * FROM ({numbered}) WHERE {chat_records.SUSPECT_SQL} ORDER BY position "
+                        f"LIMIT {SUSPECTS_READ}").to_arrow_table()
+        if found.num_rows == 0:
+            return
+        batches = found.to_batches()
+    else:
+        batches = con.sql(numbered).to_arrow_reader(CHECK_BATCH_ROWS)
+    try:
+        for batch in batches:
+            for record in batch.to_pylist():
+                validate_record(record, where.format(record.pop("position")))
+    except DatasetError:
+        path = source_path(settings, work_dir)
+        if path is not None and LOADERS_BY_SUFFIX.get(path.suffix) == "json":
+            check_json_file(path)  # names the file and line instead
+        raise
+
+
+def _parts(count: int, settings: DatasetSettings) -> np.ndarray:
+    """Which part each record goes to (TRAIN or TEST): the records `datasets`' train_test_split would hold out
+    for this seed and fraction, kept in the source's order in each file."""
+    test_rows = math.ceil(settings.test_fraction * count)
+    if not 0 < test_rows < count:
+        raise DatasetError(f"dataset {settings.source!r} split {settings.split!r} has {count} record(s): too few "
+                           f"for a test fraction of {settings.test_fraction:g}")
+    parts = np.full(count, TRAIN, dtype=np.int8)
+    parts[np.random.default_rng(settings.seed).permutation(count)[:test_rows]] = TEST
+    return parts
+
+
+def _write_jsonl(con, records: Records, part: int, path: Path, digest) -> None:
+    """One part as JSON Lines, written by DuckDB and hashed; the file appears only when complete."""
+    partial = path.with_name(f".{path.name}.partial")
+    literal = str(partial).replace("'", "''")
+    con.execute(f"COPY (SELECT r.prompt, r.prompt_id, r.messages FROM ({records.query}) r POSITIONAL JOIN parts p "
+                f"WHERE p.part = {part}) TO '{literal}' (FORMAT JSON)")
+    with partial.open("rb") as written:
+        while chunk := written.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    partial.replace(path)
+
+
+def split_and_write(settings: DatasetSettings, work_dir: Path) -> SplitFiles:
+    """Validate every record, split 80/20 (configurable) with the seed, write the tutorial's two files into
+    `work_dir/split`: byte for byte the same for the same source, seed and fraction."""
+    import duckdb
+
+    out_dir = work_dir / "split"
     out_dir.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    counts = {}
-    for part_name, file_name in (("train", TRAIN_FILE), ("test", TEST_FILE)):
-        lines = [json.dumps(validate_record(row, settings.source), ensure_ascii=False) for row in parts[part_name]]
-        content = "\n".join(lines) + "\n"
-        (out_dir / file_name).write_text(content, encoding="utf-8")
-        digest.update(file_name.encode() + b"\0" + content.encode())
-        counts[part_name] = len(lines)
-    return SplitFiles(
-        train_file=out_dir / TRAIN_FILE,
-        test_file=out_dir / TEST_FILE,
-        content_hash=digest.hexdigest(),
-        train_rows=counts["train"],
-        test_rows=counts["test"],
-    )
+    with duckdb.connect(config={"temp_directory": str(work_dir / "duckdb")}) as con:
+        records = open_records(settings, work_dir, con)
+        check_records(con, records, settings, work_dir)
+        if records.count < 2:
+            raise DatasetError(f"dataset {settings.source!r} split {settings.split!r} has {records.count} "
+                               "record(s); need 2 or more")
+        parts = _parts(records.count, settings)
+        con.register("parts", pa.table({"part": parts}))
+        digest = hashlib.sha256()
+        for part, file_name in ((TRAIN, TRAIN_FILE), (TEST, TEST_FILE)):
+            digest.update(file_name.encode() + b"\0")
+            _write_jsonl(con, records, part, out_dir / file_name, digest)
+    return SplitFiles(train_file=out_dir / TRAIN_FILE, test_file=out_dir / TEST_FILE, content_hash=digest.hexdigest(),
+                      train_rows=int((parts == TRAIN).sum()), test_rows=int((parts == TEST).sum()))
 
 
-def source_fingerprint(settings: DatasetSettings) -> dict:
-    """What identifies the source's content without reading it: file sizes and times, or the hub name."""
-    if settings.source == BUILTIN_SAMPLE:
-        return {"builtin": settings.sample_size}
-    path = Path(settings.source).expanduser()
-    if not path.exists():
-        return {"hub": settings.source}
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in files}
+def split_once(settings: DatasetSettings, root: Path) -> SplitFiles:
+    """The split of these settings and this source content, made the first time it is asked for and kept
+    under `root/splits` (only complete splits are kept there: a failed one leaves nothing a later run could
+    take for finished)."""
+    splits = root / "splits"
+    folder = splits / content_hash({"settings": settings.model_dump(), "source": source_fingerprint(settings)})[:16]
+    found = _read_split(folder)
+    if found is not None:
+        os.utime(folder)  # in use: not another run's to remove for an hour
+        return found
+    work_dir = splits / f".{folder.name}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        made = split_and_write(settings, work_dir)
+        (work_dir / "split" / MANIFEST_FILE).write_text(json.dumps(
+            {"content_hash": made.content_hash, "train_rows": made.train_rows, "test_rows": made.test_rows}))
+        try:
+            (work_dir / "split").rename(folder)
+        except OSError:  # another run made the same split meanwhile
+            pass
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    _remove_other_splits(splits, keep=folder.name)
+    return _read_split(folder)
+
+
+def _read_split(folder: Path) -> SplitFiles | None:
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return SplitFiles(train_file=folder / TRAIN_FILE, test_file=folder / TEST_FILE, **manifest)
+
+
+def _remove_other_splits(splits: Path, keep: str) -> None:
+    """Splits of other settings or older source content, once they are an hour old (a run waiting for the
+    workspace may have just made one), and leftovers of splits that a killed process was making."""
+    cutoff = time.time() - KEEP_OTHER_SPLITS_S
+    for folder in splits.iterdir():
+        if folder.name != keep and folder.stat().st_mtime < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)

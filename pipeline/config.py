@@ -66,6 +66,12 @@ class DatasetSettings(StrictModel):
         "train_sft",
         description="Split slice to load, in `datasets` syntax, e.g. train_sft[:1%] for the tutorial's slice.",
     )
+    revision: str = Field(
+        "", max_length=256,
+        description="Hub datasets only: the branch, tag or commit to load, as load_dataset's revision (empty: the "
+                    "newest on main). The resolved commit is part of the dataset's identity, so new upstream data "
+                    "is noticed.",
+    )
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of records held out as test data.")
     seed: int = Field(42, ge=0, lt=2**32, description="Seed of the train/test split and of training (0 to 2^32-1).")
     sample_size: int = Field(

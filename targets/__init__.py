@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.chat_data import split_and_write
+from pipeline.chat_data import split_once
 from pipeline.config import PipelineSettings
 from targets.base import PlanItem, Target
 
@@ -21,5 +21,5 @@ def get_target(settings: PipelineSettings, run_id: str = "cli") -> Target:
 def plan_run(settings: PipelineSettings) -> list[PlanItem]:
     """The dry run: the split is made locally to name the data and the job; the target only reads."""
     target = get_target(settings)
-    split = split_and_write(settings.dataset, target.scratch_dir())
+    split = split_once(settings.dataset, target.local_root())
     return target.plan(split, target.job_name(split.content_hash))

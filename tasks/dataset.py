@@ -2,7 +2,7 @@
 
 from prefect import get_run_logger, task
 
-from pipeline.chat_data import source_fingerprint, split_and_write
+from pipeline.chat_data import source_fingerprint, split_once
 from pipeline.config import PipelineSettings
 from pipeline.naming import content_hash
 from targets.base import DatasetRef, IdentityRef
@@ -22,7 +22,7 @@ def dataset_cache_key(context, parameters) -> str:
 @task(name="dataset", cache_key_fn=dataset_cache_key, **stage_retries())
 def prepare_dataset(settings: PipelineSettings, identity: IdentityRef) -> DatasetRef:
     target = stage_target(settings)
-    split = split_and_write(settings.dataset, target.scratch_dir())
+    split = split_once(settings.dataset, target.local_root())
     dataset = target.store_dataset(split)
     get_run_logger().info(
         "dataset %s: %d train / %d test records (%s)", dataset.content_hash[:12], dataset.train_rows,

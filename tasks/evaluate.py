@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from pipeline.chat_data import split_and_write
+from pipeline.chat_data import split_once
 from pipeline.config import PipelineSettings
 from pipeline.errors import PipelineError
 from pipeline.evaluation import gate_questions, mean_f1
@@ -39,7 +39,7 @@ class GateResult(BaseModel):
 
 def _compare(settings: PipelineSettings, target, candidate: DeploymentRef, live: DeploymentRef) -> GateResult:
     evaluation = settings.evaluation
-    split = split_and_write(settings.dataset, target.scratch_dir())  # the dataset stage's split, made again
+    split = split_once(settings.dataset, target.local_root())  # the dataset stage's split, made once
     pairs = gate_questions(split.test_file, evaluation.questions)
     scores = {deployment.deployment_name: mean_f1(
         [target.ask(deployment, question, evaluation.max_new_tokens) for question, _ in pairs], pairs)

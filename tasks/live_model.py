@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from pipeline.chat_data import split_and_write
+from pipeline.chat_data import split_once
 from pipeline.config import PipelineSettings
 from targets.base import DeploymentRef
 from tasks.common import stage_retries, stage_target
@@ -39,7 +39,7 @@ def find_live_model(settings: PipelineSettings) -> LiveModel:
     target = stage_target(settings)
     planned_job = None
     if settings.skip_unchanged:
-        planned_job = target.job_name(split_and_write(settings.dataset, target.scratch_dir()).content_hash)
+        planned_job = target.job_name(split_once(settings.dataset, target.local_root()).content_hash)
     live = LiveModel(deployment=target.live_deployment(), planned_job=planned_job)
     get_run_logger().info(live.label)
     return live

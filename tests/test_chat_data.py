@@ -3,8 +3,11 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.chat_data import check_jsonl, split_and_write
+from pipeline.chat_data import split_and_write
+from pipeline.chat_records import check_jsonl
 from pipeline.config import DatasetSettings
 from pipeline.errors import DatasetError
 from pipeline.sample_data import make_sample
@@ -90,3 +93,151 @@ def test_parquet_errors_name_the_record_of_the_source_not_of_the_shuffle(tmp_pat
     pd.DataFrame(records).to_parquet(source)
     with pytest.raises(DatasetError, match=r"record 123\): field 'messages\[0\].content'"):
         split_and_write(DatasetSettings(source=str(source)), tmp_path / "w")
+
+
+# ---- the batch check agrees with the record check -------------------------------------------------
+TEXTS = st.one_of(st.none(), st.sampled_from(["", " ", "\x1c", "\u3000\t", "\x85", "\u200b", "x", " hi "]),
+                  st.text(max_size=4))
+MESSAGES = st.one_of(st.none(), st.lists(st.one_of(st.none(), st.fixed_dictionaries({
+    "role": st.one_of(st.none(), st.sampled_from(["user", "assistant", "system", "bot", "", "Assistant"])),
+    "content": TEXTS})), max_size=4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"prompt": TEXTS, "prompt_id": TEXTS, "messages": MESSAGES}),
+                min_size=1, max_size=8))
+def test_the_sql_check_flags_exactly_the_records_the_record_check_refuses(records):
+    import duckdb
+    import pyarrow as pa
+
+    from pipeline.chat_records import SUSPECT_SQL, checkable, validate_record
+
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    table = pa.Table.from_pylist([{**record, "position": index} for index, record in enumerate(records)],
+                                 schema=pa.schema([("prompt", pa.string()), ("prompt_id", pa.string()),
+                                                   ("messages", pa.list_(message)), ("position", pa.int64())]))
+    assert checkable(table.schema)
+    with duckdb.connect() as con:
+        con.register("records", table)
+        flagged = {row[0] for row in con.sql(f"SELECT position FROM records WHERE {SUSPECT_SQL}").fetchall()}
+    for index, record in enumerate(table.drop_columns(["position"]).to_pylist()):
+        try:
+            validate_record(record, "x")
+        except DatasetError:
+            assert index in flagged, record
+        else:
+            assert index not in flagged, record
+
+
+def write_parquet(path, rows: int, bad_at: int | None = None):
+    """`rows` small ultrachat-shaped records, the one at `bad_at` with an empty answer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    messages = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "" if i == bad_at else "a"}]
+                for i in range(rows)]
+    pq.write_table(pa.table({"prompt": [f"q{i}" for i in range(rows)], "prompt_id": [str(i) for i in range(rows)],
+                             "messages": messages}), path)
+    return path
+
+
+def test_a_bad_record_deep_in_a_large_source_is_named_and_leaves_no_split_behind(tmp_path):
+    from pipeline.chat_data import split_once
+
+    source = write_parquet(tmp_path / "big.parquet", 160_000, bad_at=150_000)
+    with pytest.raises(DatasetError, match=r"record 150000\): field 'messages\[1\].content'"):
+        split_once(DatasetSettings(source=str(source)), tmp_path / "root")
+    assert list((tmp_path / "root" / "splits").iterdir()) == [], "nothing a later run could take for a split"
+
+
+def test_a_split_that_fails_while_writing_leaves_nothing_and_the_next_one_completes(tmp_path, monkeypatch):
+    from pipeline import chat_data
+
+    source = write_parquet(tmp_path / "chats.parquet", 5_000)
+    settings = DatasetSettings(source=str(source))
+    real_write = chat_data._write_jsonl
+
+    def disk_full_at_the_test_file(con, records, part, path, digest):
+        if path.name == chat_data.TEST_FILE:
+            raise OSError("disk full")
+        real_write(con, records, part, path, digest)
+
+    monkeypatch.setattr(chat_data, "_write_jsonl", disk_full_at_the_test_file)
+    with pytest.raises(OSError, match="disk full"):
+        chat_data.split_once(settings, tmp_path / "root")
+    assert list((tmp_path / "root" / "splits").iterdir()) == []
+    monkeypatch.undo()
+    split = chat_data.split_once(settings, tmp_path / "root")
+    assert (split.train_rows, split.test_rows) == (4_000, 1_000)
+    assert len(split.train_file.read_text().splitlines()) == 4_000
+
+
+def test_a_split_is_made_once_for_the_same_source_and_again_when_the_source_changes(tmp_path, monkeypatch):
+    from pipeline import chat_data
+
+    made = []
+    real = chat_data.split_and_write
+    monkeypatch.setattr(chat_data, "split_and_write", lambda *args: made.append(args) or real(*args))
+    source = write_parquet(tmp_path / "chats.parquet", 300)
+    settings = DatasetSettings(source=str(source))
+    first = chat_data.split_once(settings, tmp_path / "root")
+    again = chat_data.split_once(settings, tmp_path / "root")
+    assert len(made) == 1 and again == first
+    write_parquet(source, 310)
+    changed = chat_data.split_once(settings, tmp_path / "root")
+    assert len(made) == 2 and changed.content_hash != first.content_hash and changed.train_rows == 248
+    reseeded = chat_data.split_once(DatasetSettings(source=str(source), seed=1), tmp_path / "root")
+    assert len(made) == 3 and reseeded.content_hash != changed.content_hash
+
+
+def test_the_split_is_byte_for_byte_the_same_for_the_same_source_seed_and_fraction(tmp_path):
+    source = write_parquet(tmp_path / "chats.parquet", 3_000)
+    settings = DatasetSettings(source=str(source), test_fraction=0.3)
+    a, b = split_and_write(settings, tmp_path / "a"), split_and_write(settings, tmp_path / "b")
+    assert a.train_file.read_bytes() == b.train_file.read_bytes() and a.test_file.read_bytes() == b.test_file.read_bytes()
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in (a.train_file, a.test_file):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    assert a.content_hash == digest.hexdigest(), "the hash made while writing is the hash of the files"
+    assert json.loads(a.test_file.read_text().splitlines()[0])["messages"][1]["role"] == "assistant"
+
+
+# ---- hub datasets: the resolved revision is part of the identity ----------------------------------
+def test_a_hub_dataset_whose_cached_revision_changes_gets_a_new_identity(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from pipeline.chat_data import source_fingerprint
+    from tasks.dataset import dataset_cache_key
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    refs = tmp_path / "hub" / "datasets--HuggingFaceH4--ultrachat_200k" / "refs"
+    refs.mkdir(parents=True)
+    hub = DatasetSettings(source="HuggingFaceH4/ultrachat_200k", split="train_sft[:1%]")
+    assert source_fingerprint(hub)["revision"] is None, "nothing cached, offline: unknown"
+    (refs / "main").write_text("a" * 40)
+    first = source_fingerprint(hub)
+    (refs / "main").write_text("b" * 40)  # the cache was refreshed from a newer upstream commit
+    assert (first["revision"], source_fingerprint(hub)["revision"]) == ("a" * 40, "b" * 40)
+    (refs / "v1.0").write_text("c" * 40)
+    assert source_fingerprint(DatasetSettings(source=hub.source, revision="v1.0"))["revision"] == "c" * 40
+    pinned = DatasetSettings(source=hub.source, revision="d" * 40)
+    assert source_fingerprint(pinned)["revision"] == "d" * 40, "a pinned commit is its own identity"
+
+    from pipeline.config import PipelineSettings
+    from targets.base import IdentityRef
+
+    identity = IdentityRef.model_construct(workspace_id="ws")
+    keys = []
+    for commit in ("a" * 40, "b" * 40):
+        (refs / "main").write_text(commit)
+        keys.append(dataset_cache_key(None, {"settings": PipelineSettings(dataset=hub), "identity": identity}))
+    assert keys[0] != keys[1], "a new upstream revision is not served from the dataset stage's cache"
+
+
+def test_a_revision_with_a_local_source_is_refused(tmp_path):
+    source = write_parquet(tmp_path / "chats.parquet", 10)
+    with pytest.raises(DatasetError, match="dataset.revision 'main' applies to hub datasets"):
+        split_and_write(DatasetSettings(source=str(source), revision="main"), tmp_path / "w")

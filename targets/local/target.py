@@ -116,6 +116,14 @@ def _checkpoint_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*") if f.suffix in (".safetensors", ".bin"))
 
 
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """A hard link (a full-size split is a gigabyte: no second copy), a copy across file systems."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
 class LocalTarget(Target):
     name = "local"
     max_poll_interval_s = 2.0
@@ -190,8 +198,8 @@ class LocalTarget(Target):
         created = not (folder / TEST_FILE).exists()
         if created:
             staging = self.ws.dir("datasets", f".{split.content_hash[:16]}.{os.getpid()}")
-            shutil.copy2(split.train_file, staging / TRAIN_FILE)
-            shutil.copy2(split.test_file, staging / TEST_FILE)
+            for source, name in ((split.train_file, TRAIN_FILE), (split.test_file, TEST_FILE)):
+                _link_or_copy(source, staging / name)
             try:
                 os.replace(staging, folder)
             except OSError:  # another run stored the same content meanwhile
