@@ -41,15 +41,19 @@ def _client():
     return PFClient()
 
 
-def upsert_connection(name: str, endpoint: str, key: str, contract: str, owner: str) -> None:
+def upsert_connection(name: str, endpoint: str, key: str, contract: str, owner: str) -> bool:
     """Create or update the tutorial's custom connection: `endpoint`, the scoring `contract` and the `owner`
     (the workspace it belongs to: one home's connections are shared by every workspace) in the clear, `key`
-    as secret."""
+    as secret. False, and nothing written, when it holds exactly that already (a re-run)."""
     from promptflow.entities import CustomConnection
 
-    connection = CustomConnection(name=name, configs={"endpoint": endpoint, "contract": contract, "owner": owner},
-                                  secrets={"key": key})
-    _client().connections.create_or_update(connection)
+    configs, secrets = {"endpoint": endpoint, "contract": contract, "owner": owner}, {"key": key}
+    connections = _client().connections
+    current = connections.get(name, raise_error=False)  # decrypted: the key is compared, never shown
+    if current is not None and dict(current.configs) == configs and dict(current.secrets) == secrets:
+        return False
+    connections.create_or_update(CustomConnection(name=name, configs=configs, secrets=secrets))
+    return True
 
 
 def _configs(name: str) -> dict | None:

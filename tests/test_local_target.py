@@ -366,3 +366,17 @@ def test_teardown_keeps_a_connection_that_belongs_to_another_workspace(tmp_path,
         assert promptflow_chat.connection_endpoint("phi3_scoped_test") == "http://127.0.0.1:1/score"
     finally:
         promptflow_chat.delete_connection("phi3_scoped_test", owner="workspace-b")
+
+
+def test_a_connection_already_holding_the_endpoint_and_key_is_not_written_again(session_home):
+    from pipeline import promptflow_chat
+
+    args = ("phi3_rewrite_test", "http://127.0.0.1:1/score")
+    try:
+        assert promptflow_chat.upsert_connection(*args, "key-1", "input_data", owner="ws") is True
+        assert promptflow_chat.upsert_connection(*args, "key-1", "input_data", owner="ws") is False, "a re-run"
+        assert promptflow_chat.upsert_connection(*args, "key-2", "input_data", owner="ws") is True, "a new key"
+        assert promptflow_chat.upsert_connection(*args, "key-2", "chat_completions", owner="ws") is True
+        assert promptflow_chat.upsert_connection(*args, "key-2", "chat_completions", owner="ws") is False
+    finally:
+        promptflow_chat.delete_connection("phi3_rewrite_test", owner="ws")
