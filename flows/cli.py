@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
 from flows.prefect_api import prefect_api_dying_with_this_process
+from pipeline import promptflow_chat
 from pipeline.chat_data import split_once
 from pipeline.config import (
     VM_PRICES_AS_OF,
@@ -67,12 +68,14 @@ def load_settings(argv: list[str], prog: str, model: type[PipelineSettings] = Pi
 
 
 def preflight(settings: PipelineSettings) -> None:
-    """What can be checked before Prefect starts: target, data source records, free resources."""
+    """What can be checked before the flow starts: target, data source records, free resources; then Prompt
+    flow is loaded for the connection and smoke chat stages (all of it while Prefect's API server loads)."""
     target = get_target(settings)
     split_once(settings.dataset, target.local_root())  # a bad record fails here; the stages reuse the split
     raise_if_short(target.check_resources())
     for note in target.notices():
         print(f"warning: {note}", file=sys.stderr)
+    promptflow_chat.load()
 
 
 def _fail(error: BaseException) -> int:
@@ -129,11 +132,10 @@ def _checked_run(settings: PipelineSettings, check: Callable, run: Callable, rep
         if settings.plan:
             print_plan(plan_run(settings))
             return 0
-        check(settings)
+        with _flow_run(settings, while_starting=lambda: check(settings)):  # checks while Prefect's API loads
+            result = run(settings)
     except (PipelineError, TransientError, OSError) as error:  # e.g. a folder that cannot be written
         return _fail(error)
-    try:
-        result = run(settings)  # imports the flow, and with it Prefect's logging set-up
     except KeyboardInterrupt:
         print("interrupted: a running fine-tune job keeps going; run the same command again to resume",
               file=sys.stderr)
@@ -145,20 +147,19 @@ def _checked_run(settings: PipelineSettings, check: Callable, run: Callable, rep
 
 
 @contextmanager
-def _flow_run(settings: PipelineSettings) -> Iterator[None]:
+def _flow_run(settings: PipelineSettings, while_starting: Callable[[], None]) -> Iterator[None]:
     """What a flow started from the command line runs with: expected errors logged without tracebacks (unless
-    --verbose), and a Prefect API server that dies with the command."""
+    --verbose), and a Prefect API server that dies with the command (`while_starting` runs as it loads)."""
     if not settings.verbose:
         quiet_expected_tracebacks()
-    with prefect_api_dying_with_this_process():
+    with prefect_api_dying_with_this_process(while_starting):
         yield
 
 
 def _run_pipeline(settings: PipelineSettings) -> dict:
     from flows.full_pipeline import full_pipeline
 
-    with _flow_run(settings):
-        return full_pipeline(settings)
+    return full_pipeline(settings)
 
 
 def _print_answer(settings: PipelineSettings, result: dict) -> None:
@@ -175,9 +176,7 @@ def _print_answer(settings: PipelineSettings, result: dict) -> None:
 def _run_teardown(settings: TeardownSettings) -> TeardownReport:
     from flows.teardown import teardown
 
-    with _flow_run(settings):
-        return teardown(PipelineSettings(**settings.model_dump(exclude={"older_than_hours"})),
-                        settings.older_than_hours)
+    return teardown(PipelineSettings(**settings.model_dump(exclude={"older_than_hours"})), settings.older_than_hours)
 
 
 def _print_report(settings: PipelineSettings, report: TeardownReport) -> None:

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psutil
@@ -64,8 +64,9 @@ def _serving(server: subprocess.Popen, api: str) -> bool:
 
 
 @contextmanager
-def prefect_api_dying_with_this_process() -> Iterator[None]:
-    """Point Prefect at a server child of this process for the block (see the module's docstring)."""
+def prefect_api_dying_with_this_process(while_starting: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Point Prefect at a server child of this process for the block (see the module's docstring). The server
+    takes seconds to load; `while_starting` runs meanwhile (checks, imports), also without such a server."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
@@ -73,19 +74,21 @@ def prefect_api_dying_with_this_process() -> Iterator[None]:
     settings = get_current_settings()
     wrapper = _pdeathsig_wrapper()
     if PREFECT_API_URL.value() or wrapper is None or not settings.server.ephemeral.enabled:
+        while_starting()
         yield
         return
     env = {**os.environ, **settings.to_environment_variables(exclude_unset=True), **TEMPORARY_SERVER_ENV}
     deadline = time.monotonic() + settings.server.ephemeral.startup_timeout_seconds
     server, api = _start(wrapper, env)
     try:
+        while_starting()
         while not _serving(server, api):
             if server.poll() is not None:  # e.g. the port was taken before it bound: again on another
                 server, api = _start(wrapper, env)
             if time.monotonic() > deadline:
                 raise RuntimeError("the Prefect API server for this run did not start; start one with "
                                    "`prefect server start` and set PREFECT_API_URL")
-            time.sleep(0.5)
+            time.sleep(0.1)
         # the environment too: Prefect's threads that do not share this context must not start a temporary
         # server of their own (one that would outlive a kill)
         os.environ["PREFECT_API_URL"] = api

@@ -18,6 +18,7 @@ import re
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,11 +207,10 @@ def check_records(con, records: Records, settings: DatasetSettings, work_dir: Pa
     con.register("positions", pa.table({"position": np.arange(records.count)}))
     numbered = f"SELECT p.position, r.* FROM ({records.query}) r POSITIONAL JOIN positions p"
     if records.checkable:
-        found = con.sql(f"SELECT * FROM ({numbered}) WHERE {chat_records.SUSPECT_SQL} ORDER BY position "
-                        f"LIMIT {SUSPECTS_READ}").to_arrow_table()
-        if found.num_rows == 0:
-            return
-        batches = found.to_batches()
+        if not con.sql(f"SELECT count(*) FROM ({records.query}) WHERE {chat_records.SUSPECT_SQL}").fetchall()[0][0]:
+            return  # the usual case, in one pass that keeps no record
+        batches = con.sql(f"SELECT * FROM ({numbered}) WHERE {chat_records.SUSPECT_SQL} ORDER BY position "
+                          f"LIMIT {SUSPECTS_READ}").to_arrow_table().to_batches()
     else:
         batches = con.sql(numbered).to_arrow_reader(CHECK_BATCH_ROWS)
     try:
@@ -236,12 +236,18 @@ def _parts(count: int, settings: DatasetSettings) -> np.ndarray:
     return parts
 
 
-def _write_jsonl(con, records: Records, part: int, path: Path, digest) -> None:
-    """One part as JSON Lines, written by DuckDB and hashed; the file appears only when complete."""
+def _write_jsonl(con, records: Records, part: int, path: Path) -> Path:
+    """One part as JSON Lines, written by DuckDB under a name no later run takes for a finished file."""
     partial = path.with_name(f".{path.name}.partial")
     literal = str(partial).replace("'", "''")
     con.execute(f"COPY (SELECT r.prompt, r.prompt_id, r.messages FROM ({records.query}) r POSITIONAL JOIN parts p "
                 f"WHERE p.part = {part}) TO '{literal}' (FORMAT JSON)")
+    return partial
+
+
+def _hash_and_publish(partial: Path, path: Path, digest) -> None:
+    """Add the file's name and bytes to the split's hash, then give it its name."""
+    digest.update(path.name.encode() + b"\0")
     with partial.open("rb") as written:
         while chunk := written.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
@@ -264,9 +270,12 @@ def split_and_write(settings: DatasetSettings, work_dir: Path) -> SplitFiles:
         parts = _parts(records.count, settings)
         con.register("parts", pa.table({"part": parts}))
         digest = hashlib.sha256()
-        for part, file_name in ((TRAIN, TRAIN_FILE), (TEST, TEST_FILE)):
-            digest.update(file_name.encode() + b"\0")
-            _write_jsonl(con, records, part, out_dir / file_name, digest)
+        with ThreadPoolExecutor(1) as hashing:  # the train file is hashed while DuckDB writes the test file
+            hashed = hashing.submit(_hash_and_publish, _write_jsonl(con, records, TRAIN, out_dir / TRAIN_FILE),
+                                    out_dir / TRAIN_FILE, digest)
+            test_file = _write_jsonl(con, records, TEST, out_dir / TEST_FILE)
+            hashed.result()
+        _hash_and_publish(test_file, out_dir / TEST_FILE, digest)
     return SplitFiles(train_file=out_dir / TRAIN_FILE, test_file=out_dir / TEST_FILE, content_hash=digest.hexdigest(),
                       train_rows=int((parts == TRAIN).sum()), test_rows=int((parts == TEST).sum()))
 

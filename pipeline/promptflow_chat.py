@@ -28,6 +28,12 @@ for _name, _value in EXPORTER_OFFLINE_ENV.items():  # before any Prompt flow mod
     os.environ.setdefault(_name, _value)
 
 
+def load() -> None:
+    """Import Prompt flow's client (1.5 s on a small machine), e.g. while Prefect's API server starts."""
+    import promptflow.client  # noqa: F401
+    import promptflow.entities  # noqa: F401
+
+
 def _client():
     """Prompt flow's client, with tracing and telemetry off before any of its modules can start them."""
     from promptflow._sdk._configuration import Configuration  # what `pf config set` writes to

@@ -236,19 +236,27 @@ def test_azure_errors_that_may_pass_are_retried_and_refusals_say_what_to_do(azur
     assert not isinstance(refused.value, TransientError)
 
 
-def test_retraining_on_azure_is_blue_green_under_one_endpoint(prefect_api, settings, azure_cloud, endpoint):
+def test_retraining_on_azure_is_blue_green_under_one_endpoint(prefect_api, settings, azure_cloud, endpoint,
+                                                               monkeypatch):
     from flows.full_pipeline import full_pipeline
+    from pipeline import chat_data
 
+    splits = []
+    real_split = chat_data.split_and_write
+    monkeypatch.setattr(chat_data, "split_and_write", lambda *args: splits.append(args) or real_split(*args))
     arm, transport = azure_cloud.arm, azure_cloud.transport
     full_pipeline(settings)
     requests_before = len(transport.requests)
     unchanged = full_pipeline(settings.model_copy(update={"skip_unchanged": True}))
     assert unchanged["unchanged"].startswith("live: deploy-v1")
     assert {r.method for r in transport.requests[requests_before:]} == {"GET"}, "no cloud write when unchanged"
-    retrained = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"sample_size": 210})})
+    assert len(splits) == 1, "the re-run's live-model stage reads the first run's split back"
+    retrained = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"sample_size": 210}),
+                                            "skip_unchanged": True})
     endpoint.clear()
     result = full_pipeline(retrained)
     assert result["model_version"] == 2
+    assert len(splits) == 2, "one split for the live-model stage, the dataset stage and the gate together"
     asked = {request["deployment"] for request in endpoint if request["input_data"]["parameters"]["temperature"] == 0}
     assert asked == {"deploy-v1", "deploy-v2"}, "the gate asked both deployments, each by name"
     endpoint_path = next(p for p in arm.resources if p.endswith("/onlineEndpoints/" + p.rsplit("/", 1)[1])

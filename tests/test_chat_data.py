@@ -157,10 +157,10 @@ def test_a_split_that_fails_while_writing_leaves_nothing_and_the_next_one_comple
     settings = DatasetSettings(source=str(source))
     real_write = chat_data._write_jsonl
 
-    def disk_full_at_the_test_file(con, records, part, path, digest):
+    def disk_full_at_the_test_file(con, records, part, path):
         if path.name == chat_data.TEST_FILE:
             raise OSError("disk full")
-        real_write(con, records, part, path, digest)
+        return real_write(con, records, part, path)
 
     monkeypatch.setattr(chat_data, "_write_jsonl", disk_full_at_the_test_file)
     with pytest.raises(OSError, match="disk full"):
