@@ -1,6 +1,6 @@
 """Chat with a causal language model saved in Hugging Face format (the merged fine-tuned model).
 
-Shared by score.py (the scoring script of both targets' deployments) and by the MLflow pyfunc
+Shared by score.py (the scoring script of the local deployment) and by the MLflow pyfunc
 flavour of the registered model, so the registry and the server load the model the same way.
 """
 

@@ -1,4 +1,4 @@
-"""Stage 7: the Prompt flow custom connection (endpoint, key marked secret)."""
+"""Stage 9: the Prompt flow custom connection (endpoint, key marked secret)."""
 
 from prefect import get_run_logger, task
 

@@ -1,5 +1,5 @@
-"""Stages 6-7 of blue/green: deploy the model beside the live one, then (after the gate) move 100 % of
-traffic to it, verified by a real request, and remove the old deployment."""
+"""Stages 6 and 8, blue/green: deploy the model beside the live one, then (after the gate, stage 7) move
+100 % of traffic to it, verified by a real request, and remove the old deployment."""
 
 from prefect import get_run_logger, task
 

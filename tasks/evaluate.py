@@ -1,4 +1,4 @@
-"""The evaluation gate of blue/green: a retrained model takes the traffic only if it answers the
+"""Stage 7, the evaluation gate of blue/green: a retrained model takes the traffic only if it answers the
 held-out test questions no worse than the live model (by `evaluation.margin`)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stage 8: smoke chat: run chat_flow/ through Prompt flow against the live endpoint."""
+"""Stage 10: smoke chat: run chat_flow/ through Prompt flow against the live endpoint."""
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact

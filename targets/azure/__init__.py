@@ -1,5 +1,4 @@
-"""The Azure target (azure-ai-ml, azure-identity, azure-mgmt-msi, azure-mgmt-authorization).
-
-Not implemented yet: it will implement `targets.base.Target`. Until then `targets.get_target`
-refuses target=azure with a clear error instead of pretending to reach Azure.
+"""The Azure target: every stage in the user's Azure Machine Learning workspace, through azure-ai-ml and
+the Azure management SDKs (identity, authorization, quota). `target.AzureTarget` assembles the modules
+beside it (catalog, quota, rbac, assets, finetune, online, foundry) behind `targets.base.Target`.
 """

@@ -148,12 +148,13 @@ class LocalTarget(Target):
                 f"model starts on port {port}; if this run's model is the one serving, it keeps port {live_port} "
                 "(tear it down first to move it)"]
 
-    # ---- identity and RBAC -------------------------------------------------------------------
+    # ---- the workspace folder ------------------------------------------------------------------
     def local_root(self, create: bool = True) -> Path:
         if create:
             self.ws.ensure()
         return self.ws.root
 
+    # ---- identity and RBAC -------------------------------------------------------------------
     def ensure_identity(self) -> IdentityRef:
         self.ws.ensure()
         created = self.ws.ensure_key()
