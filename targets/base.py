@@ -179,6 +179,11 @@ class Target(ABC):
         """What a fine-tune job is made of besides its data (base model, settings): a change names a new job."""
 
     @abstractmethod
+    def workspace_identity(self) -> str:
+        """What tells this workspace from another, or from itself wiped and made again: part of the key of
+        every cached stage, so a cached result never stands for something another workspace holds."""
+
+    @abstractmethod
     def local_root(self, create: bool = True) -> Path:
         """The private local folder this target keeps its files in (made, owner-only, with `create`)."""
 

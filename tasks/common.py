@@ -14,6 +14,7 @@ from prefect.task_engine import TaskRunTimeoutError
 
 from pipeline.config import PipelineSettings
 from pipeline.errors import TransientError
+from pipeline.naming import content_hash
 from pipeline.run_lock import run_lock
 from targets import get_target
 from targets.base import Target
@@ -32,6 +33,12 @@ def is_transient(task, task_run, state: State) -> bool:
 def stage_target(settings: PipelineSettings) -> Target:
     """The target a stage works on; what it creates is tagged with this flow run's id."""
     return get_target(settings, run_id=str(flow_run.id or "cli"))
+
+
+def stage_cache_key(stage: str, settings: PipelineSettings, inputs: dict) -> str:
+    """A cached stage's key: what the stage is made of, and the workspace it ran in (asked of the target)."""
+    workspace = stage_target(settings).workspace_identity()
+    return f"{stage}-" + content_hash({**inputs, "workspace": workspace})
 
 
 def one_run_per_workspace(makes_workspace: bool):

@@ -4,23 +4,19 @@ from prefect import get_run_logger, task
 
 from pipeline.chat_data import source_fingerprint, split_once
 from pipeline.config import PipelineSettings
-from pipeline.naming import content_hash
-from targets.base import DatasetRef, IdentityRef
-from tasks.common import stage_retries, stage_target
+from targets.base import DatasetRef
+from tasks.common import stage_cache_key, stage_retries, stage_target
 
 
 def dataset_cache_key(context, parameters) -> str:
-    """Same settings, same source content, same workspace: the stored dataset is reused."""
+    """Same settings, same source content (its files, or the hub's revision), same workspace: reused."""
     settings: PipelineSettings = parameters["settings"]
-    return "dataset-" + content_hash({
-        "settings": settings.dataset.model_dump(),
-        "source": source_fingerprint(settings.dataset),
-        "workspace": parameters["identity"].workspace_id,
-    })
+    return stage_cache_key("dataset", settings, {"settings": settings.dataset.model_dump(),
+                                                 "source": source_fingerprint(settings.dataset)})
 
 
 @task(name="dataset", cache_key_fn=dataset_cache_key, **stage_retries())
-def prepare_dataset(settings: PipelineSettings, identity: IdentityRef) -> DatasetRef:
+def prepare_dataset(settings: PipelineSettings) -> DatasetRef:
     target = stage_target(settings)
     split = split_once(settings.dataset, target.local_root())
     dataset = target.store_dataset(split)

@@ -9,9 +9,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from pipeline.config import PipelineSettings
 from pipeline.errors import JobFailedError
-from pipeline.naming import content_hash
 from targets.base import DatasetRef, JobRef, JobStatus
-from tasks.common import stage_retries, stage_target
+from tasks.common import stage_cache_key, stage_retries, stage_target
 
 BACKOFF = 1.5
 PROGRESS_LOG_EVERY_S = 5
@@ -19,10 +18,10 @@ TERMINAL_STATES = ("Completed", "Failed", "Lost")
 
 
 def finetune_cache_key(context, parameters) -> str:
+    """The job is named by everything it is made of: the same name in the same workspace is the same job."""
     settings: PipelineSettings = parameters["settings"]
     dataset: DatasetRef = parameters["dataset"]
-    return "finetune-" + content_hash({"job": stage_target(settings).job_name(dataset.content_hash),
-                                       "workspace": parameters["workspace_id"]})
+    return stage_cache_key("finetune", settings, {"job": stage_target(settings).job_name(dataset.content_hash)})
 
 
 def poll_job(target, name: str, timeout_s: float) -> JobStatus:
@@ -53,7 +52,7 @@ def poll_job(target, name: str, timeout_s: float) -> JobStatus:
 
 
 @task(name="fine-tune", cache_key_fn=finetune_cache_key, **stage_retries())
-def fine_tune(settings: PipelineSettings, dataset: DatasetRef, workspace_id: str) -> JobRef:
+def fine_tune(settings: PipelineSettings, dataset: DatasetRef) -> JobRef:
     target = stage_target(settings)
     name = target.job_name(dataset.content_hash)
     submitted = target.find_or_submit_job(name, dataset)

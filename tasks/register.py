@@ -3,18 +3,18 @@
 from prefect import get_run_logger, task
 
 from pipeline.config import PipelineSettings
-from pipeline.naming import content_hash
 from targets.base import DatasetRef, JobRef, ModelRef
-from tasks.common import stage_retries, stage_target
+from tasks.common import stage_cache_key, stage_retries, stage_target
 
 
 def register_cache_key(context, parameters) -> str:
-    return "register-" + content_hash({"job": parameters["job"].name, "model": parameters["settings"].model_name,
-                                       "workspace": parameters["workspace_id"]})
+    """One model version per job and model name in a workspace."""
+    settings: PipelineSettings = parameters["settings"]
+    return stage_cache_key("register", settings, {"job": parameters["job"].name, "model": settings.model_name})
 
 
 @task(name="register-model", cache_key_fn=register_cache_key, **stage_retries())
-def register_model(settings: PipelineSettings, job: JobRef, dataset: DatasetRef, workspace_id: str) -> ModelRef:
+def register_model(settings: PipelineSettings, job: JobRef, dataset: DatasetRef) -> ModelRef:
     model = stage_target(settings).register_model(job, dataset)
     get_run_logger().info("model %s version %d (%s) from job %s", model.name, model.version,
                           "registered" if model.created else "already registered", job.name)

@@ -227,13 +227,12 @@ def test_a_hub_dataset_whose_cached_revision_changes_gets_a_new_identity(tmp_pat
     assert source_fingerprint(pinned)["revision"] == "d" * 40, "a pinned commit is its own identity"
 
     from pipeline.config import PipelineSettings
-    from targets.base import IdentityRef
 
-    identity = IdentityRef.model_construct(workspace_id="ws")
+    settings = PipelineSettings(dataset=hub, local={"workspace_dir": tmp_path / "ws"})
     keys = []
     for commit in ("a" * 40, "b" * 40):
         (refs / "main").write_text(commit)
-        keys.append(dataset_cache_key(None, {"settings": PipelineSettings(dataset=hub), "identity": identity}))
+        keys.append(dataset_cache_key(None, {"settings": settings}))
     assert keys[0] != keys[1], "a new upstream revision is not served from the dataset stage's cache"
 
 

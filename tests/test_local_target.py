@@ -19,7 +19,7 @@ from pipeline.config import PipelineSettings
 from pipeline.errors import ConfigError, InsufficientResourcesError
 from targets.base import raise_if_short
 from targets.local.target import LocalTarget
-from targets.local.workspace import write_json_atomic
+from targets.workspace import write_json_atomic
 from tests.conftest import ROOT
 
 CHAT = {"input_data": {"input_string": [{"role": "user", "content": "Who founded Microsoft?"}],

@@ -128,7 +128,7 @@ def test_a_job_whose_loss_did_not_go_down_is_not_registered(prefect_server, monk
 
     @flow(name="fine-tune-test")
     def finetune_flow():
-        return finetune.fine_tune.with_options(cache_policy=NO_CACHE)(settings, dataset, "workspace-x")
+        return finetune.fine_tune.with_options(cache_policy=NO_CACHE)(settings, dataset)
 
     with temporary_settings({PREFECT_API_URL: prefect_server}), pytest.raises(JobFailedError, match="did not learn"):
         finetune_flow()

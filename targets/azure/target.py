@@ -37,7 +37,7 @@ from targets.base import (
     ask_scoring_uri,
     plan_resource_checks,
 )
-from targets.local.workspace import Workspace
+from targets.workspace import Workspace
 
 
 NO_REGISTRY = ("workspace {workspace} has no container registry yet (Azure creates one when first needed): the "
@@ -124,13 +124,19 @@ class AzureTarget(Target):
         so a registry Azure made meanwhile is seen)."""
         return self.clients.ml.workspaces.get(self.azure.workspace_name)
 
+    @translated
+    def workspace_identity(self) -> str:
+        """The workspace's GUID (azure-ai-ml keeps it in a private attribute): a workspace deleted and made
+        again under the same name is another one."""
+        return self._workspace._workspace_id
+
     def _role_scopes(self) -> tuple[str, rbac.RoleScopes]:
         """(the workspace's immutable GUID, the three role scopes): a workspace deleted and made again under
         the same name has a new GUID, so nothing cached against the old one is reused (azure-ai-ml 1.35
         keeps the GUID in a private attribute)."""
         workspace = self._workspace
         group = f"/subscriptions/{self.azure.subscription_id}/resourceGroups/{self.azure.resource_group}"
-        return workspace._workspace_id, rbac.RoleScopes(
+        return self.workspace_identity(), rbac.RoleScopes(
             resource_group=group, storage_account=workspace.storage_account,
             container_registry=workspace.container_registry)
 

@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from targets.local.workspace import write_json_atomic
+from targets.workspace import write_json_atomic
 
 LOOPBACK = "127.0.0.1"
 HEALTH_PATH = "/"

@@ -5,10 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -36,9 +32,10 @@ from targets.base import (
     ask_scoring_uri,
     plan_resource_checks,
 )
-from targets.local.workspace import Workspace, read_json, write_json_atomic
+from targets.local import machine, processes
+from targets.local.processes import PROJECT_ROOT
+from targets.workspace import Workspace, read_json, write_json_atomic
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHAT_MODEL_CODE = PROJECT_ROOT / "serving" / "chat_model.py"
 TRAINING_MODULE = "targets.local.training_job"
 SERVER_MODULE = "targets.local.scoring_server"
@@ -49,71 +46,6 @@ BUILTIN_MEMORY_GIB = 1.5
 BUILTIN_DISK_GIB = 0.2
 BUILTIN_GPU_GIB = 0.5
 SERVER_START_TIMEOUT_S = 180
-STOP_TIMEOUT_S = 10
-
-
-def _process_alive(pid: int | None, module: str) -> bool:
-    """True if `pid` is still one of our processes running `module` (a recycled pid is not). A process
-    caught in the middle of exec shows an empty command line for an instant: that is ours, starting."""
-    if not pid:
-        return False
-    try:
-        process = psutil.Process(pid)
-        cmdline = process.cmdline()
-        return process.status() != psutil.STATUS_ZOMBIE and (not cmdline or module in " ".join(cmdline))
-    except psutil.Error:
-        return False
-
-
-def _stop_process(pid: int) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-        psutil.Process(pid).wait(STOP_TIMEOUT_S)
-    except psutil.TimeoutExpired:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        pass
-
-
-def _spawn(module: str, folder: Path, log_name: str) -> int:
-    """Start `python -m module folder` in its own session, so it outlives an interrupted pipeline."""
-    with (folder / log_name).open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, str(folder)],
-            cwd=PROJECT_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return process.pid
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _visible_gpu() -> tuple[str, float] | None:
-    """Name and free GiB of the GPU training would use (read with nvidia-smi, so torch stays unloaded)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not shutil.which("nvidia-smi"):
-        return None
-    try:
-        query = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.free", "--format=csv,noheader,nounits"],
-                               capture_output=True, text=True, timeout=10, check=True)
-        name, free_mib = query.stdout.strip().splitlines()[0].rsplit(",", 1)
-        return name.strip(), float(free_mib) / 1024
-    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
-        return None
-
-
-def _checkpoint_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.glob("*") if f.suffix in (".safetensors", ".bin"))
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
@@ -149,6 +81,9 @@ class LocalTarget(Target):
                 "(tear it down first to move it)"]
 
     # ---- the workspace folder ------------------------------------------------------------------
+    def workspace_identity(self) -> str:
+        return self.ws.workspace_id
+
     def local_root(self, create: bool = True) -> Path:
         if create:
             self.ws.ensure()
@@ -167,7 +102,7 @@ class LocalTarget(Target):
         if base == BUILTIN_BASE_MODEL:
             memory_gib, disk_gib, gpu_gib = BUILTIN_MEMORY_GIB, BUILTIN_DISK_GIB, BUILTIN_GPU_GIB
         else:  # fp32 weights in training (+ LoRA optimiser state) and once more in the server
-            weights_gib = _checkpoint_bytes(Path(base).expanduser()) / GiB
+            weights_gib = machine.checkpoint_bytes(Path(base).expanduser()) / GiB
             memory_gib, disk_gib, gpu_gib = 2.5 * weights_gib + 1.5, 3 * weights_gib + 0.2, 2 * weights_gib + 0.5
         self.ws.ensure()
         memory = psutil.virtual_memory().available / GiB
@@ -180,7 +115,7 @@ class LocalTarget(Target):
             ResourceCheck(resource="CPU cores", needed=1, available=os.cpu_count() or 1, unit="cores",
                           advice="run on a machine with at least one core"),
         ]
-        gpu = _visible_gpu()
+        gpu = machine.visible_gpu()
         if gpu is not None:
             name, free_gib = gpu
             checks.append(ResourceCheck(resource=f"GPU memory ({name})", needed=round(gpu_gib, 2),
@@ -189,7 +124,7 @@ class LocalTarget(Target):
         port = self.settings.local.port
         if port and not self._port_held_by_us(port):
             checks.append(ResourceCheck(resource=f"port {port} on 127.0.0.1", needed=1,
-                                        available=1 if _port_is_free(port) else 0, unit="free port",
+                                        available=1 if processes.port_is_free(port) else 0, unit="free port",
                                         advice="stop what listens there or set local.port=0 to pick a free port"))
         return checks
 
@@ -231,7 +166,7 @@ class LocalTarget(Target):
                 shutil.rmtree(job_dir)
             job_dir.mkdir(parents=True)
             write_json_atomic(job_dir / "spec.json", self._job_spec(dataset))
-            pid = _spawn(TRAINING_MODULE, job_dir, "job.log")
+            pid = processes.spawn(TRAINING_MODULE, job_dir, "job.log")
             if not (job_dir / "status.json").exists():  # the job reports itself once it has started
                 write_json_atomic(job_dir / "status.json", {"state": "Queued", "pid": pid, "step": 0})
             return True
@@ -240,7 +175,7 @@ class LocalTarget(Target):
         status = read_json(self._job_dir(job_name) / "status.json")
         if status is None:
             return JobStatus(state="Missing")
-        if status["state"] in ("Queued", "Running") and not _process_alive(status.get("pid"), TRAINING_MODULE):
+        if status["state"] in ("Queued", "Running") and not processes.process_alive(status.get("pid"), TRAINING_MODULE):
             log = self._job_dir(job_name) / "job.log"
             return JobStatus(state="Lost", error=f"the job process ended without a result; log: {log}")
         fields = {key: status[key] for key in ("step", "total_steps", "loss", "phase", "error") if key in status}
@@ -315,7 +250,7 @@ class LocalTarget(Target):
 
     def _server_state(self, deployment_dir: Path) -> dict | None:
         state = read_json(deployment_dir / "state.json")
-        return state if state and _process_alive(state.get("pid"), SERVER_MODULE) else None
+        return state if state and processes.process_alive(state.get("pid"), SERVER_MODULE) else None
 
     def _port_held_by_us(self, port: int) -> bool:
         return any((self._server_state(d) or {}).get("port") == port for d in self._deployments())
@@ -343,7 +278,7 @@ class LocalTarget(Target):
             spec = read_json(deployment_dir / "spec.json") or {}
             if state and (spec.get("key_sha256") != self.ws.key_fingerprint()  # the key was replaced
                           or spec.get("limits") != self._serving_limits()):  # or the server's limits changed
-                _stop_process(state["pid"])
+                processes.stop_process(state["pid"])
                 state = None
             created = state is None
             if created:
@@ -391,7 +326,7 @@ class LocalTarget(Target):
         port = self.settings.local.port
         if port and self._port_held_by_us(port):  # the live deployment holds it: the candidate starts beside
             port = 0
-        if port and not _port_is_free(port):
+        if port and not processes.port_is_free(port):
             raise ConfigError(f"local.port {port} is in use on 127.0.0.1: stop what listens there or set local.port=0")
         (deployment_dir / "state.json").unlink(missing_ok=True)
         write_json_atomic(deployment_dir / "spec.json", {
@@ -400,17 +335,17 @@ class LocalTarget(Target):
             "key_sha256": self.ws.key_fingerprint(),
             "port": port, "limits": self._serving_limits(),
         })
-        pid = _spawn(SERVER_MODULE, deployment_dir, "server.log")
+        pid = processes.spawn(SERVER_MODULE, deployment_dir, "server.log")
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             state = read_json(deployment_dir / "state.json")
             if state and state.get("pid") == pid and self._healthy(state):
                 return state
-            if not _process_alive(pid, SERVER_MODULE):
+            if not processes.process_alive(pid, SERVER_MODULE):
                 log_tail = (deployment_dir / "server.log").read_text(errors="replace").strip().splitlines()[-3:]
                 raise PipelineError(f"scoring server exited while starting: {' | '.join(log_tail)}")
             time.sleep(0.3)
-        _stop_process(pid)
+        processes.stop_process(pid)
         raise TransientError(f"scoring server did not become healthy within {SERVER_START_TIMEOUT_S} s")
 
     @staticmethod
@@ -422,9 +357,9 @@ class LocalTarget(Target):
 
     def _stop_deployment(self, deployment_dir: Path) -> bool:
         state = read_json(deployment_dir / "state.json") or {}
-        running = _process_alive(state.get("pid"), SERVER_MODULE)
+        running = processes.process_alive(state.get("pid"), SERVER_MODULE)
         if running:
-            _stop_process(state["pid"])
+            processes.stop_process(state["pid"])
         shutil.rmtree(deployment_dir, ignore_errors=True)
         return running
 

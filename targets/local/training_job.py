@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from pipeline.config import BUILTIN_BASE_MODEL
-from targets.local.workspace import write_json_atomic
+from targets.workspace import write_json_atomic
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 CHAT_TEMPLATE = (

@@ -1,4 +1,5 @@
-"""The local workspace: a folder private to the user holding everything the local target makes."""
+"""The private local folder both targets keep their files in (the local target: everything it makes;
+the Azure target: what it prepares before upload), with its key, locks and atomic JSON files."""
 
 from __future__ import annotations
 
