@@ -75,7 +75,7 @@ def _after_failure(settings: PipelineSettings, stages: StageSummary, live, error
     publish_failure_notice(stages, error, still_serving, removed, clean_up_error)
 
 
-if __name__ == "__main__":
-    from flows.cli import run_pipeline_cli
+if __name__ == "__main__":  # the command line, handed this module's flow (not imported a second time)
+    from cli.commands import run_pipeline_cli
 
-    sys.exit(run_pipeline_cli(sys.argv[1:]))
+    sys.exit(run_pipeline_cli(sys.argv[1:], full_pipeline))

@@ -23,7 +23,7 @@ def teardown(settings: PipelineSettings | None = None, older_than_hours: float |
     return tear_down(settings, older_than_hours)
 
 
-if __name__ == "__main__":
-    from flows.cli import run_teardown_cli
+if __name__ == "__main__":  # the command line, handed this module's flow (not imported a second time)
+    from cli.commands import run_teardown_cli
 
-    sys.exit(run_teardown_cli(sys.argv[1:]))
+    sys.exit(run_teardown_cli(sys.argv[1:], teardown))

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from flows.cli import run_pipeline_cli
+from cli.commands import run_pipeline_cli
 from targets.azure.target import AzureTarget
 from tests.azure_fakes import AZURE
 

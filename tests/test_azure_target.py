@@ -13,7 +13,7 @@ import requests
 from azure.identity import CredentialUnavailableError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.cli import run_pipeline_cli
+from cli.commands import run_pipeline_cli
 from pipeline import promptflow_chat
 from pipeline.config import PipelineSettings
 from pipeline.errors import ConfigError, JobFailedError, PipelineError, TransientError

@@ -2,7 +2,7 @@
 
 import pytest
 
-from flows.cli import load_settings
+from cli.commands import load_settings
 from pipeline.config import PipelineSettings
 from pipeline.errors import ConfigError
 from targets import get_target
@@ -95,7 +95,7 @@ def test_readme_documents_every_setting():
 
 
 def test_a_renamed_azure_setting_names_its_successor(tmp_path):
-    from flows.cli import load_settings
+    from cli.commands import load_settings
     from pipeline.errors import ConfigError
 
     old = tmp_path / "old.toml"

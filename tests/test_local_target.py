@@ -321,7 +321,7 @@ def test_the_sweep_removes_endpoints_past_their_age_and_keeps_fresh_ones(tmp_pat
 
 
 def test_the_teardown_command_sweeps_with_an_age_limit(prefect_server, tmp_path, capsys):
-    from flows.cli import run_teardown_cli
+    from cli.commands import run_teardown_cli
 
     target = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path}))
     write_json_atomic(target.ws.dir("endpoints") / "phi3-custom-endpoint.json", {
@@ -332,7 +332,7 @@ def test_the_teardown_command_sweeps_with_an_age_limit(prefect_server, tmp_path,
 
 
 def test_plan_lists_what_a_local_run_would_do_and_starts_nothing(tmp_path, capsys):
-    from flows.cli import run_pipeline_cli
+    from cli.commands import run_pipeline_cli
 
     assert run_pipeline_cli(["--plan", "--local.workspace_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

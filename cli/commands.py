@@ -1,4 +1,7 @@
-"""Terminal entry points: settings from file/env/flags, checks before any work, one-line errors."""
+"""Terminal entry points: settings from file/env/flags, checks before any work, one-line errors.
+
+    phi3-pipeline run | plan | teardown [--help] [flags]   (the same as the module commands below)
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from contextlib import contextmanager
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
-from flows.prefect_api import prefect_api_dying_with_this_process
+from cli.prefect_api import prefect_api_dying_with_this_process
 from pipeline import promptflow_chat
 from pipeline.chat_data import split_once
 from pipeline.config import (
@@ -156,10 +159,16 @@ def _flow_run(settings: PipelineSettings, while_starting: Callable[[], None]) ->
         yield
 
 
-def _run_pipeline(settings: PipelineSettings) -> dict:
+def _pipeline_flow() -> Callable:
     from flows.full_pipeline import full_pipeline
 
-    return full_pipeline(settings)
+    return full_pipeline
+
+
+def _teardown_flow() -> Callable:
+    from flows.teardown import teardown
+
+    return teardown
 
 
 def _print_answer(settings: PipelineSettings, result: dict) -> None:
@@ -173,10 +182,6 @@ def _print_answer(settings: PipelineSettings, result: dict) -> None:
     print(f"Q: {settings.question}\nA: {result['answer']}")
 
 
-def _run_teardown(settings: TeardownSettings) -> TeardownReport:
-    from flows.teardown import teardown
-
-    return teardown(PipelineSettings(**settings.model_dump(exclude={"older_than_hours"})), settings.older_than_hours)
 
 
 def _print_report(settings: PipelineSettings, report: TeardownReport) -> None:
@@ -186,9 +191,45 @@ def _print_report(settings: PipelineSettings, report: TeardownReport) -> None:
         print(f"kept (not this workspace's): {', '.join(report.kept)}")
 
 
-def run_pipeline_cli(argv: list[str]) -> int:
-    return _run(argv, "python -m flows.full_pipeline", preflight, _run_pipeline, _print_answer)
+PIPELINE_PROG, TEARDOWN_PROG, CONSOLE_PROG = "python -m flows.full_pipeline", "python -m flows.teardown", "phi3-pipeline"
 
 
-def run_teardown_cli(argv: list[str]) -> int:
-    return _run(argv, "python -m flows.teardown", get_target, _run_teardown, _print_report, TeardownSettings)
+def run_pipeline_cli(argv: list[str], pipeline_flow: Callable | None = None, prog: str = PIPELINE_PROG) -> int:
+    """The pipeline from the command line; `pipeline_flow` is given by the flow module run as a command (so it
+    is not imported a second time), else imported here."""
+    flow = pipeline_flow or _pipeline_flow()
+    return _run(argv, prog, preflight, flow, _print_answer)
+
+
+def run_teardown_cli(argv: list[str], teardown_flow: Callable | None = None, prog: str = TEARDOWN_PROG) -> int:
+    flow = teardown_flow or _teardown_flow()
+
+    def run(settings: TeardownSettings) -> TeardownReport:
+        return flow(PipelineSettings(**settings.model_dump(exclude={"older_than_hours"})), settings.older_than_hours)
+
+    return _run(argv, prog, get_target, run, _print_report, TeardownSettings)
+
+
+COMMANDS = {
+    "run": ("fine-tune, deploy and wire up the model (python -m flows.full_pipeline)",
+            lambda argv: run_pipeline_cli(argv, prog=f"{CONSOLE_PROG} run")),
+    "plan": ("what a run would do and cost, creating nothing (python -m flows.full_pipeline --plan)",
+             lambda argv: run_pipeline_cli(["--plan", *argv], prog=f"{CONSOLE_PROG} plan")),
+    "teardown": ("remove what bills by the hour (python -m flows.teardown)",
+                 lambda argv: run_teardown_cli(argv, prog=f"{CONSOLE_PROG} teardown")),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`phi3-pipeline run | plan | teardown [flags]`: the module commands under one name (console script)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]][1](argv[1:])
+    usage = f"usage: {CONSOLE_PROG} {{{' | '.join(COMMANDS)}}} [--help] [flags]\n\n" + "\n".join(
+        f"  {name:<9} {text}" for name, (text, _) in COMMANDS.items())
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    unknown = f"unknown command {argv[0]!r}; " if argv else ""
+    print(f"{usage}\n\nerror: {unknown}give one of {', '.join(COMMANDS)}", file=sys.stderr)
+    return EXIT_BAD_INPUT
