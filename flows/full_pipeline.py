@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 
 from flows.teardown import teardown
 from pipeline.config import PipelineSettings
-from tasks.common import StageSummary, one_run_per_workspace
+from tasks.common import one_run_per_workspace
 from tasks.connection import create_connection
 from tasks.dataset import prepare_dataset
 from tasks.deploy import deploy, go_live
@@ -23,6 +23,7 @@ from tasks.plan import dry_run
 from tasks.quota import check_quota
 from tasks.register import register_model
 from tasks.smoke_chat import smoke_chat
+from tasks.stages import Stage, StageSummary
 from tasks.summary import publish_failure_notice, publish_summary
 from tasks.teardown import clean_up_after_failure
 
@@ -38,22 +39,22 @@ def full_pipeline(settings: PipelineSettings | None = None) -> dict:
         return {"plan": [item.model_dump() for item in dry_run(settings)], "stages": stages.rows()}
     live = None
     try:
-        live = stages.run("live model", find_live_model, settings)
+        live = stages.run(Stage.LIVE_MODEL, find_live_model, settings)
         if settings.skip_unchanged and live.unchanged:
             get_run_logger().info("nothing to retrain: %s", live.label)
             return {"unchanged": live.label, "job": live.planned_job, "stages": stages.rows()}
-        stages.run("quota check", check_quota, settings)
-        stages.run("identity and RBAC", ensure_identity, settings)
-        dataset = stages.run("dataset", prepare_dataset, settings)
-        job = stages.run("fine-tune", fine_tune, settings, dataset)
-        model = stages.run("register", register_model, settings, job, dataset)
-        candidate = stages.run("deploy", deploy, settings, model)
-        stages.run("evaluation gate", evaluation_gate, settings, candidate, live.deployment)
-        deployment = stages.run("go live", go_live, settings, candidate)
-        connection = stages.run("connection", create_connection, settings, deployment)
-        answer = stages.run("smoke chat", smoke_chat, settings, connection)
+        stages.run(Stage.QUOTA, check_quota, settings)
+        stages.run(Stage.IDENTITY, ensure_identity, settings)
+        dataset = stages.run(Stage.DATASET, prepare_dataset, settings)
+        job = stages.run(Stage.FINE_TUNE, fine_tune, settings, dataset)
+        model = stages.run(Stage.REGISTER, register_model, settings, job, dataset)
+        candidate = stages.run(Stage.DEPLOY, deploy, settings, model)
+        stages.run(Stage.GATE, evaluation_gate, settings, candidate, live.deployment)
+        deployment = stages.run(Stage.GO_LIVE, go_live, settings, candidate)
+        connection = stages.run(Stage.CONNECTION, create_connection, settings, deployment)
+        answer = stages.run(Stage.SMOKE_CHAT, smoke_chat, settings, connection)
         if settings.teardown:
-            stages.run("teardown", teardown, settings)
+            stages.run(Stage.TEARDOWN, teardown, settings)
     except BaseException as error:
         _after_failure(settings, stages, live, error)
         raise
@@ -66,8 +67,8 @@ def _after_failure(settings: PipelineSettings, stages: StageSummary, live, error
     """Never leave by accident what this run started; say what failed and what still runs."""
     live_before = live.deployment if live else None
     removed, still_serving, clean_up_error = [], live_before.deployment_name if live_before else None, None
-    if stages.reached("deploy") and not stages.reached("teardown"):
-        state = clean_up_after_failure(settings, live_before, "go live" in stages.results, return_state=True)
+    if stages.candidate_deployed and not stages.torn_down:
+        state = clean_up_after_failure(settings, live_before, stages.traffic_moved, return_state=True)
         if state.is_completed():  # a clean-up failure must not hide the original error
             removed, still_serving = state.result().removed, state.result().still_serving
         else:

@@ -1,10 +1,9 @@
-"""What every stage task shares: transient-only retries and the stage summary."""
+"""What every stage task shares: transient-only retries, the target it works on, its cache key, and the
+workspace's run lock around a flow."""
 
 from __future__ import annotations
 
 import functools
-import time
-from dataclasses import dataclass, field
 
 import requests
 from prefect import get_run_logger
@@ -68,44 +67,3 @@ def one_run_per_workspace(makes_workspace: bool):
 
 def stage_retries() -> dict:
     return {**RETRY_POLICY, "retry_condition_fn": is_transient}
-
-
-@dataclass
-class StageRecord:
-    stage: str
-    outcome: str
-    seconds: float
-    detail: str = ""
-
-
-@dataclass
-class StageSummary:
-    """Runs each stage's task, timing it and noting whether it created, reused or was cached."""
-
-    records: list[StageRecord] = field(default_factory=list)
-    results: dict[str, object] = field(default_factory=dict)
-
-    def run(self, stage: str, task, *args):
-        started = time.perf_counter()
-        state = task(*args, return_state=True)
-        seconds = round(time.perf_counter() - started, 2)
-        try:
-            result = state.result()
-        except BaseException:
-            self.records.append(StageRecord(stage, "failed", seconds))
-            raise
-        if state.name == "Cached":
-            outcome = "reused (cached)"
-        elif hasattr(result, "created"):
-            outcome = "created" if result.created else "reused"
-        else:
-            outcome = "done"
-        self.records.append(StageRecord(stage, outcome, seconds, getattr(result, "label", "")))
-        self.results[stage] = result
-        return result
-
-    def reached(self, stage: str) -> bool:
-        return any(record.stage == stage for record in self.records)
-
-    def rows(self) -> list[dict]:
-        return [record.__dict__ for record in self.records]

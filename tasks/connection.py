@@ -5,9 +5,10 @@ from prefect import get_run_logger, task
 from pipeline.config import PipelineSettings
 from targets.base import ConnectionRef, DeploymentRef
 from tasks.common import stage_retries, stage_target
+from tasks.stages import Stage
 
 
-@task(name="connection", **stage_retries())
+@task(name=Stage.CONNECTION.task_name, **stage_retries())
 def create_connection(settings: PipelineSettings, deployment: DeploymentRef) -> ConnectionRef:
     connection = stage_target(settings).create_connection(deployment)
     get_run_logger().info("Prompt flow connection %s -> %s (key stored as secret)", connection.name,

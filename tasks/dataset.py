@@ -6,6 +6,7 @@ from pipeline.chat_data import source_fingerprint, split_once
 from pipeline.config import PipelineSettings
 from targets.base import DatasetRef
 from tasks.common import stage_cache_key, stage_retries, stage_target
+from tasks.stages import Stage
 
 
 def dataset_cache_key(context, parameters) -> str:
@@ -15,7 +16,7 @@ def dataset_cache_key(context, parameters) -> str:
                                                  "source": source_fingerprint(settings.dataset)})
 
 
-@task(name="dataset", cache_key_fn=dataset_cache_key, **stage_retries())
+@task(name=Stage.DATASET.task_name, cache_key_fn=dataset_cache_key, **stage_retries())
 def prepare_dataset(settings: PipelineSettings) -> DatasetRef:
     target = stage_target(settings)
     split = split_once(settings.dataset, target.local_root())

@@ -6,9 +6,10 @@ from prefect import get_run_logger, task
 from pipeline.config import PipelineSettings
 from targets.base import DeploymentRef, ModelRef
 from tasks.common import stage_retries, stage_target
+from tasks.stages import Stage
 
 
-@task(name="deploy", **stage_retries())
+@task(name=Stage.DEPLOY.task_name, **stage_retries())
 def deploy(settings: PipelineSettings, model: ModelRef) -> DeploymentRef:
     deployment = stage_target(settings).deploy(model)
     logger = get_run_logger()
@@ -20,7 +21,7 @@ def deploy(settings: PipelineSettings, model: ModelRef) -> DeploymentRef:
     return deployment
 
 
-@task(name="go-live", **stage_retries())
+@task(name=Stage.GO_LIVE.task_name, **stage_retries())
 def go_live(settings: PipelineSettings, deployment: DeploymentRef) -> DeploymentRef:
     target = stage_target(settings)
     live = target.go_live(deployment)

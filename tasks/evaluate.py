@@ -13,6 +13,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluation import gate_questions, mean_f1
 from targets.base import DeploymentRef
 from tasks.common import stage_retries, stage_target
+from tasks.stages import Stage
 
 # The smoke question is asked as the tutorial's chat flow asks it; the comparison decodes greedily.
 SMOKE_TEMPERATURE, SMOKE_MAX_NEW_TOKENS = 0.7, 128
@@ -54,7 +55,7 @@ def _compare(settings: PipelineSettings, target, candidate: DeploymentRef, live:
                f"{live.deployment_name} {live_f1:.3f} on {len(pairs)} test questions (margin {evaluation.margin:g})")
 
 
-@task(name="evaluation-gate", **stage_retries())
+@task(name=Stage.GATE.task_name, **stage_retries())
 def evaluation_gate(settings: PipelineSettings, candidate: DeploymentRef, live: DeploymentRef | None) -> GateResult:
     """The candidate must answer the smoke question; beside a live model it must also score no worse."""
     target = stage_target(settings)

@@ -11,6 +11,7 @@ from pipeline.config import PipelineSettings
 from pipeline.errors import JobFailedError
 from targets.base import DatasetRef, JobRef, JobStatus
 from tasks.common import stage_cache_key, stage_retries, stage_target
+from tasks.stages import Stage
 
 BACKOFF = 1.5
 PROGRESS_LOG_EVERY_S = 5
@@ -51,7 +52,7 @@ def poll_job(target, name: str, timeout_s: float) -> JobStatus:
         interval = min(interval * BACKOFF, target.max_poll_interval_s)
 
 
-@task(name="fine-tune", cache_key_fn=finetune_cache_key, **stage_retries())
+@task(name=Stage.FINE_TUNE.task_name, cache_key_fn=finetune_cache_key, **stage_retries())
 def fine_tune(settings: PipelineSettings, dataset: DatasetRef) -> JobRef:
     target = stage_target(settings)
     name = target.job_name(dataset.content_hash)

@@ -5,9 +5,10 @@ from prefect import get_run_logger, task
 from pipeline.config import PipelineSettings
 from targets.base import IdentityRef
 from tasks.common import stage_retries, stage_target
+from tasks.stages import Stage
 
 
-@task(name="identity-and-rbac", **stage_retries())
+@task(name=Stage.IDENTITY.task_name, **stage_retries())
 def ensure_identity(settings: PipelineSettings) -> IdentityRef:
     identity = stage_target(settings).ensure_identity()
     logger = get_run_logger()

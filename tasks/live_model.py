@@ -14,6 +14,7 @@ from pipeline.chat_data import split_once
 from pipeline.config import PipelineSettings
 from targets.base import DeploymentRef
 from tasks.common import stage_retries, stage_target
+from tasks.stages import Stage
 
 
 class LiveModel(BaseModel):
@@ -34,7 +35,7 @@ class LiveModel(BaseModel):
         return f"{live}; {'unchanged' if self.unchanged else 'new data or settings'}"
 
 
-@task(name="live-model", **stage_retries())
+@task(name=Stage.LIVE_MODEL.task_name, **stage_retries())
 def find_live_model(settings: PipelineSettings) -> LiveModel:
     target = stage_target(settings)
     planned_job = None

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from pipeline.config import PipelineSettings
 from targets.base import ResourceCheck, raise_if_short
 from tasks.common import stage_retries, stage_target
+from tasks.stages import Stage
 
 
 class QuotaReport(BaseModel):
@@ -18,7 +19,7 @@ class QuotaReport(BaseModel):
         return "; ".join(f"warning: {w}" for w in self.warnings) or f"{len(self.checks)} checks passed"
 
 
-@task(name="quota-check", **stage_retries())
+@task(name=Stage.QUOTA.task_name, **stage_retries())
 def check_quota(settings: PipelineSettings) -> QuotaReport:
     target = stage_target(settings)
     checks = target.check_resources()

@@ -5,6 +5,7 @@ from prefect import get_run_logger, task
 from pipeline.config import PipelineSettings
 from targets.base import DatasetRef, JobRef, ModelRef
 from tasks.common import stage_cache_key, stage_retries, stage_target
+from tasks.stages import Stage
 
 
 def register_cache_key(context, parameters) -> str:
@@ -13,7 +14,7 @@ def register_cache_key(context, parameters) -> str:
     return stage_cache_key("register", settings, {"job": parameters["job"].name, "model": settings.model_name})
 
 
-@task(name="register-model", cache_key_fn=register_cache_key, **stage_retries())
+@task(name=Stage.REGISTER.task_name, cache_key_fn=register_cache_key, **stage_retries())
 def register_model(settings: PipelineSettings, job: JobRef, dataset: DatasetRef) -> ModelRef:
     model = stage_target(settings).register_model(job, dataset)
     get_run_logger().info("model %s version %d (%s) from job %s", model.name, model.version,

@@ -8,9 +8,10 @@ from pipeline.config import PipelineSettings
 from pipeline.errors import PipelineError
 from targets.base import ConnectionRef
 from tasks.common import stage_retries, stage_target
+from tasks.stages import Stage
 
 
-@task(name="smoke-chat", **stage_retries())
+@task(name=Stage.SMOKE_CHAT.task_name, **stage_retries())
 def smoke_chat(settings: PipelineSettings, connection: ConnectionRef) -> str:
     flow_dir = promptflow_chat.prepare_flow(stage_target(settings).scratch_dir() / "chat_flow", connection.name)
     answer = promptflow_chat.run_chat_flow(flow_dir, settings.question, settings.smoke_chat_timeout_s).strip()

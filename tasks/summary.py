@@ -4,7 +4,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from targets.base import JobRef
-from tasks.common import StageSummary
+from tasks.stages import Stage, StageSummary
 
 
 def loss_curve_markdown(job: JobRef) -> str:
@@ -17,7 +17,7 @@ def loss_curve_markdown(job: JobRef) -> str:
 
 def publish_summary(stages: StageSummary) -> None:
     create_table_artifact(key="run-summary", table=stages.rows(), description="stages of this pipeline run")
-    job = stages.results.get("fine-tune")
+    job = stages.results.get(Stage.FINE_TUNE)
     if isinstance(job, JobRef):
         create_markdown_artifact(key="loss-curve", markdown=loss_curve_markdown(job),
                                  description="fine-tune loss per step")
@@ -27,7 +27,7 @@ def publish_failure_notice(stages: StageSummary, error: BaseException, still_ser
                            removed: list[str], clean_up_error: BaseException | None = None) -> str:
     """A notice on the failed run (Artifacts tab) and in its log: which stage failed, what was cleaned up,
     and whether a paid deployment is still running."""
-    failed = next((r.stage for r in reversed(stages.records) if r.outcome == "failed"), "before the first stage")
+    failed = stages.failed_stage or "before the first stage"
     if clean_up_error is not None:
         running = (f"**The clean-up failed ({type(clean_up_error).__name__}: {clean_up_error}): the endpoint and "
                    "its deployments may still be running and billing. Run the teardown flow.**")

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pipeline.config import PipelineSettings
 from targets.base import DeploymentRef, TeardownReport
 from tasks.common import stage_retries, stage_target
+from tasks.stages import Stage
 
 
 class CleanUp(BaseModel):
@@ -15,7 +16,7 @@ class CleanUp(BaseModel):
     still_serving: str | None  # a deployment left up on purpose: it served before the run, or passed its gate
 
 
-@task(name="teardown", **stage_retries())
+@task(name=Stage.TEARDOWN.task_name, **stage_retries())
 def tear_down(settings: PipelineSettings, older_than_hours: float | None = None) -> TeardownReport:
     target = stage_target(settings)
     report = target.teardown() if older_than_hours is None else target.sweep(older_than_hours)

@@ -15,13 +15,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tasks.stages import Stage
 from tests.conftest import QUICK_TRAINING, ROOT, run_cli
 from tests.test_e2e import processes_using, promptflow_services
 
 pytestmark = pytest.mark.slow
 # Stage boundaries, by the Prefect task whose completion they follow.
-BOUNDARIES = ["identity-and-rbac", "dataset", "fine-tune", "register-model", "deploy", "go-live", "connection",
-              "smoke-chat"]
+BOUNDARIES = [stage.task_name for stage in (Stage.IDENTITY, Stage.DATASET, Stage.FINE_TUNE, Stage.REGISTER, Stage.DEPLOY,
+                                            Stage.GO_LIVE, Stage.CONNECTION, Stage.SMOKE_CHAT)]
 PREFECT_APP = "prefect.server.api.server:create_app"
 
 
