@@ -50,26 +50,30 @@ def session_home(tmp_path_factory) -> Path:
     return home
 
 
-@pytest.fixture(scope="session")
-def prefect_server(session_home: Path):
-    """A real Prefect server on 127.0.0.1 for every CLI run of the session, stopped at the end."""
+def start_prefect_server(log_file: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """A real Prefect server on 127.0.0.1 (its own session, its output in `log_file`); (process, API URL)."""
     port = free_port()
-    log = (session_home / "prefect-server.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT, stdout=log_file.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     api_url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
             if requests.get(f"{api_url}/health", timeout=2).ok:
-                break
+                return server, api_url
         except requests.RequestException:
             time.sleep(1)
-    else:
-        server.kill()
-        pytest.fail("Prefect server did not start; see " + str(session_home / "prefect-server.log"))
+    server.kill()
+    pytest.fail(f"Prefect server did not start; see {log_file}")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(session_home: Path):
+    """A real Prefect server on 127.0.0.1 for every CLI run of the session, stopped at the end."""
+    server, api_url = start_prefect_server(session_home / "prefect-server.log")
     os.environ["PREFECT_API_URL"] = api_url
     try:
         yield api_url
