@@ -52,7 +52,7 @@ def live_server(workspace: Path | None) -> tuple[str, dict, int, LocalTarget | N
             time.sleep(1)
         deployment = target.go_live(target.deploy(target.register_model(target.job_result(name), dataset)))
     state = target._server_state(target.ws.root / "deployments" / deployment.deployment_name)
-    return deployment.scoring_uri, {"Authorization": f"Bearer {target.endpoint_key(deployment)}"}, state["pid"], made
+    return deployment.scoring_uri, {"Authorization": f"Bearer {target.ws.read_key()}"}, state["pid"], made
 
 
 def peak_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:

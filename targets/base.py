@@ -1,7 +1,7 @@
 """The stage interface every target implements, and the small references stages pass along.
 
 A reference is what a stage returns and Prefect persists: names, versions, URIs, counts; never a
-secret. Keys are fetched from the target when they are used (`endpoint_key`).
+secret. Keys are read by the target when it uses them (`ask`, `create_connection`), never handed out.
 """
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ class Target(ABC):
     # status calls of a fine-tune job: the first wait, growing by half each poll up to the maximum
     first_poll_interval_s: float = 0.5
     max_poll_interval_s: float = 60.0
+    scoring_timeout_s: float = 60.0  # one scoring request, generation included
 
     def __init__(self, settings: PipelineSettings, run_id: str = "cli"):
         self.settings = settings
@@ -257,9 +258,11 @@ class Target(ABC):
     def live_deployment(self) -> DeploymentRef | None:
         """The deployment holding 100 % of the endpoint's traffic, if one is up (read only)."""
 
-    @abstractmethod
     def ask(self, deployment: DeploymentRef, question: str, max_new_tokens: int, temperature: float = 0.0) -> str:
-        """One authenticated scoring request to that deployment (whatever its traffic); its answer."""
+        """One authenticated scoring request to that deployment (whatever its traffic); its answer. The key is
+        read here, from the target, and goes no further than the request."""
+        return ask_scoring_uri(deployment, self._endpoint_key(deployment), question, max_new_tokens, temperature,
+                               timeout_s=self.scoring_timeout_s)
 
     @abstractmethod
     def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
@@ -272,8 +275,8 @@ class Target(ABC):
         endpoint, a candidate under another run's lease stays: reported as kept)."""
 
     @abstractmethod
-    def endpoint_key(self, deployment: DeploymentRef) -> str:
-        """The endpoint's key, read at the moment it is used; never stored in a result."""
+    def _endpoint_key(self, deployment: DeploymentRef) -> str:
+        """The endpoint's key, read at the moment it is used, by this target only; never stored in a result."""
 
     @abstractmethod
     def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:

@@ -149,7 +149,7 @@ def test_registry_versions_with_lineage_and_loads_as_mlflow_model(trained):
 def test_server_checks_the_key_and_the_body(deployed):
     target, _, deployment = deployed
     url = deployment.scoring_uri
-    key = target.endpoint_key(deployment)
+    key = target._endpoint_key(deployment)
     assert url.startswith("http://127.0.0.1:")
     assert requests.get(url.removesuffix("score"), timeout=5).status_code == 200  # health, no key
     assert requests.post(url, json=CHAT, timeout=30).status_code == 401
@@ -172,7 +172,7 @@ def test_server_checks_the_key_and_the_body(deployed):
 
 def test_the_real_server_refuses_what_it_cannot_answer_with_4xx_and_stays_up(deployed):
     target, _, deployment = deployed
-    url, auth = deployment.scoring_uri, {"Authorization": f"Bearer {target.endpoint_key(deployment)}"}
+    url, auth = deployment.scoring_uri, {"Authorization": f"Bearer {target._endpoint_key(deployment)}"}
     long_prompt = {"input_data": {"input_string": [{"role": "user", "content": "word " * 3000}],
                                   "parameters": {"max_new_tokens": 64}}}
     too_long = requests.post(url, json=long_prompt, headers=auth, timeout=60)
@@ -229,7 +229,7 @@ def test_chat_flow_tool_answers_raises_on_http_errors_and_never_logs_the_key(dep
     from integrate_with_promptflow import query_phi3_model
 
     target, _, deployment = deployed
-    key = target.endpoint_key(deployment)
+    key = target._endpoint_key(deployment)
     caplog.set_level("DEBUG")
     good = CustomConnection(configs={"endpoint": deployment.scoring_uri}, secrets={"key": key})
     assert isinstance(query_phi3_model("Who founded Apple?", good), str)
@@ -243,7 +243,7 @@ def test_the_server_speaks_both_scoring_contracts_to_the_pipeline_and_the_chat_f
     from pipeline import promptflow_chat
 
     target, _, deployment = deployed
-    key = target.endpoint_key(deployment)
+    key = target._endpoint_key(deployment)
     auth = {"Authorization": f"Bearer {key}"}
     base = deployment.scoring_uri.removesuffix("/score")
     openai_style = {"messages": CHAT["input_data"]["input_string"], "temperature": 0, "max_tokens": 8}
@@ -271,7 +271,7 @@ def test_a_replaced_key_restarts_the_server_with_the_new_key(deployed):
     target.ensure_identity()
     again = target.deploy(model)
     assert again.created is True
-    auth = {"Authorization": f"Bearer {target.endpoint_key(again)}"}
+    auth = {"Authorization": f"Bearer {target._endpoint_key(again)}"}
     assert requests.post(again.scoring_uri, json=CHAT, headers=auth, timeout=60).status_code == 200
 
 

@@ -15,8 +15,8 @@ STAGES = {
     "check_resources": "quota check", "notices": "quota check", "ensure_identity": "identity and RBAC",
     "store_dataset": "dataset", "find_or_submit_job": "fine-tune", "job_status": "fine-tune",
     "job_result": "fine-tune", "job_inputs": "fine-tune", "register_model": "register", "deploy": "deploy",
-    "live_deployment": "live model", "ask": "scoring request", "go_live": "go live", "remove_deployments": "go live",
-    "endpoint_key": "connection", "create_connection": "connection", "plan": "plan", "teardown": "teardown",
+    "live_deployment": "live model", "_endpoint_key": "endpoint key", "go_live": "go live",
+    "remove_deployments": "go live", "create_connection": "connection", "plan": "plan", "teardown": "teardown",
     "sweep": "teardown",
 }
 

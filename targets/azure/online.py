@@ -3,7 +3,7 @@
 The endpoint is never deleted and re-created by a run (that would reset its traffic and its
 scoring URI); a deployment is created once per model version and waited on through the SDK's
 long-running-operation poller. Keys are read when used and never returned from here but by
-`endpoint_key`.
+`endpoint_key`, for the target's own use.
 """
 
 from __future__ import annotations

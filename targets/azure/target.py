@@ -34,7 +34,6 @@ from targets.base import (
     ResourceCheck,
     Target,
     TeardownReport,
-    ask_scoring_uri,
     plan_resource_checks,
 )
 from targets.workspace import Workspace
@@ -258,11 +257,6 @@ class AzureTarget(Target):
         return self._deployment_ref(endpoint, ml.online_deployments.get(live, self.endpoint_name), created=False)
 
     @translated
-    def ask(self, deployment: DeploymentRef, question: str, max_new_tokens: int, temperature: float = 0.0) -> str:
-        return ask_scoring_uri(deployment, self.endpoint_key(deployment), question, max_new_tokens, temperature,
-                               timeout_s=self.azure.request_timeout_ms / 1000 + 10)
-
-    @translated
     def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
         superseded, traffic = online.route_all_traffic(self.clients.ml, self.endpoint_name,
                                                        deployment.deployment_name)
@@ -277,15 +271,19 @@ class AzureTarget(Target):
             superseded=tuple(keep.superseded) if keep else ())
         return TeardownReport(removed=removed, already_gone=[], kept=kept)
 
+    @property
+    def scoring_timeout_s(self) -> float:
+        return self.azure.request_timeout_ms / 1000 + 10  # the endpoint's own time limit, and the way there
+
     @translated
-    def endpoint_key(self, deployment: DeploymentRef) -> str:
+    def _endpoint_key(self, deployment: DeploymentRef) -> str:
         return online.endpoint_key(self.clients.ml, deployment.endpoint_name)
 
     # ---- connection ----------------------------------------------------------------------------
     @translated
     def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
         """The Custom keys connection in the Foundry project, and the same one for local Prompt flow."""
-        name, key = self.settings.connection_name, self.endpoint_key(deployment)
+        name, key = self.settings.connection_name, self._endpoint_key(deployment)
         foundry.ensure_project(self.clients.resource_group_ml, self.azure, self.tags)
         foundry.upsert_custom_connection(self.clients.project_ml, name, deployment.scoring_uri, key,
                                          deployment.contract, self.tags)

@@ -29,7 +29,6 @@ from targets.base import (
     ResourceCheck,
     Target,
     TeardownReport,
-    ask_scoring_uri,
     plan_resource_checks,
 )
 from targets.local import machine, processes
@@ -297,9 +296,6 @@ class LocalTarget(Target):
         state = self._server_state(self.ws.root / "deployments" / live) if live else None
         return self._deployment_ref(self.ws.root / "deployments" / live, state, created=False) if state else None
 
-    def ask(self, deployment: DeploymentRef, question: str, max_new_tokens: int, temperature: float = 0.0) -> str:
-        return ask_scoring_uri(deployment, self.ws.read_key(), question, max_new_tokens, temperature, timeout_s=60)
-
     def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
         with self.ws.lock(f"endpoint-{self.endpoint_name}"):
             endpoint = read_json(self._endpoint_file()) or {}
@@ -363,13 +359,13 @@ class LocalTarget(Target):
         shutil.rmtree(deployment_dir, ignore_errors=True)
         return running
 
-    def endpoint_key(self, deployment: DeploymentRef) -> str:
+    def _endpoint_key(self, deployment: DeploymentRef) -> str:
         return self.ws.read_key()
 
     # ---- connection ----------------------------------------------------------------------------
     def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
         name = self.settings.connection_name
-        promptflow_chat.upsert_connection(name, deployment.scoring_uri, self.endpoint_key(deployment),
+        promptflow_chat.upsert_connection(name, deployment.scoring_uri, self._endpoint_key(deployment),
                                           deployment.contract, owner=self.ws.workspace_id)
         return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
 
