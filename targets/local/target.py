@@ -31,11 +31,9 @@ from targets.base import (
     TeardownReport,
     plan_resource_checks,
 )
-from targets.local import machine, processes
-from targets.local.processes import PROJECT_ROOT
+from targets.local import machine, processes, registry
 from targets.workspace import Workspace, read_json, write_json_atomic
 
-CHAT_MODEL_CODE = PROJECT_ROOT / "serving" / "chat_model.py"
 TRAINING_MODULE = "targets.local.training_job"
 SERVER_MODULE = "targets.local.scoring_server"
 GiB = 1024**3
@@ -199,41 +197,13 @@ class LocalTarget(Target):
 
     # ---- register ------------------------------------------------------------------------------
     def register_model(self, job: JobRef, dataset: DatasetRef) -> ModelRef:
-        import mlflow.pyfunc
-
-        registry = self.ws.dir("registry", self.settings.model_name)
-        with self.ws.lock(f"registry-{self.settings.model_name}"):
-            versions = sorted(int(p.name) for p in registry.iterdir() if p.name.isdigit())
-            for version in versions:
-                lineage = read_json(registry / str(version) / "lineage.json") or {}
-                if lineage.get("job_name") == job.name:
-                    return self._model_ref(version, job.name, created=False)
-            version = (versions[-1] + 1) if versions else 1
-            staging = registry / f".{version}.{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                mlflow.pyfunc.save_model(
-                    path=str(staging),
-                    loader_module="chat_model",
-                    data_path=str(self._job_dir(job.name) / "output" / "model"),
-                    code_paths=[str(CHAT_MODEL_CODE)],
-                    pip_requirements=["torch", "transformers", "tokenizers", "safetensors"],
-                    metadata={"job_name": job.name, "data_hash": dataset.content_hash},
-                )
-                write_json_atomic(staging / "lineage.json", {
-                    "job_name": job.name, "data_hash": dataset.content_hash, "train_uri": dataset.train_uri,
-                    "test_uri": dataset.test_uri, "base_model": self.settings.training.base_model,
-                    "metrics": job.metrics, "registered_at": time.time(),
-                })
-                os.replace(staging, registry / str(version))
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        return self._model_ref(version, job.name, created=True)
-
-    def _model_ref(self, version: int, job_name: str, created: bool) -> ModelRef:
-        uri = self.ws.root / "registry" / self.settings.model_name / str(version)
-        return ModelRef(name=self.settings.model_name, version=version, uri=str(uri), job_name=job_name,
-                        created=created)
+        version, created = registry.register(
+            self.ws, self.settings.model_name, self._job_dir(job.name) / "output" / "model",
+            lineage={"job_name": job.name, "data_hash": dataset.content_hash, "train_uri": dataset.train_uri,
+                     "test_uri": dataset.test_uri, "base_model": self.settings.training.base_model,
+                     "metrics": job.metrics})
+        return ModelRef(name=self.settings.model_name, version=version, job_name=job.name, created=created,
+                        uri=str(registry.model_dir(self.ws, self.settings.model_name, version)))
 
     # ---- deploy --------------------------------------------------------------------------------
     @property
