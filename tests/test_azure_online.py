@@ -131,7 +131,7 @@ def test_a_run_that_adopts_a_killed_runs_candidate_renews_its_lease_and_a_live_o
     assert deployment.tags[LEASE_UNTIL] == mine[LEASE_UNTIL]
     writes = len(transport.calls("PUT"))
     online.ensure_deployment(ml_client, AZURE, SIZE, "phi3-ep", "phi3-custom-v1", MODEL, leased("run-3"))
-    online.ensure_deployment(ml_client, AZURE, SIZE, "phi3-ep", "phi3-custom-v1", MODEL, mine, claim=True)
+    online.ensure_deployment(ml_client, AZURE, SIZE, "phi3-ep", "phi3-custom-v1", MODEL, leased("run-2"), claim=True)
     assert len(transport.calls("PUT")) == writes, "a live deployment, or one already this run's, is not rewritten"
 
 

@@ -43,7 +43,7 @@ def ensure_deployment(ml_client: MLClient, azure: AzureSettings, vm_size: str, e
     try:
         existing = ml_client.online_deployments.get(deployment_name, endpoint_name)
         if _succeeded(existing):
-            if claim and any((existing.tags or {}).get(tag) != tags[tag] for tag in ("pipeline-run", LEASE_UNTIL)):
+            if claim and (existing.tags or {}).get("pipeline-run") != tags["pipeline-run"]:
                 existing.tags = {**(existing.tags or {}), "pipeline-run": tags["pipeline-run"],
                                  LEASE_UNTIL: tags[LEASE_UNTIL]}
                 existing = ml_client.online_deployments.begin_create_or_update(existing).result()
