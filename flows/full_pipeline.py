@@ -10,7 +10,7 @@ import sys
 from prefect import flow, get_run_logger
 
 from flows.teardown import teardown
-from pipeline.config import PipelineSettings
+from pipeline.config import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from tasks.common import one_run_per_workspace
 from tasks.connection import create_connection
 from tasks.dataset import prepare_dataset
@@ -30,7 +30,7 @@ from tasks.teardown import clean_up_after_failure
 
 @flow(name="phi3-full-pipeline")
 @one_run_per_workspace(makes_workspace=True)
-def full_pipeline(settings: PipelineSettings | None = None) -> dict:
+def full_pipeline(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS) -> dict:
     """Live model -> quota (on Azure: the catalog model too) -> identity -> dataset -> fine-tune -> register ->
     deploy beside the live one -> evaluation gate -> go live (100 % traffic) -> connection -> smoke chat.
     One run per workspace at a time."""

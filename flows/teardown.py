@@ -9,7 +9,7 @@ import sys
 
 from prefect import flow
 
-from pipeline.config import PipelineSettings
+from pipeline.config import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from targets.base import TeardownReport
 from tasks.common import one_run_per_workspace
 from tasks.teardown import tear_down
@@ -17,7 +17,8 @@ from tasks.teardown import tear_down
 
 @flow(name="phi3-teardown")
 @one_run_per_workspace(makes_workspace=False)
-def teardown(settings: PipelineSettings | None = None, older_than_hours: float | None = None) -> TeardownReport:
+def teardown(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS,
+             older_than_hours: float | None = None) -> TeardownReport:
     """Delete the endpoint with its deployments and the connection; idempotent. With `older_than_hours`:
     every endpoint this project made that is older than that (the reaper)."""
     return tear_down(settings, older_than_hours)

@@ -210,6 +210,12 @@ class AzureSettings(StrictModel):
     )
 
 
+# A flow's `settings` when a run gives none. The deployment's form then opens on the settings, each with its
+# default shown, and a run takes what it leaves out from phi3-pipeline.toml and PHI3_* where it runs: nothing
+# is frozen when the deployment is made (`None` would open the form on "None"). Never mutated.
+SETTINGS_WHERE_IT_RUNS: dict = {}
+
+
 class PipelineSettings(BaseSettings):
     """Everything a run needs; every field has a default that works offline on the local target."""
 

@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.task_engine import TaskRunTimeoutError
 
-from pipeline.config import PipelineSettings
+from pipeline.config import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from pipeline.errors import TransientError
 from pipeline.naming import content_hash
 from pipeline.run_lock import run_lock
@@ -46,8 +46,8 @@ def one_run_per_workspace(makes_workspace: bool):
     reads and takes no lock; without `makes_workspace` a workspace that does not exist is not made."""
     def decorate(flow_function):
         @functools.wraps(flow_function)
-        def holding_the_workspace(settings: PipelineSettings | None = None, *args, **kwargs):
-            settings = settings or PipelineSettings()
+        def holding_the_workspace(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS, *args, **kwargs):
+            settings = settings if isinstance(settings, PipelineSettings) else PipelineSettings(**settings)
             target = stage_target(settings)
             lock_file = None if settings.plan else target.run_lock_file(create=makes_workspace)
             logger = get_run_logger()

@@ -40,10 +40,15 @@ def test_prefect_yaml_deploys_the_pipeline_retraining_teardown_and_reaper(deploy
         assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
 
     form = deployments["full-pipeline"]["parameter_openapi_schema"]
+    for name in ("full-pipeline", "teardown"):  # the form opens on the settings, nothing frozen in it
+        settings_field = deployments[name]["parameter_openapi_schema"]["properties"]["settings"]
+        assert settings_field["$ref"] == "#/definitions/PipelineSettings" and settings_field["default"] == {}
+        assert "anyOf" not in settings_field and "settings" not in deployments[name]["parameters"]
     settings_schema = form["definitions"]["PipelineSettings"]["properties"]
     assert settings_schema["target"]["enum"] == ["local", "azure"]
     training = form["definitions"]["TrainingSettings"]["properties"]
     assert training["learning_rate"]["default"] == 0.005 and training["learning_rate"]["description"]
+    assert settings_schema["target"]["default"] == "local" and settings_schema["question"]["default"]
 
     def crons(name: str) -> list[str]:
         return [s["schedule"]["cron"] for s in deployments[name]["schedules"]]
