@@ -10,6 +10,7 @@ folder by its settings and source, so the stages of a run, and later runs, make 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import json
 import math
@@ -195,6 +196,7 @@ def open_records(settings: DatasetSettings, work_dir: Path, con) -> Records:
                            query=f"SELECT * EXCLUDE (file_row_number) FROM read_parquet('{literal}', "
                                  f"file_row_number=true) WHERE file_row_number >= {first} AND file_row_number < {end}")
     dataset = load_split(settings, work_dir)
+    # a slice of a split is a slice of its table; a dataset with an indices mapping is made plain first
     table = dataset.flatten_indices().data.table if dataset._indices is not None else dataset.data.table
     con.register("loaded", table)
     return Records(count=table.num_rows, query="SELECT * FROM loaded", checkable=chat_records.checkable(table.schema))
@@ -297,8 +299,10 @@ def split_once(settings: DatasetSettings, root: Path) -> SplitFiles:
             {"content_hash": made.content_hash, "train_rows": made.train_rows, "test_rows": made.test_rows}))
         try:
             (work_dir / "split").rename(folder)
-        except OSError:  # another run made the same split meanwhile
-            pass
+        except OSError:
+            if _read_split(folder) is None:
+                raise
+            # else another run made the same split meanwhile: theirs is as good
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     _remove_other_splits(splits, keep=folder.name)
@@ -318,5 +322,6 @@ def _remove_other_splits(splits: Path, keep: str) -> None:
     workspace may have just made one), and leftovers of splits that a killed process was making."""
     cutoff = time.time() - KEEP_OTHER_SPLITS_S
     for folder in splits.iterdir():
-        if folder.name != keep and folder.stat().st_mtime < cutoff:
-            shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):  # another process removed it first
+            if folder.name != keep and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
