@@ -191,7 +191,8 @@ def _print_report(settings: PipelineSettings, report: TeardownReport) -> None:
         print(f"kept (not this workspace's): {', '.join(report.kept)}")
 
 
-PIPELINE_PROG, TEARDOWN_PROG, CONSOLE_PROG = "python -m flows.full_pipeline", "python -m flows.teardown", "phi3-pipeline"
+PIPELINE_PROG, TEARDOWN_PROG = "python -m flows.full_pipeline", "python -m flows.teardown"
+CONSOLE_PROG = "phi3-pipeline"
 
 
 def run_pipeline_cli(argv: list[str], pipeline_flow: Callable | None = None, prog: str = PIPELINE_PROG) -> int:

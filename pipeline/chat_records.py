@@ -17,7 +17,8 @@ from pipeline.errors import DatasetError
 KNOWN_ROLES = ("system", "user", "assistant")
 TEXT_FIELDS = ("prompt", "prompt_id")
 # Exactly the characters Python's str.strip() removes (str.isspace), for RE2: a text of only these is empty.
-_BLANK = r"^[\t\n\x{0b}\x{0c}\r\x{1c}-\x{1f} \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]*$"
+_BLANK = (r"^[\t\n\x{0b}\x{0c}\r\x{1c}-\x{1f} \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}"
+          r"\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]*$")
 
 
 def validate_record(record: object, where: str) -> dict:

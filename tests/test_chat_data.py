@@ -194,7 +194,8 @@ def test_the_split_is_byte_for_byte_the_same_for_the_same_source_seed_and_fracti
     source = write_parquet(tmp_path / "chats.parquet", 3_000)
     settings = DatasetSettings(source=str(source), test_fraction=0.3)
     a, b = split_and_write(settings, tmp_path / "a"), split_and_write(settings, tmp_path / "b")
-    assert a.train_file.read_bytes() == b.train_file.read_bytes() and a.test_file.read_bytes() == b.test_file.read_bytes()
+    assert a.train_file.read_bytes() == b.train_file.read_bytes()
+    assert a.test_file.read_bytes() == b.test_file.read_bytes()
     import hashlib
 
     digest = hashlib.sha256()

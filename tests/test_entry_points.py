@@ -79,6 +79,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_the_azure_target_never_imports_the_local_one():
-    offending = {str(path.relative_to(ROOT)): sorted(name for name in _imports(path) if name.startswith("targets.local"))
+    offending = {str(path.relative_to(ROOT)): sorted(name for name in _imports(path)
+                                                     if name.startswith("targets.local"))
                  for path in (ROOT / "targets" / "azure").glob("*.py")}
     assert {path: names for path, names in offending.items() if names} == {}

@@ -21,8 +21,8 @@ from tests.test_e2e import processes_using, promptflow_services
 
 pytestmark = pytest.mark.slow
 # Stage boundaries, by the Prefect task whose completion they follow.
-BOUNDARIES = [stage.task_name for stage in (Stage.IDENTITY, Stage.DATASET, Stage.FINE_TUNE, Stage.REGISTER, Stage.DEPLOY,
-                                            Stage.GO_LIVE, Stage.CONNECTION, Stage.SMOKE_CHAT)]
+BOUNDARIES = [stage.task_name for stage in (Stage.IDENTITY, Stage.DATASET, Stage.FINE_TUNE, Stage.REGISTER,
+                                            Stage.DEPLOY, Stage.GO_LIVE, Stage.CONNECTION, Stage.SMOKE_CHAT)]
 PREFECT_APP = "prefect.server.api.server:create_app"
 
 

@@ -17,7 +17,14 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from pipeline.config import AzureSettings
 from pipeline.errors import PipelineError
 from targets.azure.clients import found, get_or_create
-from targets.azure.entities import LEASE_UNTIL, LIVE_SINCE, MANAGED_BY, online_deployment, online_endpoint, with_full_traffic
+from targets.azure.entities import (
+    LEASE_UNTIL,
+    LIVE_SINCE,
+    MANAGED_BY,
+    online_deployment,
+    online_endpoint,
+    with_full_traffic,
+)
 
 SUCCEEDED = "succeeded"
 

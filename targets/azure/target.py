@@ -233,7 +233,8 @@ class AzureTarget(Target):
     def deploy(self, model: ModelRef) -> DeploymentRef:
         ml, name = self.clients.ml, self.deployment_name(model)
         with_identity = self._grant_acr_pull_once_registry_exists()
-        endpoint, endpoint_created = online.ensure_endpoint(ml, self.azure, self.endpoint_name, self.tags, with_identity)
+        endpoint, endpoint_created = online.ensure_endpoint(ml, self.azure, self.endpoint_name, self.tags,
+                                                            with_identity)
         warnings = [] if with_identity or not endpoint_created else [
             SYSTEM_IDENTITY.format(workspace=self.azure.workspace_name, endpoint=self.endpoint_name)]
         tags = {**self.tags, "job": model.job_name, "model-version": str(model.version),
