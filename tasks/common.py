@@ -34,10 +34,9 @@ def stage_target(settings: PipelineSettings) -> Target:
     return get_target(settings, run_id=str(flow_run.id or "cli"))
 
 
-def stage_cache_key(stage: str, settings: PipelineSettings, inputs: dict) -> str:
+def stage_cache_key(stage: str, target: Target, inputs: dict) -> str:
     """A cached stage's key: what the stage is made of, and the workspace it ran in (asked of the target)."""
-    workspace = stage_target(settings).workspace_identity()
-    return f"{stage}-" + content_hash({**inputs, "workspace": workspace})
+    return f"{stage}-" + content_hash({**inputs, "workspace": target.workspace_identity()})
 
 
 def one_run_per_workspace(makes_workspace: bool):

@@ -12,8 +12,8 @@ from tasks.stages import Stage
 def dataset_cache_key(context, parameters) -> str:
     """Same settings, same source content (its files, or the hub's revision), same workspace: reused."""
     settings: PipelineSettings = parameters["settings"]
-    return stage_cache_key("dataset", settings, {"settings": settings.dataset.model_dump(),
-                                                 "source": source_fingerprint(settings.dataset)})
+    return stage_cache_key("dataset", stage_target(settings), {"settings": settings.dataset.model_dump(),
+                                                              "source": source_fingerprint(settings.dataset)})
 
 
 @task(name=Stage.DATASET.task_name, cache_key_fn=dataset_cache_key, **stage_retries())

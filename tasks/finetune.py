@@ -22,7 +22,8 @@ def finetune_cache_key(context, parameters) -> str:
     """The job is named by everything it is made of: the same name in the same workspace is the same job."""
     settings: PipelineSettings = parameters["settings"]
     dataset: DatasetRef = parameters["dataset"]
-    return stage_cache_key("finetune", settings, {"job": stage_target(settings).job_name(dataset.content_hash)})
+    target = stage_target(settings)  # one target: its catalog and clients serve the name and the workspace
+    return stage_cache_key("finetune", target, {"job": target.job_name(dataset.content_hash)})
 
 
 def poll_job(target, name: str, timeout_s: float) -> JobStatus:

@@ -11,7 +11,8 @@ from tasks.stages import Stage
 def register_cache_key(context, parameters) -> str:
     """One model version per job and model name in a workspace."""
     settings: PipelineSettings = parameters["settings"]
-    return stage_cache_key("register", settings, {"job": parameters["job"].name, "model": settings.model_name})
+    return stage_cache_key("register", stage_target(settings),
+                           {"job": parameters["job"].name, "model": settings.model_name})
 
 
 @task(name=Stage.REGISTER.task_name, cache_key_fn=register_cache_key, **stage_retries())
