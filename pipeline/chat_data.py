@@ -165,11 +165,8 @@ class Records:
     checkable: bool  # columns of the types the SQL check reads (else each record is checked in Python)
 
 
-def _parquet_rows(path: Path, split: str) -> tuple[int, int] | None:
-    """The row range of a parquet file that the split slice names, or None when it is not one range."""
-    import pyarrow.parquet as pq
-
-    rows = pq.ParquetFile(path).metadata.num_rows
+def _parquet_rows(rows: int, split: str) -> tuple[int, int] | None:
+    """The row range of a parquet file of `rows` that the split slice names, or None when it is not one range."""
     if "[" not in split and "+" not in split:
         return 0, rows
     import datasets  # the slice syntax, with its rounding of percentages
@@ -183,16 +180,17 @@ def open_records(settings: DatasetSettings, work_dir: Path, con) -> Records:
     `datasets` (memory-mapped Arrow) and read from there."""
     path = source_path(settings, work_dir)
     if path is not None and path.is_file() and path.suffix == ".parquet" and not settings.revision:
+        import pyarrow.parquet as pq
+
         try:
-            bounds = _parquet_rows(path, settings.split)
+            parquet = pq.ParquetFile(path)
+            bounds = _parquet_rows(parquet.metadata.num_rows, settings.split)
         except (ValueError, OSError) as error:
             raise DatasetError(f"cannot load dataset {settings.source!r} split {settings.split!r}: {error}") from None
         if bounds is not None:
-            import pyarrow.parquet as pq
-
             first, end = bounds
             literal = str(path).replace("'", "''")
-            return Records(count=end - first, checkable=chat_records.checkable(pq.read_schema(path)),
+            return Records(count=end - first, checkable=chat_records.checkable(parquet.schema_arrow),
                            query=f"SELECT * EXCLUDE (file_row_number) FROM read_parquet('{literal}', "
                                  f"file_row_number=true) WHERE file_row_number >= {first} AND file_row_number < {end}")
     dataset = load_split(settings, work_dir)
@@ -287,14 +285,17 @@ def split_once(settings: DatasetSettings, root: Path) -> SplitFiles:
     under `root/splits` (only complete splits are kept there: a failed one leaves nothing a later run could
     take for finished)."""
     splits = root / "splits"
-    folder = splits / content_hash({"settings": settings.model_dump(), "source": source_fingerprint(settings)})[:16]
+    source = source_fingerprint(settings)
+    folder = splits / content_hash({"settings": settings.model_dump(), "source": source})[:16]
     found = _read_split(folder)
     if found is not None:
         os.utime(folder)  # in use: not another run's to remove for an hour
         return found
     work_dir = splits / f".{folder.name}.{os.getpid()}.{threading.get_ident()}"
+    # a hub dataset is loaded at the commit its fingerprint names (asked of the hub once, and never newer)
+    revision = source.get("revision") if "hub" in source else None
     try:
-        made = split_and_write(settings, work_dir)
+        made = split_and_write(settings.model_copy(update={"revision": revision}) if revision else settings, work_dir)
         (work_dir / "split" / MANIFEST_FILE).write_text(json.dumps(
             {"content_hash": made.content_hash, "train_rows": made.train_rows, "test_rows": made.test_rows}))
         try:
