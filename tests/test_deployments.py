@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -59,36 +60,41 @@ def test_prefect_yaml_deploys_the_pipeline_retraining_teardown_and_reaper(deploy
     assert crons("full-pipeline") == [] and crons("teardown") == []
 
 
-def test_a_worker_runs_the_pipeline_from_its_deployment_and_the_teardown_deployment_stops_it(
-        deployments, prefect_server, tmp_path):
-    workspace = tmp_path / "ws"
+def run_the_pipeline_then_the_teardown(api_url: str, workspace: Path) -> None:
+    """Trigger the full-pipeline deployment (quick settings, the answer artifact checked, the server up), then
+    the teardown deployment (nothing of the run left running or answering)."""
     quick = {"epochs": int(QUICK_TRAINING["PHI3_TRAINING__EPOCHS"]),
              "base_pretrain_steps": int(QUICK_TRAINING["PHI3_TRAINING__BASE_PRETRAIN_STEPS"])}
     settings = {"local": {"workspace_dir": str(workspace)}, "training": quick,
                 "dataset": {"sample_size": int(QUICK_TRAINING["PHI3_DATASET__SAMPLE_SIZE"])},
                 "question": "Who founded Apple?"}
+    run = prefect_cli(api_url, "deployment", "run", "phi3-full-pipeline/full-pipeline", "--params",
+                      json.dumps({"settings": settings}), "--watch", "--watch-timeout", "600", timeout=700)
+    assert run.returncode == 0, run.stdout + run.stderr
+    answers = requests.post(f"{api_url}/artifacts/filter", timeout=10, json={
+        "artifacts": {"key": {"any_": ["smoke-chat-answer"]}}, "sort": "CREATED_DESC", "limit": 1}).json()
+    assert "**Q:** Who founded Apple?" in answers[0]["data"] and "**A:** " in answers[0]["data"]
+    scoring_uri = json.loads((workspace / "endpoints" / "phi3-custom-endpoint.json").read_text())["scoring_uri"]
+    assert requests.get(scoring_uri.removesuffix("score"), timeout=10).ok, "the server is up after the run"
+
+    stop = prefect_cli(api_url, "deployment", "run", "phi3-teardown/teardown", "--params",
+                       json.dumps({"settings": {"local": {"workspace_dir": str(workspace)}}}), "--watch",
+                       "--watch-timeout", "300", timeout=400)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert processes_using(workspace) == [], "nothing of the run is left running"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(scoring_uri.removesuffix("score"), timeout=5)
+
+
+def test_a_worker_runs_the_pipeline_from_its_deployment_and_the_teardown_deployment_stops_it(
+        deployments, prefect_server, tmp_path):
     worker = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL], cwd=ROOT, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         # a scheduled run (the hourly reaper) that comes due meanwhile works in a test folder, not the repository's
         env={**os.environ, "PREFECT_API_URL": prefect_server, "PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "other")})
     try:
-        run = prefect_cli(prefect_server, "deployment", "run", "phi3-full-pipeline/full-pipeline", "--params",
-                          json.dumps({"settings": settings}), "--watch", "--watch-timeout", "600", timeout=700)
-        assert run.returncode == 0, run.stdout + run.stderr
-        answers = requests.post(f"{prefect_server}/artifacts/filter", timeout=10, json={
-            "artifacts": {"key": {"any_": ["smoke-chat-answer"]}}, "sort": "CREATED_DESC", "limit": 1}).json()
-        assert "**Q:** Who founded Apple?" in answers[0]["data"] and "**A:** " in answers[0]["data"]
-        scoring_uri = json.loads((workspace / "endpoints" / "phi3-custom-endpoint.json").read_text())["scoring_uri"]
-        assert requests.get(scoring_uri.removesuffix("score"), timeout=10).ok, "the server is up after the run"
-
-        stop = prefect_cli(prefect_server, "deployment", "run", "phi3-teardown/teardown", "--params",
-                           json.dumps({"settings": {"local": {"workspace_dir": str(workspace)}}}), "--watch",
-                           "--watch-timeout", "300", timeout=400)
-        assert stop.returncode == 0, stop.stdout + stop.stderr
-        assert processes_using(workspace) == [], "nothing of the run is left running"
-        with pytest.raises(requests.ConnectionError):
-            requests.get(scoring_uri.removesuffix("score"), timeout=5)
+        run_the_pipeline_then_the_teardown(prefect_server, tmp_path / "ws")
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
