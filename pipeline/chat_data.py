@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline import chat_records
+from pipeline import chat_lines, chat_records
 from pipeline.chat_records import check_json_file, validate_record
 from pipeline.config import BUILTIN_SAMPLE, DatasetSettings
 from pipeline.errors import DatasetError
@@ -90,18 +90,14 @@ def source_fingerprint(settings: DatasetSettings) -> dict:
     return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in files}
 
 
-def load_split(settings: DatasetSettings, work_dir: Path):
+def load_split(settings: DatasetSettings, path: Path | None, work_dir: Path):
     """Load the configured slice with `datasets` (hub name, local file or folder), memory-mapped. A JSON file
     that does not load, or holds a bad record, is read again line by line to name the line."""
     import datasets  # heavy import, only when the stage runs
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a file it cannot read becomes one error line
-    path = source_path(settings, work_dir)
     split_name = _split_name(settings.split)
-    if path is not None and settings.revision:
-        raise DatasetError(f"dataset.revision {settings.revision!r} applies to hub datasets; {path} is a local "
-                           "source: leave dataset.revision empty")
     if path is not None and path.is_file() and LOADERS_BY_SUFFIX.get(path.suffix) == "json" and not _utf8(path):
         check_json_file(path)  # names the line
     try:
@@ -165,8 +161,8 @@ class Records:
     checkable: bool  # columns of the types the SQL check reads (else each record is checked in Python)
 
 
-def _parquet_rows(rows: int, split: str) -> tuple[int, int] | None:
-    """The row range of a parquet file of `rows` that the split slice names, or None when it is not one range."""
+def _slice_rows(rows: int, split: str) -> tuple[int, int] | None:
+    """The range of a file's `rows` records that the split slice names, or None when it is not one range."""
     if "[" not in split and "+" not in split:
         return 0, rows
     import datasets  # the slice syntax, with its rounding of percentages
@@ -175,16 +171,15 @@ def _parquet_rows(rows: int, split: str) -> tuple[int, int] | None:
     return (ranges[0].from_, ranges[0].to) if len(ranges) == 1 else None
 
 
-def open_records(settings: DatasetSettings, work_dir: Path, con) -> Records:
+def open_records(settings: DatasetSettings, path: Path | None, work_dir: Path, con) -> Records:
     """A local parquet file is read by DuckDB as it is (no conversion); any other source is loaded by
     `datasets` (memory-mapped Arrow) and read from there."""
-    path = source_path(settings, work_dir)
-    if path is not None and path.is_file() and path.suffix == ".parquet" and not settings.revision:
+    if path is not None and path.is_file() and path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
             parquet = pq.ParquetFile(path)
-            bounds = _parquet_rows(parquet.metadata.num_rows, settings.split)
+            bounds = _slice_rows(parquet.metadata.num_rows, settings.split)
         except (ValueError, OSError) as error:
             raise DatasetError(f"cannot load dataset {settings.source!r} split {settings.split!r}: {error}") from None
         if bounds is not None:
@@ -193,14 +188,14 @@ def open_records(settings: DatasetSettings, work_dir: Path, con) -> Records:
             return Records(count=end - first, checkable=chat_records.checkable(parquet.schema_arrow),
                            query=f"SELECT * EXCLUDE (file_row_number) FROM read_parquet('{literal}', "
                                  f"file_row_number=true) WHERE file_row_number >= {first} AND file_row_number < {end}")
-    dataset = load_split(settings, work_dir)
+    dataset = load_split(settings, path, work_dir)
     # a slice of a split is a slice of its table; a dataset with an indices mapping is made plain first
     table = dataset.flatten_indices().data.table if dataset._indices is not None else dataset.data.table
     con.register("loaded", table)
     return Records(count=table.num_rows, query="SELECT * FROM loaded", checkable=chat_records.checkable(table.schema))
 
 
-def check_records(con, records: Records, settings: DatasetSettings, work_dir: Path) -> None:
+def check_records(con, records: Records, settings: DatasetSettings, path: Path | None) -> None:
     """Every record, named on failure by its index in the source's order (or its file and line): the SQL
     check finds the suspects in one pass, `validate_record` says what is wrong with the first."""
     where = f"{settings.source} (split {settings.split}, record {{}})"
@@ -218,7 +213,6 @@ def check_records(con, records: Records, settings: DatasetSettings, work_dir: Pa
             for record in batch.to_pylist():
                 validate_record(record, where.format(record.pop("position")))
     except DatasetError:
-        path = source_path(settings, work_dir)
         if path is not None and LOADERS_BY_SUFFIX.get(path.suffix) == "json":
             check_json_file(path)  # names the file and line instead
         raise
@@ -236,48 +230,101 @@ def _parts(count: int, settings: DatasetSettings) -> np.ndarray:
     return parts
 
 
-def _write_jsonl(con, records: Records, part: int, path: Path) -> Path:
-    """One part as JSON Lines, written by DuckDB under a name no later run takes for a finished file."""
-    partial = path.with_name(f".{path.name}.partial")
-    literal = str(partial).replace("'", "''")
+class _PartFile:
+    """One part's file, written under a name no later run takes for a finished file and hashed as it is written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.partial = path.with_name(f".{path.name}.partial")
+        self.digest = hashlib.sha256()
+
+    def hash_written(self) -> None:
+        """Hash what another writer (DuckDB) put in the file."""
+        with self.partial.open("rb") as written:
+            while chunk := written.read(HASH_CHUNK_BYTES):
+                self.digest.update(chunk)
+
+    def publish(self) -> None:
+        self.partial.replace(self.path)
+
+
+def _split_hash(files: list[_PartFile]) -> str:
+    """The split's identity: each file's name and the hash of its bytes."""
+    named = b"".join(file.path.name.encode() + b"\0" + file.digest.digest() for file in files)
+    return hashlib.sha256(named).hexdigest()
+
+
+def _write_jsonl(con, records: Records, part: int, file: _PartFile) -> None:
+    """One part as JSON Lines, written by DuckDB."""
+    literal = str(file.partial).replace("'", "''")
     con.execute(f"COPY (SELECT r.prompt, r.prompt_id, r.messages FROM ({records.query}) r POSITIONAL JOIN parts p "
                 f"WHERE p.part = {part}) TO '{literal}' (FORMAT JSON)")
-    return partial
 
 
-def _hash_and_publish(partial: Path, path: Path, digest) -> None:
-    """Add the file's name and bytes to the split's hash, then give it its name."""
-    digest.update(path.name.encode() + b"\0")
-    with partial.open("rb") as written:
-        while chunk := written.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    partial.replace(path)
+def _write_records(settings: DatasetSettings, path: Path | None, work_dir: Path, files: dict) -> np.ndarray:
+    """Check the records with one SQL pass and write each part with DuckDB; return the parts."""
+    import duckdb
+
+    with duckdb.connect(config={"temp_directory": str(work_dir / "duckdb")}) as con:
+        records = open_records(settings, path, work_dir, con)
+        check_records(con, records, settings, path)
+        parts = _parts(records.count, settings)
+        con.register("parts", pa.table({"part": parts}))
+        with ThreadPoolExecutor(1) as hashing:  # the train file is hashed while DuckDB writes the test file
+            _write_jsonl(con, records, TRAIN, files[TRAIN])
+            hashed = hashing.submit(files[TRAIN].hash_written)
+            _write_jsonl(con, records, TEST, files[TEST])
+            hashed.result()
+        files[TEST].hash_written()
+    return parts
+
+
+def _write_lines(settings: DatasetSettings, lines: chat_lines.JsonLines, rows: tuple[int, int],
+                 files: dict) -> np.ndarray:
+    """Copy each checked line of a JSON Lines file into its part's file, as it is; a thread writes and hashes
+    (both let the checking go on meanwhile). Return the parts."""
+    first, end = rows
+    parts = _parts(end - first, settings)
+    with (files[TRAIN].partial.open("wb") as train, files[TEST].partial.open("wb") as test,
+          ThreadPoolExecutor(1) as writing):
+        handles, pending = {TRAIN: train, TEST: test}, []
+
+        def copy(runs: list[tuple[int, int, int]]) -> None:
+            source = memoryview(lines.data)
+            for part, start, stop in runs:
+                for piece in (source[start:stop], b"\n"):
+                    files[part].digest.update(piece)
+                    handles[part].write(piece)
+            lines.release(runs[0][1], runs[-1][2])
+
+        for checked_first, checked_end in lines.checked(first, end):
+            runs = list(lines.runs(checked_first, checked_end, parts[checked_first - first:checked_end - first]))
+            pending.append(writing.submit(copy, runs))
+            while len(pending) > 2:  # at most a chunk waits to be written: memory stays flat
+                pending.pop(0).result()
+        for written in pending:
+            written.result()
+    return parts
 
 
 def split_and_write(settings: DatasetSettings, work_dir: Path) -> SplitFiles:
     """Validate every record, split 80/20 (configurable) with the seed, write the tutorial's two files into
     `work_dir/split`: byte for byte the same for the same source, seed and fraction."""
-    import duckdb
-
     out_dir = work_dir / "split"
     out_dir.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(config={"temp_directory": str(work_dir / "duckdb")}) as con:
-        records = open_records(settings, work_dir, con)
-        check_records(con, records, settings, work_dir)
-        if records.count < 2:
-            raise DatasetError(f"dataset {settings.source!r} split {settings.split!r} has {records.count} "
-                               "record(s); need 2 or more")
-        parts = _parts(records.count, settings)
-        con.register("parts", pa.table({"part": parts}))
-        digest = hashlib.sha256()
-        with ThreadPoolExecutor(1) as hashing:  # the train file is hashed while DuckDB writes the test file
-            hashed = hashing.submit(_hash_and_publish, _write_jsonl(con, records, TRAIN, out_dir / TRAIN_FILE),
-                                    out_dir / TRAIN_FILE, digest)
-            test_file = _write_jsonl(con, records, TEST, out_dir / TEST_FILE)
-            hashed.result()
-        _hash_and_publish(test_file, out_dir / TEST_FILE, digest)
-    return SplitFiles(train_file=out_dir / TRAIN_FILE, test_file=out_dir / TEST_FILE, content_hash=digest.hexdigest(),
-                      train_rows=int((parts == TRAIN).sum()), test_rows=int((parts == TEST).sum()))
+    path = source_path(settings, work_dir)
+    if path is not None and settings.revision:
+        raise DatasetError(f"dataset.revision {settings.revision!r} applies to hub datasets; {path} is a local "
+                           "source: leave dataset.revision empty")
+    files = {TRAIN: _PartFile(out_dir / TRAIN_FILE), TEST: _PartFile(out_dir / TEST_FILE)}
+    lines = chat_lines.JsonLines(path) if path is not None and path.is_file() and path.suffix == ".jsonl" else None
+    rows = _slice_rows(lines.count, settings.split) if lines is not None else None
+    parts = (_write_lines(settings, lines, rows, files) if rows is not None
+             else _write_records(settings, path, work_dir, files))
+    for file in files.values():
+        file.publish()
+    return SplitFiles(train_file=files[TRAIN].path, test_file=files[TEST].path,
+                      content_hash=_split_hash(list(files.values())), train_rows=int((parts == TRAIN).sum()), test_rows=int((parts == TEST).sum()))
 
 
 def split_once(settings: DatasetSettings, root: Path) -> SplitFiles:

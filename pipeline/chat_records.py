@@ -75,36 +75,30 @@ SUSPECT_SQL = " OR ".join([
 ])
 
 
+def check_json_line(line: bytes, where: str) -> dict:
+    """One JSON Lines record checked, or a DatasetError naming `where` (file:line) and what is wrong."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{where}: not UTF-8 text (byte {error.object[error.start]:#04x}); "
+                           "save the file as UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
+    return validate_record(record, where)
+
+
 def check_jsonl(path: Path) -> int:
     """Validate every line of a JSON Lines file; return the record count. Slow (one record at a time): it
     runs only to name the line of a file that failed to load or holds a bad record."""
     count = 0
-    with path.open(encoding="utf-8") as handle:
-        lines = _utf8_lines(handle, path)
+    with path.open("rb") as lines:
         for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DatasetError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
-            validate_record(record, where)
-            count += 1
+            if not line.isspace():
+                check_json_line(line, f"{path}:{line_number}")
+                count += 1
     if count == 0:
         raise DatasetError(f"{path}: no records")
     return count
-
-
-def _utf8_lines(handle, path: Path):
-    """The file's lines; a DatasetError naming the file and line at the first byte that is not UTF-8."""
-    line_number = 0
-    try:
-        for line_number, line in enumerate(handle, start=1):  # noqa: B007 - the number names the bad line
-            yield line
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path}:{line_number + 1}: not UTF-8 text (byte {error.object[error.start]:#04x}); "
-                           "save the file as UTF-8") from None
 
 
 def check_json_file(path: Path) -> int:

@@ -157,10 +157,10 @@ def test_a_split_that_fails_while_writing_leaves_nothing_and_the_next_one_comple
     settings = DatasetSettings(source=str(source))
     real_write = chat_data._write_jsonl
 
-    def disk_full_at_the_test_file(con, records, part, path):
-        if path.name == chat_data.TEST_FILE:
+    def disk_full_at_the_test_file(con, records, part, file):
+        if file.path.name == chat_data.TEST_FILE:
             raise OSError("disk full")
-        return real_write(con, records, part, path)
+        return real_write(con, records, part, file)
 
     monkeypatch.setattr(chat_data, "_write_jsonl", disk_full_at_the_test_file)
     with pytest.raises(OSError, match="disk full"):
@@ -198,10 +198,9 @@ def test_the_split_is_byte_for_byte_the_same_for_the_same_source_seed_and_fracti
     assert a.test_file.read_bytes() == b.test_file.read_bytes()
     import hashlib
 
-    digest = hashlib.sha256()
-    for path in (a.train_file, a.test_file):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    assert a.content_hash == digest.hexdigest(), "the hash made while writing is the hash of the files"
+    named = b"".join(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest()
+                     for path in (a.train_file, a.test_file))
+    assert a.content_hash == hashlib.sha256(named).hexdigest(), "the hash made while writing is the files' hash"
     assert json.loads(a.test_file.read_text().splitlines()[0])["messages"][1]["role"] == "assistant"
 
 
@@ -241,3 +240,67 @@ def test_a_revision_with_a_local_source_is_refused(tmp_path):
     source = write_parquet(tmp_path / "chats.parquet", 10)
     with pytest.raises(DatasetError, match="dataset.revision 'main' applies to hub datasets"):
         split_and_write(DatasetSettings(source=str(source), revision="main"), tmp_path / "w")
+
+
+# ---- a local JSON Lines source: checked by msgspec, each line copied as it is ----------------------
+# Good records with at most one field drawn from the odd values above: most lines are good, so the first bad
+# one is as often a near miss (a blank text, a missing answer) as a plainly broken record.
+NEAR_MISSES = st.one_of(st.just({}), *(st.fixed_dictionaries({field: TEXTS}) for field in ("prompt", "prompt_id")),
+                        st.fixed_dictionaries({"messages": MESSAGES}),
+                        st.just({"messages": [{"role": "user", "content": "no answer"}]}),
+                        st.just({"messages": [{"role": "assistant", "content": "\u3000"}]})
+                        ).map(lambda change: {**GOOD, **change})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(NEAR_MISSES, min_size=2, max_size=6), st.sampled_from(["\n", "\r\n"]))
+def test_a_json_lines_source_refuses_exactly_the_records_the_record_check_refuses(tmp_path_factory, records,
+                                                                                   line_break):
+    from pipeline.chat_records import validate_record
+
+    source = tmp_path_factory.mktemp("jsonl") / "chats.jsonl"
+    source.write_text("".join(json.dumps(record) + line_break for record in records), newline="")
+    refused = []
+    for line_number, record in enumerate(records, start=1):
+        try:
+            validate_record(record, f"{source}:{line_number}")
+        except DatasetError as error:
+            refused.append(str(error))
+    try:
+        split = split_and_write(DatasetSettings(source=str(source), test_fraction=0.5), source.parent / "w")
+    except DatasetError as error:
+        assert refused and str(error) == refused[0], "the first bad line, named as the record check names it"
+    else:
+        assert not refused
+        copied = split.train_file.read_bytes() + split.test_file.read_bytes()
+        assert sorted(copied.split(b"\n")[:-1]) == sorted(json.dumps(r).encode() + line_break[:-1].encode()
+                                                         for r in records), "each line as it is in the source"
+
+
+def test_json_lines_blank_lines_a_missing_last_break_and_bad_bytes(tmp_path):
+    source = tmp_path / "chats.jsonl"
+    lines = [json.dumps(record) for record in make_sample(10)]
+    source.write_text("\n\n".join(lines[:5]) + "\n  \t\n" + "\n".join(lines[5:]))  # no break after the last
+    split = split_and_write(DatasetSettings(source=str(source)), tmp_path / "w")
+    assert (split.train_rows, split.test_rows) == (8, 2)
+    assert split.train_file.read_text().count("\n") == 8 and "\n\n" not in split.train_file.read_text()
+    source.write_bytes(b"\n".join(line.encode() for line in lines[:3]) + b"\n" + b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DatasetError, match=r"chats.jsonl:4: not UTF-8 text \(byte 0xe9\)"):
+        split_and_write(DatasetSettings(source=str(source)), tmp_path / "w2")
+    source.write_text(lines[0] + "\n" + lines[1] + " " + lines[2] + "\n")  # two records on one line
+    with pytest.raises(DatasetError, match=r"chats.jsonl:2: invalid JSON \(Extra data"):
+        split_and_write(DatasetSettings(source=str(source)), tmp_path / "w3")
+    source.write_text("")
+    with pytest.raises(DatasetError, match="has 0 record"):
+        split_and_write(DatasetSettings(source=str(source)), tmp_path / "w4")
+
+
+def test_a_bad_line_deep_in_a_large_json_lines_source_is_named(tmp_path):
+    good = json.dumps(GOOD)
+    bad = json.dumps({**GOOD, "messages": [{"role": "user", "content": "q"}]})
+    source = tmp_path / "big.jsonl"
+    source.write_text("".join((bad if index == 150_000 else good) + "\n" for index in range(160_000)))
+    with pytest.raises(DatasetError, match=r"big.jsonl:150001: field 'messages' has no assistant turn"):
+        split_and_write(DatasetSettings(source=str(source)), tmp_path / "w")
+    sliced = split_and_write(DatasetSettings(source=str(source), split="train[:10%]"), tmp_path / "w2")
+    assert sliced.train_rows + sliced.test_rows == 16_000, "a slice checks and copies only its records"
