@@ -51,7 +51,7 @@ def live_server(workspace: Path | None) -> tuple[str, dict, int, LocalTarget | N
         while target.job_status(name).state not in ("Completed", "Failed", "Lost"):
             time.sleep(1)
         deployment = target.go_live(target.deploy(target.register_model(target.job_result(name), dataset)))
-    state = target._server_state(target.ws.root / "deployments" / deployment.deployment_name)
+    state = target.endpoint.server_state(target.endpoint.deployment_dir(deployment.deployment_name))
     return deployment.scoring_uri, {"Authorization": f"Bearer {target.ws.read_key()}"}, state["pid"], made
 
 

@@ -17,7 +17,7 @@ import requests
 from pipeline.chat_data import split_and_write
 from pipeline.config import PipelineSettings
 from pipeline.errors import ConfigError, InsufficientResourcesError
-from targets.base import ModelRef, raise_if_short
+from targets.base import raise_if_short
 from targets.local.target import LocalTarget
 from targets.workspace import write_json_atomic
 from tests.conftest import ROOT
@@ -217,8 +217,7 @@ def test_port_in_use_is_reported_before_any_work(trained, tmp_path):
         with pytest.raises(InsufficientResourcesError, match=f"port {port} on 127.0.0.1 short by 1"):
             raise_if_short(busy.check_resources())
         with pytest.raises(ConfigError, match=f"local.port {port} is in use"):
-            busy._start_server(tmp_path, ModelRef(name="phi3-custom", version=1, uri=str(tmp_path), job_name="job",
-                                                  created=False))
+            busy.endpoint.start_server(tmp_path, {"model_dir": str(tmp_path), "port": port})
 
 
 def test_chat_flow_tool_answers_raises_on_http_errors_and_never_logs_the_key(deployed, caplog):

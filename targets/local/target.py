@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 
 import psutil
-import requests
 
 from pipeline import promptflow_chat
 from pipeline.chat_data import TEST_FILE, TRAIN_FILE, SplitFiles
 from pipeline.config import BUILTIN_BASE_MODEL, PipelineSettings
-from pipeline.errors import ConfigError, JobFailedError, PipelineError, TransientError
+from pipeline.errors import JobFailedError
 from pipeline.naming import base_model_identity, content_hash
 from targets.base import (
     SMOKE_PROBE,
@@ -32,17 +31,16 @@ from targets.base import (
     plan_resource_checks,
 )
 from targets.local import machine, processes, registry
+from targets.local.online import LocalEndpoint
 from targets.workspace import Workspace, read_json, write_json_atomic
 
 TRAINING_MODULE = "targets.local.training_job"
-SERVER_MODULE = "targets.local.scoring_server"
 GiB = 1024**3
 # Built-in model, measured 2026-11-25 on CPU: training job peak RSS 0.47 GiB, scoring server 0.40 GiB;
 # the rest is headroom for the pipeline process itself (Prefect, Prompt flow).
 BUILTIN_MEMORY_GIB = 1.5
 BUILTIN_DISK_GIB = 0.2
 BUILTIN_GPU_GIB = 0.5
-SERVER_START_TIMEOUT_S = 180
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
@@ -119,7 +117,7 @@ class LocalTarget(Target):
                                         available=round(free_gib, 2), unit="GiB",
                                         advice="free GPU memory, or set CUDA_VISIBLE_DEVICES= to train on the CPU"))
         port = self.settings.local.port
-        if port and not self._port_held_by_us(port):
+        if port and not self.endpoint.serves_on(port):
             checks.append(ResourceCheck(resource=f"port {port} on 127.0.0.1", needed=1,
                                         available=1 if processes.port_is_free(port) else 0, unit="free port",
                                         advice="stop what listens there or set local.port=0 to pick a free port"))
@@ -205,33 +203,22 @@ class LocalTarget(Target):
         return ModelRef(name=self.settings.model_name, version=version, job_name=job.name, created=created,
                         uri=str(registry.model_dir(self.ws, self.settings.model_name, version)))
 
-    # ---- deploy --------------------------------------------------------------------------------
+    # ---- deploy (targets/local/online.py: the servers and the endpoint's traffic) ---------------
     @property
     def endpoint_name(self) -> str:
         return f"{self.settings.model_name}-endpoint"
 
-    def _endpoint_file(self) -> Path:
-        return self.ws.dir("endpoints") / f"{self.endpoint_name}.json"
-
-    def _deployments(self) -> list[Path]:
-        root = self.ws.root / "deployments"
-        return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
-
-    def _server_state(self, deployment_dir: Path) -> dict | None:
-        state = read_json(deployment_dir / "state.json")
-        return state if state and processes.process_alive(state.get("pid"), SERVER_MODULE) else None
-
-    def _port_held_by_us(self, port: int) -> bool:
-        return any((self._server_state(d) or {}).get("port") == port for d in self._deployments())
+    @property
+    def endpoint(self) -> LocalEndpoint:
+        return LocalEndpoint(self.ws, self.endpoint_name)
 
     def _deployment_ref(self, deployment_dir: Path, state: dict, created: bool) -> DeploymentRef:
         spec = read_json(deployment_dir / "spec.json") or {}
-        traffic = (read_json(self._endpoint_file()) or {}).get("traffic", {})
         return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment_dir.name,
-                             scoring_uri=f"http://{state['host']}:{state['port']}/score", traffic=traffic,
-                             model_version=spec.get("model_version", 0), job_name=spec.get("job_name", ""),
-                             created=created, contract=self.settings.local.scoring_contract,
-                             run_id=spec.get("run_id", ""))
+                             scoring_uri=f"http://{state['host']}:{state['port']}/score",
+                             traffic=self.endpoint.traffic(), model_version=spec.get("model_version", 0),
+                             job_name=spec.get("job_name", ""), created=created,
+                             contract=self.settings.local.scoring_contract, run_id=spec.get("run_id", ""))
 
     def _serving_limits(self) -> dict:
         local = self.settings.local
@@ -241,93 +228,50 @@ class LocalTarget(Target):
 
     def deploy(self, model: ModelRef) -> DeploymentRef:
         """The model's server, started beside the live one (or found running); traffic moves in go_live."""
+        endpoint = self.endpoint
         deployment_dir = self.ws.dir("deployments", f"{model.name}-v{model.version}")
-        with self.ws.lock(f"endpoint-{self.endpoint_name}"):
-            state = self._server_state(deployment_dir)
+        with endpoint.lock():
+            state = endpoint.server_state(deployment_dir)
             spec = read_json(deployment_dir / "spec.json") or {}
             if state and (spec.get("key_sha256") != self.ws.key_fingerprint()  # the key was replaced
                           or spec.get("limits") != self._serving_limits()):  # or the server's limits changed
-                processes.stop_process(state["pid"])
+                endpoint.stop_server(state)
                 state = None
             created = state is None
             if created:
-                state = self._start_server(deployment_dir, model)
-            elif spec.get("run_id") != self.run_id and not self._routed(deployment_dir.name):
+                state = endpoint.start_server(deployment_dir, {
+                    "model_dir": model.uri, "model_version": model.version, "job_name": model.job_name,
+                    "run_id": self.run_id, "key_file": str(self.ws.key_file), "key_sha256": self.ws.key_fingerprint(),
+                    "port": self.settings.local.port, "limits": self._serving_limits()})
+            elif spec.get("run_id") != self.run_id and deployment_dir.name not in endpoint.traffic():
                 # a candidate a killed run left: this run adopts it, and its failure clean-up removes it
                 write_json_atomic(deployment_dir / "spec.json", {**spec, "run_id": self.run_id})
         return self._deployment_ref(deployment_dir, state, created)
 
-    def _routed(self, deployment_name: str) -> bool:
-        return deployment_name in (read_json(self._endpoint_file()) or {}).get("traffic", {})
-
     def live_deployment(self) -> DeploymentRef | None:
-        traffic = (read_json(self._endpoint_file()) or {}).get("traffic", {})
-        live = next((name for name, share in traffic.items() if share == 100), None)
-        state = self._server_state(self.ws.root / "deployments" / live) if live else None
-        return self._deployment_ref(self.ws.root / "deployments" / live, state, created=False) if state else None
+        endpoint = self.endpoint
+        live = next((name for name, share in endpoint.traffic().items() if share == 100), None)
+        state = endpoint.server_state(endpoint.deployment_dir(live)) if live else None
+        return self._deployment_ref(endpoint.deployment_dir(live), state, created=False) if state else None
 
     def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
-        with self.ws.lock(f"endpoint-{self.endpoint_name}"):
-            endpoint = read_json(self._endpoint_file()) or {}
-            traffic = {deployment.deployment_name: 100}
-            moved = endpoint.get("traffic") != traffic
-            write_json_atomic(self._endpoint_file(), {
-                "scoring_uri": deployment.scoring_uri, "traffic": traffic,
-                "live_since": time.time() if moved else endpoint["live_since"]})  # what the reaper ages
+        endpoint = self.endpoint
+        with endpoint.lock():
+            moved = endpoint.route_all_to(deployment.deployment_name, deployment.scoring_uri)
             self.ask(deployment, SMOKE_PROBE, 16)  # traffic is proven by an authenticated answer
-        return deployment.model_copy(update={"traffic": traffic, "created": moved})
+        return deployment.model_copy(update={"traffic": {deployment.deployment_name: 100}, "created": moved})
 
     def remove_deployments(self, keep: DeploymentRef | None, only_own: bool = False) -> TeardownReport:
         """Runs on one workspace are serialised by its run lock, so no other run holds a deployment here."""
-        with self.ws.lock(f"endpoint-{self.endpoint_name}"):
-            others = [d for d in self._deployments() if not keep or d.name != keep.deployment_name]
+        endpoint = self.endpoint
+        with endpoint.lock():
+            others = [d for d in endpoint.deployments() if not keep or d.name != keep.deployment_name]
             removed = [d for d in others
                        if not only_own or (read_json(d / "spec.json") or {}).get("run_id") == self.run_id]
             for deployment_dir in removed:
-                self._stop_deployment(deployment_dir)
+                endpoint.remove(deployment_dir)
         return TeardownReport(removed=[d.name for d in removed], already_gone=[],
                               kept=[d.name for d in others if d not in removed])
-
-    def _start_server(self, deployment_dir: Path, model: ModelRef) -> dict:
-        port = self.settings.local.port
-        if port and self._port_held_by_us(port):  # the live deployment holds it: the candidate starts beside
-            port = 0
-        if port and not processes.port_is_free(port):
-            raise ConfigError(f"local.port {port} is in use on 127.0.0.1: stop what listens there or set local.port=0")
-        (deployment_dir / "state.json").unlink(missing_ok=True)
-        write_json_atomic(deployment_dir / "spec.json", {
-            "model_dir": model.uri, "model_version": model.version, "job_name": model.job_name, "run_id": self.run_id,
-            "key_file": str(self.ws.key_file),
-            "key_sha256": self.ws.key_fingerprint(),
-            "port": port, "limits": self._serving_limits(),
-        })
-        pid = processes.spawn(SERVER_MODULE, deployment_dir, "server.log")
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            state = read_json(deployment_dir / "state.json")
-            if state and state.get("pid") == pid and self._healthy(state):
-                return state
-            if not processes.process_alive(pid, SERVER_MODULE):
-                log_tail = (deployment_dir / "server.log").read_text(errors="replace").strip().splitlines()[-3:]
-                raise PipelineError(f"scoring server exited while starting: {' | '.join(log_tail)}")
-            time.sleep(0.3)
-        processes.stop_process(pid)
-        raise TransientError(f"scoring server did not become healthy within {SERVER_START_TIMEOUT_S} s")
-
-    @staticmethod
-    def _healthy(state: dict) -> bool:
-        try:
-            return requests.get(f"http://{state['host']}:{state['port']}/", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    def _stop_deployment(self, deployment_dir: Path) -> bool:
-        state = read_json(deployment_dir / "state.json") or {}
-        running = processes.process_alive(state.get("pid"), SERVER_MODULE)
-        if running:
-            processes.stop_process(state["pid"])
-        shutil.rmtree(deployment_dir, ignore_errors=True)
-        return running
 
     def _endpoint_key(self, deployment: DeploymentRef) -> str:
         return self.ws.read_key()
@@ -346,7 +290,7 @@ class LocalTarget(Target):
             return PlanItem(resource=resource, action="reuse" if exists else "create", detail=detail)
 
         job = self.job_status(job_name)
-        servers = [d.name for d in self._deployments() if self._server_state(d)]
+        servers = [d.name for d in self.endpoint.deployments() if self.endpoint.server_state(d)]
         items = [item(f"endpoint key in {self.ws.root}", self.ws.key_file.exists())]
         items += plan_resource_checks(self.check_resources())
         items += [
@@ -366,13 +310,12 @@ class LocalTarget(Target):
         is left unmade."""
         if not self.ws.root.is_dir():
             return TeardownReport(removed=[], already_gone=[f"workspace {self.ws.root}"])
-        report = TeardownReport(removed=[], already_gone=[])
-        with self.ws.lock(f"endpoint-{self.endpoint_name}"):
-            for deployment_dir in self._deployments():
-                report.note(f"server {deployment_dir.name}", self._stop_deployment(deployment_dir))
-            endpoint_file = self._endpoint_file()
-            report.note(f"endpoint {self.endpoint_name}", endpoint_file.exists())
-            endpoint_file.unlink(missing_ok=True)
+        report, endpoint = TeardownReport(removed=[], already_gone=[]), self.endpoint
+        with endpoint.lock():
+            for deployment_dir in endpoint.deployments():
+                report.note(f"server {deployment_dir.name}", endpoint.remove(deployment_dir))
+            report.note(f"endpoint {self.endpoint_name}", endpoint.file.exists())
+            endpoint.file.unlink(missing_ok=True)
         name = self.settings.connection_name
         report.note(f"connection {name}", promptflow_chat.delete_connection(name, owner=self.ws.workspace_id))
         return report
@@ -383,19 +326,19 @@ class LocalTarget(Target):
         cutoff = time.time() - older_than_hours * 3600
         removed, routed = [], set()
         for endpoint_file in sorted((self.ws.root / "endpoints").glob("*.json")):
-            with self.ws.lock(f"endpoint-{endpoint_file.stem}"):
-                endpoint = read_json(endpoint_file) or {}
-                if endpoint.get("live_since", 0) >= cutoff:
-                    routed.update(endpoint.get("traffic", {}))
+            endpoint = LocalEndpoint(self.ws, endpoint_file.stem)
+            with endpoint.lock():
+                if (read_json(endpoint_file) or {}).get("live_since", 0) >= cutoff:
+                    routed.update(endpoint.traffic())
                     continue
-                for deployment_name in endpoint.get("traffic", {}):
-                    self._stop_deployment(self.ws.root / "deployments" / deployment_name)
+                for deployment_name in endpoint.traffic():
+                    endpoint.remove(endpoint.deployment_dir(deployment_name))
                     removed.append(f"server {deployment_name}")
                 endpoint_file.unlink(missing_ok=True)
                 removed.append(f"endpoint {endpoint_file.stem}")
-        for deployment_dir in self._deployments():
+        for deployment_dir in self.endpoint.deployments():
             spec = deployment_dir / "spec.json"
             if deployment_dir.name not in routed and (not spec.exists() or spec.stat().st_mtime < cutoff):
-                self._stop_deployment(deployment_dir)
+                LocalEndpoint.remove(deployment_dir)
                 removed.append(f"server {deployment_dir.name}")
         return TeardownReport(removed=removed, already_gone=[])
