@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 
 from flows.teardown import teardown
 from pipeline.config import SETTINGS_WHERE_IT_RUNS, PipelineSettings
-from tasks.common import one_run_per_workspace
+from tasks.workspace_lock import one_run_per_workspace
 from tasks.connection import create_connection
 from tasks.dataset import prepare_dataset
 from tasks.deploy import deploy, go_live

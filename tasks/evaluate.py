@@ -12,7 +12,8 @@ from pipeline.config import PipelineSettings
 from pipeline.errors import PipelineError
 from pipeline.evaluation import gate_questions, mean_f1
 from targets.base import DeploymentRef
-from tasks.common import stage_retries, stage_target
+from tasks.retries import stage_retries
+from tasks.run_target import stage_target
 from tasks.stages import Stage
 
 # The smoke question is asked as the tutorial's chat flow asks it; the comparison decodes greedily.

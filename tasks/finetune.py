@@ -10,7 +10,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pipeline.config import PipelineSettings
 from pipeline.errors import JobFailedError
 from targets.base import DatasetRef, JobRef, JobStatus
-from tasks.common import stage_cache_key, stage_retries, stage_target
+from tasks.retries import stage_retries
+from tasks.run_target import stage_cache_key, stage_target
 from tasks.stages import Stage
 
 BACKOFF = 1.5

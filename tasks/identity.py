@@ -4,7 +4,8 @@ from prefect import get_run_logger, task
 
 from pipeline.config import PipelineSettings
 from targets.base import IdentityRef
-from tasks.common import stage_retries, stage_target
+from tasks.retries import stage_retries
+from tasks.run_target import stage_target
 from tasks.stages import Stage
 
 

@@ -13,7 +13,8 @@ from pydantic import BaseModel
 from pipeline.chat_data import split_once
 from pipeline.config import PipelineSettings
 from targets.base import DeploymentRef
-from tasks.common import stage_retries, stage_target
+from tasks.retries import stage_retries
+from tasks.run_target import stage_target
 from tasks.stages import Stage
 
 

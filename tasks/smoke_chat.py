@@ -7,7 +7,8 @@ from pipeline import promptflow_chat
 from pipeline.config import PipelineSettings
 from pipeline.errors import PipelineError
 from targets.base import ConnectionRef
-from tasks.common import stage_retries, stage_target
+from tasks.retries import stage_retries
+from tasks.run_target import stage_target
 from tasks.stages import Stage
 
 

@@ -16,7 +16,7 @@ from pipeline.config import PipelineSettings
 from pipeline.errors import ConfigError, JobFailedError, TransientError
 from targets.azure.target import AzureTarget
 from targets.base import DatasetRef, JobRef, JobStatus
-from tasks.common import stage_retries
+from tasks.retries import stage_retries
 
 
 class ScriptedJob:

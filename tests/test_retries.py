@@ -6,7 +6,7 @@ from prefect.states import Failed
 from prefect.task_engine import TaskRunTimeoutError
 
 from pipeline.errors import ConfigError, DatasetError, InsufficientResourcesError, JobFailedError, TransientError
-from tasks.common import is_transient
+from tasks.retries import is_transient
 
 
 @pytest.mark.parametrize("error", [TransientError("server starting"), requests.ConnectionError("reset"),

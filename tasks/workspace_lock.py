@@ -1,42 +1,14 @@
-"""What every stage task shares: transient-only retries, the target it works on, its cache key, and the
-workspace's run lock around a flow."""
+"""One run per workspace: a flow holds its workspace's run lock from start to end."""
 
 from __future__ import annotations
 
 import functools
 
-import requests
 from prefect import get_run_logger
-from prefect.runtime import flow_run
-from prefect.states import State
-from prefect.task_engine import TaskRunTimeoutError
 
 from pipeline.config import SETTINGS_WHERE_IT_RUNS, PipelineSettings
-from pipeline.errors import TransientError
-from pipeline.naming import content_hash
 from pipeline.run_lock import run_lock
-from targets import get_target
-from targets.base import Target
-
-TRANSIENT_ERRORS = (TransientError, ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)
-RETRY_POLICY = {"retries": 3, "retry_delay_seconds": [2, 8, 30], "retry_jitter_factor": 0.5}
-
-
-def is_transient(task, task_run, state: State) -> bool:
-    """Retry condition: only errors that may pass on their own; a PipelineError fails at once, and so
-    does a task past its own time limit (the limit bounds the stage, retries included)."""
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, TRANSIENT_ERRORS) and not isinstance(error, TaskRunTimeoutError)
-
-
-def stage_target(settings: PipelineSettings) -> Target:
-    """The target a stage works on; what it creates is tagged with this flow run's id."""
-    return get_target(settings, run_id=str(flow_run.id or "cli"))
-
-
-def stage_cache_key(stage: str, target: Target, inputs: dict) -> str:
-    """A cached stage's key: what the stage is made of, and the workspace it ran in (asked of the target)."""
-    return f"{stage}-" + content_hash({**inputs, "workspace": target.workspace_identity()})
+from tasks.run_target import stage_target
 
 
 def one_run_per_workspace(makes_workspace: bool):
@@ -62,7 +34,3 @@ def one_run_per_workspace(makes_workspace: bool):
                 target.remove_scratch()
         return holding_the_workspace
     return decorate
-
-
-def stage_retries() -> dict:
-    return {**RETRY_POLICY, "retry_condition_fn": is_transient}
