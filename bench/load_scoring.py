@@ -27,8 +27,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.chat_data import split_and_write  # noqa: E402
-from pipeline.config import PipelineSettings  # noqa: E402
+from chat_data.split_files import split_and_write  # noqa: E402
+from config.settings import PipelineSettings  # noqa: E402
 from targets.local.target import LocalTarget  # noqa: E402
 
 SMALL = {"input_data": {"input_string": [{"role": "user", "content": "Who founded Microsoft?"}],

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.chat_data import split_and_write  # noqa: E402
-from pipeline.config import BUILTIN_BASE_MODEL, DatasetSettings, PipelineSettings  # noqa: E402
+from chat_data.split_files import split_and_write  # noqa: E402
+from config.settings import BUILTIN_BASE_MODEL, DatasetSettings, PipelineSettings  # noqa: E402
 
 JOBS = {"small": (240, {}),
         "large": (4000, {"epochs": 2, "batch_size": 64, "max_seq_length": 256, "base_pretrain_steps": 300})}
@@ -28,9 +28,9 @@ JOBS = {"small": (240, {}),
 RUN_SH = r'''#!/usr/bin/env bash
 set -euo pipefail
 PY=$1; HERE=$(cd "$(dirname "$0")" && pwd); W=$(mktemp -d)
-mkdir -p "$W/pipeline" "$W/targets/local"
-echo 'BUILTIN_BASE_MODEL = "@BUILTIN@"' > "$W/pipeline/config.py"
-touch "$W/pipeline/__init__.py" "$W/targets/__init__.py" "$W/targets/local/__init__.py"
+mkdir -p "$W/config" "$W/targets/local"
+echo 'BUILTIN_BASE_MODEL = "@BUILTIN@"' > "$W/config/settings.py"
+touch "$W/config/__init__.py" "$W/targets/__init__.py" "$W/targets/local/__init__.py"
 cp "$HERE/workspace.py" "$W/targets/"; cp "$HERE/training_job.py" "$W/targets/local/"
 for job in small large; do
   J="$W/jobs/$job"; mkdir -p "$J"

@@ -17,16 +17,16 @@ from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
 from cli.prefect_api import prefect_api_dying_with_this_process
-from pipeline import promptflow_chat
-from pipeline.chat_data import split_once
-from pipeline.config import (
+from chat_flow import promptflow_chat
+from chat_data.split_files import split_once
+from config.settings import (
     VM_PRICES_AS_OF,
     PipelineSettings,
     TeardownSettings,
     unknown_environment_settings,
     unknown_setting,
 )
-from pipeline.errors import ConfigError, PipelineError, TransientError
+from config.errors import ConfigError, PipelineError, TransientError
 from targets import get_target, plan_run
 from targets.base import UNPRICED, PlanItem, TeardownReport, raise_if_short
 

@@ -10,7 +10,7 @@ import sys
 from prefect import flow, get_run_logger
 
 from flows.teardown import teardown
-from pipeline.config import SETTINGS_WHERE_IT_RUNS, PipelineSettings
+from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from tasks.workspace_lock import one_run_per_workspace
 from tasks.connection import create_connection
 from tasks.dataset import prepare_dataset

@@ -9,7 +9,7 @@ import sys
 
 from prefect import flow
 
-from pipeline.config import SETTINGS_WHERE_IT_RUNS, PipelineSettings
+from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from targets.base import TeardownReport
 from tasks.workspace_lock import one_run_per_workspace
 from tasks.teardown import tear_down

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.chat_data import split_once
-from pipeline.config import PipelineSettings
+from chat_data.split_files import split_once
+from config.settings import PipelineSettings
 from targets.base import PlanItem, Target
 
 

@@ -16,10 +16,10 @@ import requests
 from pydantic import BaseModel
 
 from chat_flow.scoring_contract import CONTRACTS, ContractError, answer_from, request_for
-from pipeline import naming
-from pipeline.chat_data import SplitFiles
-from pipeline.config import PipelineSettings, ScoringContract
-from pipeline.errors import InsufficientResourcesError, PipelineError, TransientError
+from config import naming
+from chat_data.split_files import SplitFiles
+from config.settings import PipelineSettings, ScoringContract
+from config.errors import InsufficientResourcesError, PipelineError, TransientError
 
 SMOKE_PROBE = "Who founded Microsoft?"
 UNPRICED = "price unknown"  # a plan line's detail for a VM size missing from the price table

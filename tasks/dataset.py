@@ -2,8 +2,8 @@
 
 from prefect import get_run_logger, task
 
-from pipeline.chat_data import source_fingerprint, split_once
-from pipeline.config import PipelineSettings
+from chat_data.split_files import source_fingerprint, split_once
+from config.settings import PipelineSettings
 from targets.base import DatasetRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_cache_key, stage_target

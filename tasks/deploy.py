@@ -3,7 +3,7 @@
 
 from prefect import get_run_logger, task
 
-from pipeline.config import PipelineSettings
+from config.settings import PipelineSettings
 from targets.base import DeploymentRef, ModelRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target

@@ -10,8 +10,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from pipeline.chat_data import split_once
-from pipeline.config import PipelineSettings
+from chat_data.split_files import split_once
+from config.settings import PipelineSettings
 from targets.base import DeploymentRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target

@@ -3,7 +3,7 @@
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from pipeline.config import PipelineSettings
+from config.settings import PipelineSettings
 from targets import plan_run
 from targets.base import PlanItem
 

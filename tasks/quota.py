@@ -4,7 +4,7 @@ also resolves the catalog model and the VM sizes, and refuses a retired model)."
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from pipeline.config import PipelineSettings
+from config.settings import PipelineSettings
 from targets.base import ResourceCheck, raise_if_short
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target

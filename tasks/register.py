@@ -2,7 +2,7 @@
 
 from prefect import get_run_logger, task
 
-from pipeline.config import PipelineSettings
+from config.settings import PipelineSettings
 from targets.base import DatasetRef, JobRef, ModelRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_cache_key, stage_target

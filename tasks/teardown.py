@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from pipeline.config import PipelineSettings
+from config.settings import PipelineSettings
 from targets.base import DeploymentRef, TeardownReport
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target

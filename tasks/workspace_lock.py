@@ -6,8 +6,8 @@ import functools
 
 from prefect import get_run_logger
 
-from pipeline.config import SETTINGS_WHERE_IT_RUNS, PipelineSettings
-from pipeline.run_lock import run_lock
+from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
+from tasks.run_lock import run_lock
 from tasks.run_target import stage_target
 
 

@@ -96,7 +96,7 @@ def arm():
 @pytest.fixture
 def azure_settings(tmp_path, session_home, monkeypatch):
     """Settings of an Azure run against the test workspace; the fake job needs no minute-long polls."""
-    from pipeline.config import PipelineSettings
+    from config.settings import PipelineSettings
     from targets.azure.target import AzureTarget
     from tests.azure_fakes import AZURE
 

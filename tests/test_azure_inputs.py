@@ -83,7 +83,7 @@ def test_a_workspace_without_a_registry_defers_acr_pull_with_a_warning_and_grant
 
 
 def _split_and_job(target: AzureTarget):
-    from pipeline.chat_data import split_and_write
+    from chat_data.split_files import split_and_write
 
     split = split_and_write(target.settings.dataset, target.scratch_dir())
     return split, target.job_name(split.content_hash)
@@ -98,7 +98,7 @@ def test_a_deprecated_model_is_a_warning_in_the_plan(azure_cloud, azure_settings
 
 def test_an_unexpected_failure_in_a_stage_is_one_pipeline_error_naming_stage_and_workspace(azure_cloud,
                                                                                           azure_settings):
-    from pipeline.errors import PipelineError
+    from config.errors import PipelineError
 
     azure_cloud.arm.inject("GET", "/providers/Microsoft.MachineLearningServices/workspaces/ws",
                            (200, {"id": "odd", "name": "ws", "properties": {"storageAccount": 7}}))

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.ai.ml import MLClient
 
-from pipeline.errors import PipelineError
+from config.errors import PipelineError
 from targets.azure import online
 from targets.azure.entities import LEASE_UNTIL, deployment_lease, resource_tags
 from tests.azure_fakes import AZURE, WORKSPACE, request_json

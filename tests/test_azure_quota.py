@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from azure.ai.ml import MLClient
 
-from pipeline.errors import ConfigError, InsufficientResourcesError
+from config.errors import ConfigError, InsufficientResourcesError
 from targets.azure.catalog import CatalogModel
 from targets.azure.quota import plan_sizes
 from targets.base import raise_if_short

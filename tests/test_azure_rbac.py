@@ -11,7 +11,7 @@ from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from tenacity import wait_none
 
-from pipeline.errors import PipelineError
+from config.errors import PipelineError
 from targets.azure import rbac
 from targets.azure.entities import resource_tags, role_assignment_name
 from tests.azure_fakes import AZURE, SUB, OfflineCredential, ScriptedTransport, request_json

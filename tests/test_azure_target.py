@@ -14,9 +14,9 @@ from azure.identity import CredentialUnavailableError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from cli.commands import run_pipeline_cli
-from pipeline import promptflow_chat
-from pipeline.config import PipelineSettings
-from pipeline.errors import ConfigError, JobFailedError, PipelineError, TransientError
+from chat_flow import promptflow_chat
+from config.settings import PipelineSettings
+from config.errors import ConfigError, JobFailedError, PipelineError, TransientError
 from targets.azure import clients
 from targets.azure.target import AzureTarget
 from tests.azure_fakes import (
@@ -239,11 +239,11 @@ def test_azure_errors_that_may_pass_are_retried_and_refusals_say_what_to_do(azur
 def test_retraining_on_azure_is_blue_green_under_one_endpoint(prefect_api, settings, azure_cloud, endpoint,
                                                                monkeypatch):
     from flows.full_pipeline import full_pipeline
-    from pipeline import chat_data
+    from chat_data import split_files
 
     splits = []
-    real_split = chat_data.split_and_write
-    monkeypatch.setattr(chat_data, "split_and_write", lambda *args: splits.append(args) or real_split(*args))
+    real_split = split_files.split_and_write
+    monkeypatch.setattr(split_files, "split_and_write", lambda *args: splits.append(args) or real_split(*args))
     arm, transport = azure_cloud.arm, azure_cloud.transport
     full_pipeline(settings)
     requests_before = len(transport.requests)

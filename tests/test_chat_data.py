@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.chat_data import split_and_write
-from pipeline.chat_records import check_jsonl
-from pipeline.config import DatasetSettings
-from pipeline.errors import DatasetError
-from pipeline.sample_data import make_sample
+from chat_data.split_files import split_and_write
+from chat_data.records import check_jsonl
+from config.settings import DatasetSettings
+from config.errors import DatasetError
+from chat_data.sample import make_sample
 
 
 def test_builtin_sample_is_deterministic_ultrachat_format():
@@ -110,7 +110,7 @@ def test_the_sql_check_flags_exactly_the_records_the_record_check_refuses(record
     import duckdb
     import pyarrow as pa
 
-    from pipeline.chat_records import SUSPECT_SQL, checkable, validate_record
+    from chat_data.records import SUSPECT_SQL, checkable, validate_record
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
     table = pa.Table.from_pylist([{**record, "position": index} for index, record in enumerate(records)],
@@ -142,7 +142,7 @@ def write_parquet(path, rows: int, bad_at: int | None = None):
 
 
 def test_a_bad_record_deep_in_a_large_source_is_named_and_leaves_no_split_behind(tmp_path):
-    from pipeline.chat_data import split_once
+    from chat_data.split_files import split_once
 
     source = write_parquet(tmp_path / "big.parquet", 160_000, bad_at=150_000)
     with pytest.raises(DatasetError, match=r"record 150000\): field 'messages\[1\].content'"):
@@ -151,42 +151,42 @@ def test_a_bad_record_deep_in_a_large_source_is_named_and_leaves_no_split_behind
 
 
 def test_a_split_that_fails_while_writing_leaves_nothing_and_the_next_one_completes(tmp_path, monkeypatch):
-    from pipeline import chat_data
+    from chat_data import split_files
 
     source = write_parquet(tmp_path / "chats.parquet", 5_000)
     settings = DatasetSettings(source=str(source))
-    real_write = chat_data._write_jsonl
+    real_write = split_files._write_jsonl
 
     def disk_full_at_the_test_file(con, records, part, file):
-        if file.path.name == chat_data.TEST_FILE:
+        if file.path.name == split_files.TEST_FILE:
             raise OSError("disk full")
         return real_write(con, records, part, file)
 
-    monkeypatch.setattr(chat_data, "_write_jsonl", disk_full_at_the_test_file)
+    monkeypatch.setattr(split_files, "_write_jsonl", disk_full_at_the_test_file)
     with pytest.raises(OSError, match="disk full"):
-        chat_data.split_once(settings, tmp_path / "root")
+        split_files.split_once(settings, tmp_path / "root")
     assert list((tmp_path / "root" / "splits").iterdir()) == []
     monkeypatch.undo()
-    split = chat_data.split_once(settings, tmp_path / "root")
+    split = split_files.split_once(settings, tmp_path / "root")
     assert (split.train_rows, split.test_rows) == (4_000, 1_000)
     assert len(split.train_file.read_text().splitlines()) == 4_000
 
 
 def test_a_split_is_made_once_for_the_same_source_and_again_when_the_source_changes(tmp_path, monkeypatch):
-    from pipeline import chat_data
+    from chat_data import split_files
 
     made = []
-    real = chat_data.split_and_write
-    monkeypatch.setattr(chat_data, "split_and_write", lambda *args: made.append(args) or real(*args))
+    real = split_files.split_and_write
+    monkeypatch.setattr(split_files, "split_and_write", lambda *args: made.append(args) or real(*args))
     source = write_parquet(tmp_path / "chats.parquet", 300)
     settings = DatasetSettings(source=str(source))
-    first = chat_data.split_once(settings, tmp_path / "root")
-    again = chat_data.split_once(settings, tmp_path / "root")
+    first = split_files.split_once(settings, tmp_path / "root")
+    again = split_files.split_once(settings, tmp_path / "root")
     assert len(made) == 1 and again == first
     write_parquet(source, 310)
-    changed = chat_data.split_once(settings, tmp_path / "root")
+    changed = split_files.split_once(settings, tmp_path / "root")
     assert len(made) == 2 and changed.content_hash != first.content_hash and changed.train_rows == 248
-    reseeded = chat_data.split_once(DatasetSettings(source=str(source), seed=1), tmp_path / "root")
+    reseeded = split_files.split_once(DatasetSettings(source=str(source), seed=1), tmp_path / "root")
     assert len(made) == 3 and reseeded.content_hash != changed.content_hash
 
 
@@ -208,7 +208,7 @@ def test_the_split_is_byte_for_byte_the_same_for_the_same_source_seed_and_fracti
 def test_a_hub_dataset_whose_cached_revision_changes_gets_a_new_identity(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from pipeline.chat_data import source_fingerprint
+    from chat_data.split_files import source_fingerprint
     from tasks.dataset import dataset_cache_key
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -226,7 +226,7 @@ def test_a_hub_dataset_whose_cached_revision_changes_gets_a_new_identity(tmp_pat
     pinned = DatasetSettings(source=hub.source, revision="d" * 40)
     assert source_fingerprint(pinned)["revision"] == "d" * 40, "a pinned commit is its own identity"
 
-    from pipeline.config import PipelineSettings
+    from config.settings import PipelineSettings
 
     settings = PipelineSettings(dataset=hub, local={"workspace_dir": tmp_path / "ws"})
     keys = []
@@ -256,7 +256,7 @@ NEAR_MISSES = st.one_of(st.just({}), *(st.fixed_dictionaries({field: TEXTS}) for
 @given(st.lists(NEAR_MISSES, min_size=2, max_size=6), st.sampled_from(["\n", "\r\n"]))
 def test_a_json_lines_source_refuses_exactly_the_records_the_record_check_refuses(tmp_path_factory, records,
                                                                                    line_break):
-    from pipeline.chat_records import validate_record
+    from chat_data.records import validate_record
 
     source = tmp_path_factory.mktemp("jsonl") / "chats.jsonl"
     source.write_text("".join(json.dumps(record) + line_break for record in records), newline="")
@@ -291,7 +291,7 @@ def test_json_lines_blank_lines_a_missing_last_break_and_bad_bytes(tmp_path):
     with pytest.raises(DatasetError, match=r"chats.jsonl:2: invalid JSON \(Extra data"):
         split_and_write(DatasetSettings(source=str(source)), tmp_path / "w3")
     source.write_text("")
-    with pytest.raises(DatasetError, match="has 0 record"):
+    with pytest.raises(DatasetError, match="chats.jsonl: no records"):
         split_and_write(DatasetSettings(source=str(source)), tmp_path / "w4")
 
 

@@ -15,10 +15,10 @@ import psutil
 import pytest
 import requests
 
-from pipeline.run_lock import WorkspaceBusyError, run_lock
+from tasks.run_lock import WorkspaceBusyError, run_lock
 from tests.conftest import QUICK_TRAINING, ROOT, run_cli
 
-HOLD = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.run_lock import run_lock\n"
+HOLD = ("import sys, time\nfrom pathlib import Path\nfrom tasks.run_lock import run_lock\n"
         "with run_lock(Path(sys.argv[1]), True, print):\n    print('held', flush=True)\n    time.sleep(60)\n")
 
 
@@ -68,7 +68,7 @@ def test_the_lock_is_reentrant_within_a_thread_so_the_teardown_subflow_does_not_
         assert len(refused) == 1
         with pytest.raises(subprocess.CalledProcessError):  # still held: another process cannot take it
             subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path\n"
-                            "from pipeline.run_lock import run_lock\n"
+                            "from tasks.run_lock import run_lock\n"
                             "with run_lock(Path(sys.argv[1]), False, print): pass", str(lock_file)],
                            cwd=ROOT, check=True, capture_output=True)
 

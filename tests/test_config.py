@@ -3,8 +3,8 @@
 import pytest
 
 from cli.commands import load_settings
-from pipeline.config import PipelineSettings
-from pipeline.errors import ConfigError
+from config.settings import PipelineSettings
+from config.errors import ConfigError
 from targets import get_target
 
 
@@ -96,7 +96,7 @@ def test_readme_documents_every_setting():
 
 def test_a_renamed_azure_setting_names_its_successor(tmp_path):
     from cli.commands import load_settings
-    from pipeline.errors import ConfigError
+    from config.errors import ConfigError
 
     old = tmp_path / "old.toml"
     old.write_text('[azure]\nfinetune_model = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/'

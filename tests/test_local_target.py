@@ -14,9 +14,9 @@ import psutil
 import pytest
 import requests
 
-from pipeline.chat_data import split_and_write
-from pipeline.config import PipelineSettings
-from pipeline.errors import ConfigError, InsufficientResourcesError
+from chat_data.split_files import split_and_write
+from config.settings import PipelineSettings
+from config.errors import ConfigError, InsufficientResourcesError
 from targets.base import raise_if_short
 from targets.local.target import LocalTarget
 from targets.workspace import write_json_atomic
@@ -240,7 +240,7 @@ def test_chat_flow_tool_answers_raises_on_http_errors_and_never_logs_the_key(dep
 
 
 def test_the_server_speaks_both_scoring_contracts_to_the_pipeline_and_the_chat_flow(deployed, tmp_path):
-    from pipeline import promptflow_chat
+    from chat_flow import promptflow_chat
 
     target, _, deployment = deployed
     key = target._endpoint_key(deployment)
@@ -353,7 +353,7 @@ def test_a_local_port_the_live_server_does_not_hold_is_said_before_the_run(deplo
 
 
 def test_teardown_keeps_a_connection_that_belongs_to_another_workspace(tmp_path, session_home):
-    from pipeline import promptflow_chat
+    from chat_flow import promptflow_chat
 
     promptflow_chat.upsert_connection("phi3_scoped_test", "http://127.0.0.1:1/score", "other-key", "input_data",
                                       owner="workspace-b")
@@ -369,7 +369,7 @@ def test_teardown_keeps_a_connection_that_belongs_to_another_workspace(tmp_path,
 
 
 def test_a_connection_already_holding_the_endpoint_and_key_is_not_written_again(session_home):
-    from pipeline import promptflow_chat
+    from chat_flow import promptflow_chat
 
     args = ("phi3_rewrite_test", "http://127.0.0.1:1/score")
     try:

@@ -9,7 +9,7 @@ import pytest
 import requests
 from promptflow.connections import CustomConnection
 
-from pipeline.errors import PipelineError
+from config.errors import PipelineError
 from targets.base import DeploymentRef, ask_scoring_uri
 from tests.azure_fakes import ENDPOINT_KEY, scoring_stub
 from tests.conftest import ROOT

@@ -9,7 +9,7 @@ from azure.ai.ml import MLClient
 from azure.ai.ml.entities import AmlCompute, Data, Model
 from azure.core.exceptions import ResourceNotFoundError
 
-from pipeline.config import AzureSettings
+from config.settings import AzureSettings
 from targets.azure.clients import found, get_or_create
 from targets.azure.entities import FINETUNE_OUTPUT, compute_cluster, data_asset, registered_model
 

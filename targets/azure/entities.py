@@ -25,7 +25,7 @@ from azure.ai.ml.finetuning import FineTuningTaskType, create_finetuning_job
 from azure.mgmt.authorization.models import RoleAssignmentCreateParameters
 from azure.mgmt.msi.models import Identity
 
-from pipeline.config import AzureSettings
+from config.settings import AzureSettings
 
 MANAGED_BY = "phi3-pipeline"
 LIVE_SINCE = "live-since"

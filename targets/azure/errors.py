@@ -8,7 +8,7 @@ import functools
 import requests
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
-from pipeline.errors import PipelineError, TransientError
+from config.errors import PipelineError, TransientError
 
 # The stage each target method serves, for the message of an unexpected failure.
 STAGES = {

@@ -1,6 +1,6 @@
 """The model-catalog fine-tune job on Azure: submitted once per name, adopted by every later run.
 
-The job's name is derived from the data hash, the model and every setting (pipeline.naming), so a
+The job's name is derived from the data hash, the model and every setting (config.naming), so a
 re-run finds the job: running, it keeps being polled; completed, it is reused; failed, the run stops
 with the job's studio link. Nothing here deletes or re-submits a job of the same name.
 """

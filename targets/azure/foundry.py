@@ -16,7 +16,7 @@ from azure.ai.ml._restclient.arm_ml_service.models import (
 )
 from azure.ai.ml.entities import Hub, Project, Workspace, WorkspaceConnection
 
-from pipeline.config import AzureSettings
+from config.settings import AzureSettings
 from targets.azure.clients import found, get_or_create
 from targets.base import PlanItem
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from pipeline import promptflow_chat
-from pipeline.chat_data import SplitFiles
-from pipeline.config import PipelineSettings
-from pipeline.errors import JobFailedError
-from pipeline.naming import content_hash
+from chat_flow import promptflow_chat
+from chat_data.split_files import SplitFiles
+from config.settings import PipelineSettings
+from config.errors import JobFailedError
+from config.naming import content_hash
 from targets.azure import assets, catalog, clients, finetune, foundry, online, quota, rbac
 from targets.azure.entities import deployment_lease, finetune_job, resource_tags
 from targets.azure.errors import translated

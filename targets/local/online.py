@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from pipeline.errors import ConfigError, PipelineError, TransientError
+from config.errors import ConfigError, PipelineError, TransientError
 from targets.local import processes
 from targets.workspace import Workspace, read_json, write_json_atomic
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import psutil
 
-from pipeline import promptflow_chat
-from pipeline.chat_data import TEST_FILE, TRAIN_FILE, SplitFiles
-from pipeline.config import BUILTIN_BASE_MODEL, PipelineSettings
-from pipeline.errors import JobFailedError
-from pipeline.naming import base_model_identity, content_hash
+from chat_flow import promptflow_chat
+from chat_data.split_files import TEST_FILE, TRAIN_FILE, SplitFiles
+from config.settings import BUILTIN_BASE_MODEL, PipelineSettings
+from config.errors import JobFailedError
+from config.naming import base_model_identity, content_hash
 from targets.base import (
     SMOKE_PROBE,
     ConnectionRef,

@@ -19,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from pipeline.config import BUILTIN_BASE_MODEL
+from config.settings import BUILTIN_BASE_MODEL
 from targets.workspace import write_json_atomic
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]

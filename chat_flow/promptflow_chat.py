@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import PipelineError
+from config.errors import PipelineError
 
-CHAT_FLOW_DIR = Path(__file__).resolve().parents[1] / "chat_flow"
+CHAT_FLOW_DIR = Path(__file__).resolve().parent
 FLOW_FILE = "flow.dag.yaml"
 TOOL_NODE = "integrate_with_promptflow"
 OFFLINE_CONFIG = {"trace.destination": "none", "telemetry.enabled": False}
@@ -92,7 +92,7 @@ def prepare_flow(dest: Path, connection_name: str) -> Path:
     """Copy chat_flow/ to `dest` with its tool node bound to `connection_name`."""
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(CHAT_FLOW_DIR, dest, ignore=shutil.ignore_patterns(".promptflow", "__pycache__"))
+    shutil.copytree(CHAT_FLOW_DIR, dest, ignore=shutil.ignore_patterns(".promptflow", "__pycache__", Path(__file__).name))
     flow = yaml.safe_load((dest / FLOW_FILE).read_text(encoding="utf-8"))
     for node in flow["nodes"]:
         if node["name"] == TOOL_NODE:

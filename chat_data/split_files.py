@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline import chat_lines, chat_records
-from pipeline.chat_records import check_json_file, validate_record
-from pipeline.config import BUILTIN_SAMPLE, DatasetSettings
-from pipeline.errors import DatasetError
-from pipeline.naming import content_hash
-from pipeline.sample_data import write_sample
+from chat_data import json_lines
+from chat_data.records import SUSPECT_SQL, check_json_file, checkable, validate_record
+from config.settings import BUILTIN_SAMPLE, DatasetSettings
+from config.errors import DatasetError
+from config.naming import content_hash
+from chat_data.sample import write_sample
 
 TRAIN_FILE = "train_data.jsonl"
 TEST_FILE = "test_data.jsonl"
@@ -185,14 +185,14 @@ def open_records(settings: DatasetSettings, path: Path | None, work_dir: Path, c
         if bounds is not None:
             first, end = bounds
             literal = str(path).replace("'", "''")
-            return Records(count=end - first, checkable=chat_records.checkable(parquet.schema_arrow),
+            return Records(count=end - first, checkable=checkable(parquet.schema_arrow),
                            query=f"SELECT * EXCLUDE (file_row_number) FROM read_parquet('{literal}', "
                                  f"file_row_number=true) WHERE file_row_number >= {first} AND file_row_number < {end}")
     dataset = load_split(settings, path, work_dir)
     # a slice of a split is a slice of its table; a dataset with an indices mapping is made plain first
     table = dataset.flatten_indices().data.table if dataset._indices is not None else dataset.data.table
     con.register("loaded", table)
-    return Records(count=table.num_rows, query="SELECT * FROM loaded", checkable=chat_records.checkable(table.schema))
+    return Records(count=table.num_rows, query="SELECT * FROM loaded", checkable=checkable(table.schema))
 
 
 def check_records(con, records: Records, settings: DatasetSettings, path: Path | None) -> None:
@@ -202,9 +202,9 @@ def check_records(con, records: Records, settings: DatasetSettings, path: Path |
     con.register("positions", pa.table({"position": np.arange(records.count)}))
     numbered = f"SELECT p.position, r.* FROM ({records.query}) r POSITIONAL JOIN positions p"
     if records.checkable:
-        if not con.sql(f"SELECT count(*) FROM ({records.query}) WHERE {chat_records.SUSPECT_SQL}").fetchall()[0][0]:
+        if not con.sql(f"SELECT count(*) FROM ({records.query}) WHERE {SUSPECT_SQL}").fetchall()[0][0]:
             return  # the usual case, in one pass that keeps no record
-        batches = con.sql(f"SELECT * FROM ({numbered}) WHERE {chat_records.SUSPECT_SQL} ORDER BY position "
+        batches = con.sql(f"SELECT * FROM ({numbered}) WHERE {SUSPECT_SQL} ORDER BY position "
                           f"LIMIT {SUSPECTS_READ}").to_arrow_table().to_batches()
     else:
         batches = con.sql(numbered).to_arrow_reader(CHECK_BATCH_ROWS)
@@ -279,12 +279,17 @@ def _write_records(settings: DatasetSettings, path: Path | None, work_dir: Path,
     return parts
 
 
-def _write_lines(settings: DatasetSettings, lines: chat_lines.JsonLines, rows: tuple[int, int],
+def _write_lines(settings: DatasetSettings, lines: json_lines.JsonLines, rows: tuple[int, int],
                  files: dict) -> np.ndarray:
     """Copy each checked line of a JSON Lines file into its part's file, as it is; a thread writes and hashes
     (both let the checking go on meanwhile). Return the parts."""
     first, end = rows
-    parts = _parts(end - first, settings)
+    try:
+        parts = _parts(end - first, settings)
+    except DatasetError:
+        for _ in lines.checked(first, end):  # too few records: a bad one among them is the better message
+            pass
+        raise
     with (files[TRAIN].partial.open("wb") as train, files[TEST].partial.open("wb") as test,
           ThreadPoolExecutor(1) as writing):
         handles, pending = {TRAIN: train, TEST: test}, []
@@ -317,7 +322,9 @@ def split_and_write(settings: DatasetSettings, work_dir: Path) -> SplitFiles:
         raise DatasetError(f"dataset.revision {settings.revision!r} applies to hub datasets; {path} is a local "
                            "source: leave dataset.revision empty")
     files = {TRAIN: _PartFile(out_dir / TRAIN_FILE), TEST: _PartFile(out_dir / TEST_FILE)}
-    lines = chat_lines.JsonLines(path) if path is not None and path.is_file() and path.suffix == ".jsonl" else None
+    lines = json_lines.JsonLines(path) if path is not None and path.is_file() and path.suffix == ".jsonl" else None
+    if lines is not None and lines.count == 0:
+        raise DatasetError(f"{path}: no records")
     rows = _slice_rows(lines.count, settings.split) if lines is not None else None
     parts = (_write_lines(settings, lines, rows, files) if rows is not None
              else _write_records(settings, path, work_dir, files))

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline.config import BUILTIN_BASE_MODEL
+from config.settings import BUILTIN_BASE_MODEL
 
 
 def content_hash(value: object) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.errors import DatasetError
+from config.errors import DatasetError
 
 KNOWN_ROLES = ("system", "user", "assistant")
 TEXT_FIELDS = ("prompt", "prompt_id")

@@ -18,8 +18,8 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 
-from pipeline.chat_records import check_json_line
-from pipeline.errors import DatasetError
+from chat_data.records import check_json_line
+from config.errors import DatasetError
 
 # Python's re `\S` is a character str.isspace() refuses: a text that has one is not blank after strip().
 _Text = Annotated[str, msgspec.Meta(pattern=r"\S")]
@@ -27,7 +27,7 @@ _Text = Annotated[str, msgspec.Meta(pattern=r"\S")]
 
 class _Message(msgspec.Struct):
     content: _Text
-    role: Literal["system", "user", "assistant"]  # pipeline.chat_records.KNOWN_ROLES
+    role: Literal["system", "user", "assistant"]  # chat_data.records.KNOWN_ROLES
 
 
 class _Record(msgspec.Struct):

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from config.errors import PipelineError
 
 _held = threading.local()  # .files: the lock files this thread holds
 
