@@ -1,10 +1,12 @@
 """Load, validate, split and write chat data in the ultrachat_200k record format, once per source.
 
-The same code loads the hub dataset for the Azure target and a local file for the local one; only
-the source string differs. `datasets` keeps the data memory-mapped, the records are checked a column
-batch at a time and written a few thousand at a time, hashed as they are written: at the full
-ultrachat size (207,865 conversations) memory stays flat. A split is kept under the target's local
-folder by its settings and source, so the stages of a run, and later runs, make it once.
+The same code loads the hub dataset for the Azure target and a local file for the local one; only the
+source string differs. Nothing is read into Python objects a record at a time: a local JSON Lines file is
+memory-mapped and its checked lines copied as they are (`json_lines.py`); a parquet file is read by DuckDB
+as it is, and any other source through `datasets`' memory-mapped Arrow, checked by one SQL pass and written
+by DuckDB. Each file is hashed as it is written and named only when complete: at the full ultrachat size
+(207,865 conversations) memory stays flat. A split is kept under the target's local folder by its
+settings and source, so the stages of a run, and later runs, make it once.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import pyarrow as pa
 
 from chat_data import json_lines
 from chat_data.records import SUSPECT_SQL, check_json_file, checkable, validate_record
-from config.settings import BUILTIN_SAMPLE, DatasetSettings
+from chat_data.sample import write_sample
 from config.errors import DatasetError
 from config.naming import content_hash
-from chat_data.sample import write_sample
+from config.settings import BUILTIN_SAMPLE, DatasetSettings
 
 TRAIN_FILE = "train_data.jsonl"
 TEST_FILE = "test_data.jsonl"
@@ -331,7 +333,8 @@ def split_and_write(settings: DatasetSettings, work_dir: Path) -> SplitFiles:
     for file in files.values():
         file.publish()
     return SplitFiles(train_file=files[TRAIN].path, test_file=files[TEST].path,
-                      content_hash=_split_hash(list(files.values())), train_rows=int((parts == TRAIN).sum()), test_rows=int((parts == TEST).sum()))
+                      content_hash=_split_hash(list(files.values())),
+                      train_rows=int((parts == TRAIN).sum()), test_rows=int((parts == TEST).sum()))
 
 
 def split_once(settings: DatasetSettings, root: Path) -> SplitFiles:

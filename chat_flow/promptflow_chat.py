@@ -92,7 +92,8 @@ def prepare_flow(dest: Path, connection_name: str) -> Path:
     """Copy chat_flow/ to `dest` with its tool node bound to `connection_name`."""
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(CHAT_FLOW_DIR, dest, ignore=shutil.ignore_patterns(".promptflow", "__pycache__", Path(__file__).name))
+    shutil.copytree(CHAT_FLOW_DIR, dest,  # the flow, not this module that runs it
+                    ignore=shutil.ignore_patterns(".promptflow", "__pycache__", Path(__file__).name))
     flow = yaml.safe_load((dest / FLOW_FILE).read_text(encoding="utf-8"))
     for node in flow["nodes"]:
         if node["name"] == TOOL_NODE:

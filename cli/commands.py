@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
-from cli.prefect_api import prefect_api_dying_with_this_process
-from chat_flow import promptflow_chat
 from chat_data.split_files import split_once
+from chat_flow import promptflow_chat
+from cli.prefect_api import prefect_api_dying_with_this_process
+from config.errors import ConfigError, PipelineError, TransientError
 from config.settings import (
     VM_PRICES_AS_OF,
     PipelineSettings,
@@ -26,7 +27,6 @@ from config.settings import (
     unknown_environment_settings,
     unknown_setting,
 )
-from config.errors import ConfigError, PipelineError, TransientError
 from targets import get_target, plan_run
 from targets.base import UNPRICED, PlanItem, TeardownReport, raise_if_short
 

@@ -9,9 +9,8 @@ import sys
 
 from prefect import flow, get_run_logger
 
-from flows.teardown import teardown
 from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
-from tasks.workspace_lock import one_run_per_workspace
+from flows.teardown import teardown
 from tasks.connection import create_connection
 from tasks.dataset import prepare_dataset
 from tasks.deploy import deploy, go_live
@@ -26,6 +25,7 @@ from tasks.smoke_chat import smoke_chat
 from tasks.stages import Stage, StageSummary
 from tasks.summary import publish_failure_notice, publish_summary
 from tasks.teardown import clean_up_after_failure
+from tasks.workspace_lock import one_run_per_workspace
 
 
 @flow(name="phi3-full-pipeline")

@@ -11,8 +11,8 @@ from prefect import flow
 
 from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from targets.base import TeardownReport
-from tasks.workspace_lock import one_run_per_workspace
 from tasks.teardown import tear_down
+from tasks.workspace_lock import one_run_per_workspace
 
 
 @flow(name="phi3-teardown")

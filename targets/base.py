@@ -15,11 +15,11 @@ import psutil
 import requests
 from pydantic import BaseModel
 
+from chat_data.split_files import SplitFiles
 from chat_flow.scoring_contract import CONTRACTS, ContractError, answer_from, request_for
 from config import naming
-from chat_data.split_files import SplitFiles
-from config.settings import PipelineSettings, ScoringContract
 from config.errors import InsufficientResourcesError, PipelineError, TransientError
+from config.settings import PipelineSettings, ScoringContract
 
 SMOKE_PROBE = "Who founded Microsoft?"
 UNPRICED = "price unknown"  # a plan line's detail for a VM size missing from the price table

@@ -7,10 +7,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from chat_data.split_files import split_once
-from config.settings import PipelineSettings
-from config.errors import PipelineError
 from chat_data.evaluation import gate_questions, mean_f1
+from chat_data.split_files import split_once
+from config.errors import PipelineError
+from config.settings import PipelineSettings
 from targets.base import DeploymentRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target

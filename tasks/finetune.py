@@ -7,8 +7,8 @@ import time
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from config.settings import PipelineSettings
 from config.errors import JobFailedError
+from config.settings import PipelineSettings
 from targets.base import DatasetRef, JobRef, JobStatus
 from tasks.retries import stage_retries
 from tasks.run_target import stage_cache_key, stage_target

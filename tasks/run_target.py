@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect.runtime import flow_run
 
-from config.settings import PipelineSettings
 from config.naming import content_hash
+from config.settings import PipelineSettings
 from targets import get_target
 from targets.base import Target
 

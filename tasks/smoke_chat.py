@@ -4,8 +4,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from chat_flow import promptflow_chat
-from config.settings import PipelineSettings
 from config.errors import PipelineError
+from config.settings import PipelineSettings
 from targets.base import ConnectionRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target

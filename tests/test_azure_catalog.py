@@ -10,8 +10,8 @@ from datetime import date
 import pytest
 from azure.ai.ml import MLClient
 
-from config.settings import AzureTrainingSettings
 from config.errors import ConfigError
+from config.settings import AzureTrainingSettings
 from targets.azure import catalog
 from tests.azure_fakes import AZURE, FakeArm, OfflineCredential, ScriptedTransport
 

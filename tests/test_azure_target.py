@@ -13,10 +13,10 @@ import requests
 from azure.identity import CredentialUnavailableError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from cli.commands import run_pipeline_cli
 from chat_flow import promptflow_chat
-from config.settings import PipelineSettings
+from cli.commands import run_pipeline_cli
 from config.errors import ConfigError, JobFailedError, PipelineError, TransientError
+from config.settings import PipelineSettings
 from targets.azure import clients
 from targets.azure.target import AzureTarget
 from tests.azure_fakes import (
@@ -238,8 +238,8 @@ def test_azure_errors_that_may_pass_are_retried_and_refusals_say_what_to_do(azur
 
 def test_retraining_on_azure_is_blue_green_under_one_endpoint(prefect_api, settings, azure_cloud, endpoint,
                                                                monkeypatch):
-    from flows.full_pipeline import full_pipeline
     from chat_data import split_files
+    from flows.full_pipeline import full_pipeline
 
     splits = []
     real_split = split_files.split_and_write

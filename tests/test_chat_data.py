@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chat_data.split_files import split_and_write
 from chat_data.records import check_jsonl
-from config.settings import DatasetSettings
-from config.errors import DatasetError
 from chat_data.sample import make_sample
+from chat_data.split_files import split_and_write
+from config.errors import DatasetError
+from config.settings import DatasetSettings
 
 
 def test_builtin_sample_is_deterministic_ultrachat_format():

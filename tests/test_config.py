@@ -3,8 +3,8 @@
 import pytest
 
 from cli.commands import load_settings
-from config.settings import PipelineSettings
 from config.errors import ConfigError
+from config.settings import PipelineSettings
 from targets import get_target
 
 

@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from chat_data.split_files import split_and_write
-from config.settings import PipelineSettings
 from config.errors import ConfigError, InsufficientResourcesError
+from config.settings import PipelineSettings
 from targets.base import raise_if_short
 from targets.local.target import LocalTarget
 from targets.workspace import write_json_atomic

@@ -24,8 +24,8 @@ from azure.ai.ml._utils._registry_utils import get_registry_versioned_asset
 from azure.ai.ml.entities import Model
 from azure.core.exceptions import HttpResponseError
 
-from config.settings import AzureSettings, AzureTrainingSettings
 from config.errors import ConfigError
+from config.settings import AzureSettings, AzureTrainingSettings
 
 CHAT_COMPLETION = "chat-completion"
 ARCHIVED = "archived"

@@ -17,8 +17,8 @@ from azure.identity import DefaultAzureCredential
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
 
-from config.settings import AzureSettings
 from config.errors import ConfigError
+from config.settings import AzureSettings
 
 T = TypeVar("T")
 ARM_SCOPE = "https://management.azure.com/.default"

@@ -14,8 +14,8 @@ from azure.ai.ml import MLClient
 from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from config.settings import AzureSettings
 from config.errors import PipelineError
+from config.settings import AzureSettings
 from targets.azure.clients import found, get_or_create
 from targets.azure.entities import (
     LEASE_UNTIL,

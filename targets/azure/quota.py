@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from azure.ai.ml import MLClient
 
-from config.settings import AzureSettings
 from config.errors import ConfigError
+from config.settings import AzureSettings
 from targets.azure.catalog import CatalogModel, choose_size
 from targets.base import ResourceCheck
 

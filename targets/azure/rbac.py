@@ -16,8 +16,8 @@ from azure.mgmt.msi import ManagedServiceIdentityClient
 from azure.mgmt.msi.models import Identity
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from config.settings import AzureSettings
 from config.errors import PipelineError
+from config.settings import AzureSettings
 from targets.azure.clients import found, get_or_create
 from targets.azure.entities import (
     REQUIRED_ROLES,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from chat_flow import promptflow_chat
 from chat_data.split_files import SplitFiles
-from config.settings import PipelineSettings
+from chat_flow import promptflow_chat
 from config.errors import JobFailedError
 from config.naming import content_hash
+from config.settings import PipelineSettings
 from targets.azure import assets, catalog, clients, finetune, foundry, online, quota, rbac
 from targets.azure.entities import deployment_lease, finetune_job, resource_tags
 from targets.azure.errors import translated
@@ -37,7 +37,6 @@ from targets.base import (
     plan_resource_checks,
 )
 from targets.workspace import Workspace
-
 
 NO_REGISTRY = ("workspace {workspace} has no container registry yet (Azure creates one when first needed): the "
                "AcrPull grant waits until then; the deploy stage grants it once the registry exists")

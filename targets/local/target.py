@@ -10,11 +10,11 @@ from pathlib import Path
 
 import psutil
 
-from chat_flow import promptflow_chat
 from chat_data.split_files import TEST_FILE, TRAIN_FILE, SplitFiles
-from config.settings import BUILTIN_BASE_MODEL, PipelineSettings
+from chat_flow import promptflow_chat
 from config.errors import JobFailedError
 from config.naming import base_model_identity, content_hash
+from config.settings import BUILTIN_BASE_MODEL, PipelineSettings
 from targets.base import (
     SMOKE_PROBE,
     ConnectionRef,
