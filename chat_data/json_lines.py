@@ -37,7 +37,7 @@ class _Record(msgspec.Struct):
 
 
 _DECODER = msgspec.json.Decoder(_Record)
-CHECK_BYTES = 1 << 22  # records are checked about this much at a time
+CHECK_BYTES = 1 << 20  # records are checked about this much at a time
 SCAN_BYTES = 1 << 26  # line breaks are looked for this much at a time (a byte of numpy scratch per byte)
 JSON_BLANKS = b" \t\r"  # with the line break, the whitespace JSON allows: a line of only these holds no record
 
@@ -97,13 +97,18 @@ class JsonLines:
             yield first, stop
             first = stop
 
-    def runs(self, first: int, end: int, labels: np.ndarray) -> Iterator[tuple[int, int, int]]:
-        """(label, start byte, end byte) of each run of records `first` to `end` that sit next to each other in
-        the file with the same label: a run is copied in one piece."""
+    def lines_by_label(self, first: int, end: int, labels: np.ndarray) -> dict[int, bytes]:
+        """The lines of records `first` to `end`, each with its line break, joined per label (records that sit
+        next to each other in the file with the same label are copied in one piece)."""
         starts, ends = self.starts[first:end], self.ends[first:end]
         cuts = np.flatnonzero((labels[1:] != labels[:-1]) | (starts[1:] != ends[:-1] + 1)) + 1
         bounds = np.concatenate(([0], cuts, [end - first]))
-        yield from zip(labels[bounds[:-1]].tolist(), starts[bounds[:-1]].tolist(), ends[bounds[1:] - 1].tolist())
+        view, pieces = memoryview(self.data), {}
+        for label, start, stop in zip(labels[bounds[:-1]].tolist(), starts[bounds[:-1]].tolist(),
+                                      ends[bounds[1:] - 1].tolist()):
+            piece = view[start:stop + 1] if stop < len(view) else bytes(view[start:stop]) + b"\n"  # the last line
+            pieces.setdefault(label, []).append(piece)
+        return {label: b"".join(piece_list) for label, piece_list in pieces.items()}
 
     def _name_bad_line(self, first: int, end: int, error: Exception) -> None:
         """Check the records one by one and raise a DatasetError naming the first bad one."""

@@ -283,8 +283,8 @@ def _write_records(settings: DatasetSettings, path: Path | None, work_dir: Path,
 
 def _write_lines(settings: DatasetSettings, lines: json_lines.JsonLines, rows: tuple[int, int],
                  files: dict) -> np.ndarray:
-    """Copy each checked line of a JSON Lines file into its part's file, as it is; a thread writes and hashes
-    (both let the checking go on meanwhile). Return the parts."""
+    """Copy each checked line of a JSON Lines file into its part's file, as it is, a chunk at a time: a thread
+    joins, hashes and writes a chunk while the next is checked. Return the parts."""
     first, end = rows
     try:
         parts = _parts(end - first, settings)
@@ -296,17 +296,15 @@ def _write_lines(settings: DatasetSettings, lines: json_lines.JsonLines, rows: t
           ThreadPoolExecutor(1) as writing):
         handles, pending = {TRAIN: train, TEST: test}, []
 
-        def copy(runs: list[tuple[int, int, int]]) -> None:
-            source = memoryview(lines.data)
-            for part, start, stop in runs:
-                for piece in (source[start:stop], b"\n"):
-                    files[part].digest.update(piece)
-                    handles[part].write(piece)
-            lines.release(runs[0][1], runs[-1][2])
+        def copy(checked_first: int, checked_end: int) -> None:
+            for part, data in lines.lines_by_label(checked_first, checked_end,
+                                                   parts[checked_first - first:checked_end - first]).items():
+                files[part].digest.update(data)  # both let go of the GIL: the checking goes on meanwhile
+                handles[part].write(data)
+            lines.release(lines.starts[checked_first], lines.ends[checked_end - 1])
 
-        for checked_first, checked_end in lines.checked(first, end):
-            runs = list(lines.runs(checked_first, checked_end, parts[checked_first - first:checked_end - first]))
-            pending.append(writing.submit(copy, runs))
+        for checked in lines.checked(first, end):
+            pending.append(writing.submit(copy, *checked))
             while len(pending) > 2:  # at most a chunk waits to be written: memory stays flat
                 pending.pop(0).result()
         for written in pending:
