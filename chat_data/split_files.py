@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -21,12 +22,14 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from chat_data import json_lines
 from chat_data.records import SUSPECT_SQL, check_json_file, checkable, validate_record
@@ -41,7 +44,8 @@ MANIFEST_FILE = "split.json"
 LOADERS_BY_SUFFIX = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 CHECK_BATCH_ROWS = 10_000  # records checked at a time in Python when their types need it
 SUSPECTS_READ = 100  # the SQL check's first suspects, read back to say what is wrong
-HASH_CHUNK_BYTES = 1 << 22  # bytes read at a time to hash or decode a file
+UTF8_CHECK_BYTES = 1 << 22  # bytes read at a time to check a file is UTF-8
+WRITE_BATCH_ROWS = 2_000  # records DuckDB hands over at a time to be written
 TRAIN, TEST = 1, 2
 KEEP_OTHER_SPLITS_S = 3600  # another settings' split younger than this may be a waiting run's: it stays
 
@@ -128,7 +132,7 @@ def _utf8(path: Path) -> bool:
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
         with path.open("rb") as handle:
-            while chunk := handle.read(HASH_CHUNK_BYTES):
+            while chunk := handle.read(UTF8_CHECK_BYTES):
                 decoder.decode(chunk)
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
@@ -240,12 +244,6 @@ class _PartFile:
         self.partial = path.with_name(f".{path.name}.partial")
         self.digest = hashlib.sha256()
 
-    def hash_written(self) -> None:
-        """Hash what another writer (DuckDB) put in the file."""
-        with self.partial.open("rb") as written:
-            while chunk := written.read(HASH_CHUNK_BYTES):
-                self.digest.update(chunk)
-
     def publish(self) -> None:
         self.partial.replace(self.path)
 
@@ -256,35 +254,76 @@ def _split_hash(files: list[_PartFile]) -> str:
     return hashlib.sha256(named).hexdigest()
 
 
-def _write_jsonl(con, records: Records, part: int, file: _PartFile) -> None:
-    """One part as JSON Lines, written by DuckDB."""
-    literal = str(file.partial).replace("'", "''")
-    con.execute(f"COPY (SELECT r.prompt, r.prompt_id, r.messages FROM ({records.query}) r POSITIONAL JOIN parts p "
-                f"WHERE p.part = {part}) TO '{literal}' (FORMAT JSON)")
+class _PartsWriter:
+    """The parts' files open for appending: a thread makes each chunk's bytes per part, hashes and writes them
+    (hashing and writing let go of the GIL) while the caller checks or reads the next. At most two chunks wait,
+    so memory stays flat."""
+
+    def __init__(self, files: dict[int, _PartFile]) -> None:
+        self.files, self.pending = files, []
+
+    def __enter__(self) -> _PartsWriter:
+        self.stack = contextlib.ExitStack()
+        self.handles = {part: self.stack.enter_context(file.partial.open("wb")) for part, file in self.files.items()}
+        self.thread = self.stack.enter_context(ThreadPoolExecutor(1))
+        return self
+
+    def add(self, chunk: Callable[[], dict[int, bytes]], then: Callable[[], None] = lambda: None) -> None:
+        """Append what `chunk()` returns (bytes per part), in the order added; call `then` once written."""
+        self.pending.append(self.thread.submit(self._append, chunk, then))
+        while len(self.pending) > 2:
+            self.pending.pop(0).result()
+
+    def _append(self, chunk: Callable[[], dict[int, bytes]], then: Callable[[], None]) -> None:
+        for part, data in chunk().items():
+            self.files[part].digest.update(data)
+            self.handles[part].write(data)
+        then()
+
+    def __exit__(self, *failed) -> None:
+        try:
+            for appended in self.pending:
+                appended.result()
+        finally:
+            self.stack.close()
 
 
-def _write_records(settings: DatasetSettings, path: Path | None, work_dir: Path, files: dict) -> np.ndarray:
-    """Check the records with one SQL pass and write each part with DuckDB; return the parts."""
+def _by_part(batch: pa.RecordBatch) -> dict[int, memoryview]:
+    """A batch of (part, JSON line) rows as each part's lines, sliced out of Arrow's buffer without a copy."""
+    found = {}
+    for part in (TRAIN, TEST):
+        lines = pc.filter(batch.column(1), pc.equal(batch.column(0), part)).cast(pa.large_string())
+        if len(lines):
+            _, offsets, values = lines.buffers()
+            bounds = np.frombuffer(offsets, dtype=np.int64)[lines.offset:lines.offset + len(lines) + 1]
+            found[part] = memoryview(values)[bounds[0]:bounds[-1]]
+    return found
+
+
+def _write_records(settings: DatasetSettings, path: Path | None, work_dir: Path,
+                   files: dict[int, _PartFile]) -> np.ndarray:
+    """Check the records with one SQL pass, then read them once more as JSON lines made by DuckDB, in the
+    source's order, each into its part's file. Return the parts."""
     import duckdb
 
     with duckdb.connect(config={"temp_directory": str(work_dir / "duckdb")}) as con:
+        con.execute("SET enable_progress_bar = false")  # seconds at full size: no bar in the run's output
         records = open_records(settings, path, work_dir, con)
         check_records(con, records, settings, path)
         parts = _parts(records.count, settings)
         con.register("parts", pa.table({"part": parts}))
-        with ThreadPoolExecutor(1) as hashing:  # the train file is hashed while DuckDB writes the test file
-            _write_jsonl(con, records, TRAIN, files[TRAIN])
-            hashed = hashing.submit(files[TRAIN].hash_written)
-            _write_jsonl(con, records, TEST, files[TEST])
-            hashed.result()
-        files[TEST].hash_written()
+        lines = con.sql(f"SELECT p.part, to_json({{'prompt': r.prompt, 'prompt_id': r.prompt_id, "
+                        f"'messages': r.messages}}) || chr(10) FROM ({records.query}) r POSITIONAL JOIN parts p")
+        with _PartsWriter(files) as writer:
+            for batch in lines.to_arrow_reader(WRITE_BATCH_ROWS):
+                writer.add(functools.partial(_by_part, batch))
     return parts
 
 
 def _write_lines(settings: DatasetSettings, lines: json_lines.JsonLines, rows: tuple[int, int],
-                 files: dict) -> np.ndarray:
-    """Copy each checked line of a JSON Lines file into its part's file, as it is, a chunk at a time: a thread
-    joins, hashes and writes a chunk while the next is checked. Return the parts."""
+                 files: dict[int, _PartFile]) -> np.ndarray:
+    """Copy each checked line of a JSON Lines file into its part's file, as it is, a chunk at a time. Return
+    the parts."""
     first, end = rows
     try:
         parts = _parts(end - first, settings)
@@ -292,23 +331,11 @@ def _write_lines(settings: DatasetSettings, lines: json_lines.JsonLines, rows: t
         for _ in lines.checked(first, end):  # too few records: a bad one among them is the better message
             pass
         raise
-    with (files[TRAIN].partial.open("wb") as train, files[TEST].partial.open("wb") as test,
-          ThreadPoolExecutor(1) as writing):
-        handles, pending = {TRAIN: train, TEST: test}, []
-
-        def copy(checked_first: int, checked_end: int) -> None:
-            for part, data in lines.lines_by_label(checked_first, checked_end,
-                                                   parts[checked_first - first:checked_end - first]).items():
-                files[part].digest.update(data)  # both let go of the GIL: the checking goes on meanwhile
-                handles[part].write(data)
-            lines.release(lines.starts[checked_first], lines.ends[checked_end - 1])
-
-        for checked in lines.checked(first, end):
-            pending.append(writing.submit(copy, *checked))
-            while len(pending) > 2:  # at most a chunk waits to be written: memory stays flat
-                pending.pop(0).result()
-        for written in pending:
-            written.result()
+    with _PartsWriter(files) as writer:
+        for checked_first, checked_end in lines.checked(first, end):
+            writer.add(functools.partial(lines.lines_by_label, checked_first, checked_end,
+                                         parts[checked_first - first:checked_end - first]),
+                       then=functools.partial(lines.release, lines.starts[checked_first], lines.ends[checked_end - 1]))
     return parts
 
 

@@ -150,19 +150,27 @@ def test_a_bad_record_deep_in_a_large_source_is_named_and_leaves_no_split_behind
     assert list((tmp_path / "root" / "splits").iterdir()) == [], "nothing a later run could take for a split"
 
 
-def test_a_split_that_fails_while_writing_leaves_nothing_and_the_next_one_completes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_a_split_that_fails_while_writing_leaves_nothing_and_the_next_one_completes(tmp_path, monkeypatch, suffix):
     from chat_data import split_files
 
     source = write_parquet(tmp_path / "chats.parquet", 5_000)
+    if suffix == ".jsonl":
+        import pyarrow.parquet as pq
+
+        source = write_jsonl(tmp_path / "chats.jsonl", pq.read_table(source).to_pylist())
     settings = DatasetSettings(source=str(source))
-    real_write = split_files._write_jsonl
+    real_append = split_files._PartsWriter._append
 
-    def disk_full_at_the_test_file(con, records, part, file):
-        if file.path.name == split_files.TEST_FILE:
-            raise OSError("disk full")
-        return real_write(con, records, part, file)
+    def disk_full_at_the_test_file(writer, chunk, then):
+        def filling():
+            parts = chunk()
+            if split_files.TEST in parts:
+                raise OSError("disk full")
+            return parts
+        return real_append(writer, filling, then)
 
-    monkeypatch.setattr(split_files, "_write_jsonl", disk_full_at_the_test_file)
+    monkeypatch.setattr(split_files._PartsWriter, "_append", disk_full_at_the_test_file)
     with pytest.raises(OSError, match="disk full"):
         split_files.split_once(settings, tmp_path / "root")
     assert list((tmp_path / "root" / "splits").iterdir()) == []
