@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
@@ -182,8 +184,6 @@ def _print_answer(settings: PipelineSettings, result: dict) -> None:
     print(f"Q: {settings.question}\nA: {result['answer']}")
 
 
-
-
 def _print_report(settings: PipelineSettings, report: TeardownReport) -> None:
     print(f"removed: {', '.join(report.removed) or 'nothing'}")
     print(f"already gone: {', '.join(report.already_gone) or 'nothing'}")
@@ -234,3 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = f"unknown command {argv[0]!r}; " if argv else ""
     print(f"{usage}\n\nerror: {unknown}give one of {', '.join(COMMANDS)}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def finish(code: int) -> NoReturn:
+    """End the command with `code`; what Prefect and Prompt flow built is left to the process's end instead of
+    being walked by the interpreter's last garbage collections (0.8 s of a warm re-run)."""
+    gc.freeze()
+    sys.exit(code)
+
+
+def console_script() -> NoReturn:
+    finish(main())

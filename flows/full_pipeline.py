@@ -77,6 +77,6 @@ def _after_failure(settings: PipelineSettings, stages: StageSummary, live, error
 
 
 if __name__ == "__main__":  # the command line, handed this module's flow (not imported a second time)
-    from cli.commands import run_pipeline_cli
+    from cli.commands import finish, run_pipeline_cli
 
-    sys.exit(run_pipeline_cli(sys.argv[1:], full_pipeline))
+    finish(run_pipeline_cli(sys.argv[1:], full_pipeline))

@@ -25,6 +25,6 @@ def teardown(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS,
 
 
 if __name__ == "__main__":  # the command line, handed this module's flow (not imported a second time)
-    from cli.commands import run_teardown_cli
+    from cli.commands import finish, run_teardown_cli
 
-    sys.exit(run_teardown_cli(sys.argv[1:], teardown))
+    finish(run_teardown_cli(sys.argv[1:], teardown))
