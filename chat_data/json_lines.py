@@ -1,6 +1,6 @@
 """A local JSON Lines source, split without converting it: the file is memory-mapped, its record lines found
 with numpy, each record checked by msgspec against the ultrachat format, and its line copied as it is into its
-part's file. Nothing is parsed into Python objects but what msgspec checks: 5x the tutorial's loop at 208k
+part's file. Nothing is parsed into Python objects but what msgspec checks: 4x the tutorial's loop at 208k
 records, memory flat (bench/dataset_scale.py).
 
 msgspec only finds the lines to look at: a chunk it refuses is checked again line by line by

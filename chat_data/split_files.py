@@ -280,10 +280,13 @@ class _PartsWriter:
             self.handles[part].write(data)
         then()
 
-    def __exit__(self, *failed) -> None:
+    def __exit__(self, error_type, *_) -> None:
         try:
             for appended in self.pending:
-                appended.result()
+                if error_type is None:
+                    appended.result()
+                else:  # the caller's error (a bad record) is the one to report, not a write it cut short
+                    appended.exception()
         finally:
             self.stack.close()
 
