@@ -5,10 +5,23 @@ from __future__ import annotations
 import functools
 
 from prefect import get_run_logger
+from prefect.runtime import deployment
 
 from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from tasks.run_lock import run_lock
 from tasks.run_target import stage_target
+
+
+def settings_of_this_run(given: PipelineSettings | dict) -> PipelineSettings:
+    """A run from a deployment (the UI, a schedule, `prefect deployment run`) takes phi3-pipeline.toml and
+    PHI3_* where it runs, overridden by each parameter that differs from its default: the UI's Custom run form
+    sends every field, the defaults included, and those must not hide the worker's configuration. A run
+    started in this process (the command line) takes its settings as given."""
+    if not isinstance(given, PipelineSettings):
+        return PipelineSettings(**given)
+    if deployment.id:
+        return PipelineSettings(**given.model_dump(exclude_defaults=True))
+    return given
 
 
 def one_run_per_workspace(makes_workspace: bool):
@@ -18,7 +31,7 @@ def one_run_per_workspace(makes_workspace: bool):
     def decorate(flow_function):
         @functools.wraps(flow_function)
         def holding_the_workspace(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS, *args, **kwargs):
-            settings = settings if isinstance(settings, PipelineSettings) else PipelineSettings(**settings)
+            settings = settings_of_this_run(settings)
             target = stage_target(settings)
             lock_file = None if settings.plan else target.run_lock_file(create=makes_workspace)
             logger = get_run_logger()

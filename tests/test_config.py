@@ -35,6 +35,30 @@ def test_file_then_env_then_cli_precedence(tmp_path, monkeypatch):
     assert settings.training.learning_rate == 0.03    # CLI over env
 
 
+def test_a_deployment_run_from_the_ui_form_keeps_the_workers_file_and_environment(tmp_path, monkeypatch):
+    """The UI's Custom run form sends every field, defaults included: what the user changed wins, the rest comes
+    from phi3-pipeline.toml and PHI3_* where the run executes (not from the defaults the form showed)."""
+    from flows.full_pipeline import full_pipeline
+    from tasks.workspace_lock import settings_of_this_run
+
+    form = PipelineSettings().model_dump(mode="json")  # what the form shows and sends back untouched
+    form["training"]["epochs"] = 3  # the one field the user changed
+    (tmp_path / "phi3-pipeline.toml").write_text("question = 'from the worker file'\n")
+    monkeypatch.setenv("PHI3_LOCAL__WORKSPACE_DIR", str(tmp_path / "worker-ws"))
+    monkeypatch.setenv("PHI3_DATASET__SAMPLE_SIZE", "300")
+    given = full_pipeline.validate_parameters({"settings": form})["settings"]  # as Prefect hands it to the flow
+    assert given.local.workspace_dir.name == ".phi3_workspace", "the form's defaults hide the worker's settings"
+
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", "a-deployment")
+    settings = settings_of_this_run(given)
+    assert settings.training.epochs == 3
+    assert settings.local.workspace_dir == tmp_path / "worker-ws" and settings.dataset.sample_size == 300
+    assert settings.question == "from the worker file"
+
+    monkeypatch.delenv("PREFECT__RUNTIME__DEPLOYMENT__ID")  # started from the command line: as given
+    assert settings_of_this_run(given) is given
+
+
 def test_explicit_config_file_and_missing_one(tmp_path):
     config = tmp_path / "other.toml"
     config.write_text("model_name = 'my-model'\n")

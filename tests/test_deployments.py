@@ -60,14 +60,24 @@ def test_prefect_yaml_deploys_the_pipeline_retraining_teardown_and_reaper(deploy
     assert crons("full-pipeline") == [] and crons("teardown") == []
 
 
-def run_the_pipeline_then_the_teardown(api_url: str, workspace: Path) -> None:
+def run_the_pipeline_then_the_teardown(api_url: str, workspace: Path, as_the_ui_form_sends: bool = False) -> None:
     """Trigger the full-pipeline deployment (quick settings, the answer artifact checked, the server up), then
-    the teardown deployment (nothing of the run left running or answering)."""
+    the teardown deployment (nothing of the run left running or answering). The settings name the workspace,
+    or, `as_the_ui_form_sends`, hold every field with its default but the changed ones (the UI's Custom run
+    form): the workspace then comes from where the deployment runs."""
+    from config.settings import PipelineSettings
+
     quick = {"epochs": int(QUICK_TRAINING["PHI3_TRAINING__EPOCHS"]),
              "base_pretrain_steps": int(QUICK_TRAINING["PHI3_TRAINING__BASE_PRETRAIN_STEPS"])}
     settings = {"local": {"workspace_dir": str(workspace)}, "training": quick,
                 "dataset": {"sample_size": int(QUICK_TRAINING["PHI3_DATASET__SAMPLE_SIZE"])},
                 "question": "Who founded Apple?"}
+    stop_settings = {"local": {"workspace_dir": str(workspace)}}
+    if as_the_ui_form_sends:
+        form = PipelineSettings.model_construct().model_dump(mode="json")
+        stop_settings = form
+        settings = {**form, "question": settings["question"], "training": {**form["training"], **quick},
+                    "dataset": {**form["dataset"], **settings["dataset"]}}
     run = prefect_cli(api_url, "deployment", "run", "phi3-full-pipeline/full-pipeline", "--params",
                       json.dumps({"settings": settings}), "--watch", "--watch-timeout", "600", timeout=700)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -78,7 +88,7 @@ def run_the_pipeline_then_the_teardown(api_url: str, workspace: Path) -> None:
     assert requests.get(scoring_uri.removesuffix("score"), timeout=10).ok, "the server is up after the run"
 
     stop = prefect_cli(api_url, "deployment", "run", "phi3-teardown/teardown", "--params",
-                       json.dumps({"settings": {"local": {"workspace_dir": str(workspace)}}}), "--watch",
+                       json.dumps({"settings": stop_settings}), "--watch",
                        "--watch-timeout", "300", timeout=400)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert processes_using(workspace) == [], "nothing of the run is left running"

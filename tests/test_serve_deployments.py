@@ -49,8 +49,8 @@ def test_served_deployments_run_the_pipeline_and_the_teardown_and_ctrl_c_leaves_
                                                                                          tmp_path):
     serving = subprocess.Popen(
         [sys.executable, "-m", "deployments.serve"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        # a scheduled run (the hourly reaper) that comes due meanwhile works in a test folder
-        env={**os.environ, "PREFECT_API_URL": own_prefect_server, "PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "other")})
+        # the runs' workspace is set where they run (the UI's form sends the default one, which must not win)
+        env={**os.environ, "PREFECT_API_URL": own_prefect_server, "PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "ws")})
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -60,7 +60,7 @@ def test_served_deployments_run_the_pipeline_and_the_teardown_and_ctrl_c_leaves_
             time.sleep(1)
         else:
             pytest.fail("deployments.serve did not register the four deployments")
-        run_the_pipeline_then_the_teardown(own_prefect_server, tmp_path / "ws")
+        run_the_pipeline_then_the_teardown(own_prefect_server, tmp_path / "ws", as_the_ui_form_sends=True)
         children = psutil.Process(serving.pid).children(recursive=True)
     finally:
         serving.send_signal(signal.SIGINT)  # Ctrl-C
