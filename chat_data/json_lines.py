@@ -39,6 +39,7 @@ class _Record(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(_Record)
 CHECK_BYTES = 1 << 20  # records are checked about this much at a time
 SCAN_BYTES = 1 << 26  # line breaks are looked for this much at a time (a byte of numpy scratch per byte)
+UTF8_BOM = b"\xef\xbb\xbf"
 JSON_BLANKS = b" \t\r"  # with the line break, the whitespace JSON allows: a line of only these holds no record
 
 
@@ -55,14 +56,15 @@ class JsonLines:
     def _record_lines(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         view = np.frombuffer(self.data, dtype=np.uint8)
         size = len(view)
-        breaks, openers = [np.array([], dtype=np.int64)], [view[:1]]  # openers: the first byte of each line
+        first = len(UTF8_BOM) if self.data[:len(UTF8_BOM)] == UTF8_BOM else 0  # as Windows editors save it
+        breaks, openers = [np.array([], dtype=np.int64)], [view[first:first + 1]]  # each line's first byte
         for at in range(0, size, SCAN_BYTES):
             found = np.flatnonzero(view[at:at + SCAN_BYTES] == ord("\n")) + at
             breaks.append(found)
             openers.append(view[np.minimum(found + 1, size - 1)])  # a line after the last break is empty
             self.release(at, at + SCAN_BYTES)
         breaks = np.concatenate(breaks)
-        starts, ends = np.concatenate(([0], breaks + 1)), np.concatenate((breaks, [size]))
+        starts, ends = np.concatenate(([first], breaks + 1)), np.concatenate((breaks, [size]))
         filled = ends > starts
         blank = ~filled
         opens_blank = filled & np.isin(np.concatenate(openers), np.frombuffer(JSON_BLANKS, dtype=np.uint8))

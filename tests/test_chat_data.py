@@ -292,6 +292,9 @@ def test_json_lines_blank_lines_a_missing_last_break_and_bad_bytes(tmp_path):
     split = split_and_write(DatasetSettings(source=str(source)), tmp_path / "w")
     assert (split.train_rows, split.test_rows) == (8, 2)
     assert split.train_file.read_text().count("\n") == 8 and "\n\n" not in split.train_file.read_text()
+    source.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())  # a byte-order mark, as Windows editors save
+    split = split_and_write(DatasetSettings(source=str(source)), tmp_path / "bom")
+    assert split.train_rows == 8 and not (split.train_file.read_bytes() + split.test_file.read_bytes()).count(b"\xef")
     source.write_bytes(b"\n".join(line.encode() for line in lines[:3]) + b"\n" + b'{"prompt": "caf\xe9"}\n')
     with pytest.raises(DatasetError, match=r"chats.jsonl:4: not UTF-8 text \(byte 0xe9\)"):
         split_and_write(DatasetSettings(source=str(source)), tmp_path / "w2")
