@@ -94,7 +94,7 @@ class JsonLines:
                 records = _DECODER.decode_lines(view[self.starts[first]:self.ends[stop - 1]])
                 if len(records) != stop - first or not all(map(_answered, records)):
                     raise msgspec.ValidationError("a line that is not one record, or no assistant turn")
-            except (msgspec.DecodeError, UnicodeDecodeError) as error:
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
                 self._name_bad_line(first, stop, error)
             yield first, stop
             first = stop
@@ -119,7 +119,7 @@ class JsonLines:
             where = f"{self.path}:{self.line_numbers[index]}"
             try:
                 record = _DECODER.decode(line)
-            except (msgspec.DecodeError, UnicodeDecodeError) as line_error:
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as line_error:
                 check_json_line(line, where)  # raises with the field's name
                 raise DatasetError(f"{where}: invalid JSON ({line_error})") from None
             if not _answered(record):

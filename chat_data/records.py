@@ -84,6 +84,8 @@ def check_json_line(line: bytes, where: str) -> dict:
                            "save the file as UTF-8") from None
     except json.JSONDecodeError as error:
         raise DatasetError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise DatasetError(f"{where}: JSON nested too deeply to read") from None
     return validate_record(record, where)
 
 

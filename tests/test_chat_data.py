@@ -298,6 +298,10 @@ def test_json_lines_blank_lines_a_missing_last_break_and_bad_bytes(tmp_path):
     source.write_bytes(b"\n".join(line.encode() for line in lines[:3]) + b"\n" + b'{"prompt": "caf\xe9"}\n')
     with pytest.raises(DatasetError, match=r"chats.jsonl:4: not UTF-8 text \(byte 0xe9\)"):
         split_and_write(DatasetSettings(source=str(source)), tmp_path / "w2")
+    source.write_text(lines[0] + "\n" + json.dumps({**GOOD, "x": []})[:-1].replace("[]", "[" * 100_000 + "]" * 100_000)
+                      + "}\n")
+    with pytest.raises(DatasetError, match=r"chats.jsonl:2: JSON nested too deeply"):
+        split_and_write(DatasetSettings(source=str(source)), tmp_path / "deep")
     source.write_text(lines[0] + "\n" + lines[1] + " " + lines[2] + "\n")  # two records on one line
     with pytest.raises(DatasetError, match=r"chats.jsonl:2: invalid JSON \(Extra data"):
         split_and_write(DatasetSettings(source=str(source)), tmp_path / "w3")
