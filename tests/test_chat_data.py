@@ -319,3 +319,15 @@ def test_a_bad_line_deep_in_a_large_json_lines_source_is_named(tmp_path):
         split_and_write(DatasetSettings(source=str(source)), tmp_path / "w")
     sliced = split_and_write(DatasetSettings(source=str(source), split="train[:10%]"), tmp_path / "w2")
     assert sliced.train_rows + sliced.test_rows == 16_000, "a slice checks and copies only its records"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=40), st.text(max_size=40).map(str.encode),
+                          st.just(json.dumps(GOOD).encode())), min_size=1, max_size=6))
+def test_any_bytes_in_a_json_lines_source_end_in_a_split_or_one_named_error(tmp_path_factory, lines):
+    source = tmp_path_factory.mktemp("bytes") / "chats.jsonl"
+    source.write_bytes(b"\n".join(lines))
+    try:
+        split_and_write(DatasetSettings(source=str(source)), source.parent / "w")
+    except DatasetError as error:
+        assert str(error).startswith(str(source)) or "record(s)" in str(error), str(error)
