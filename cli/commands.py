@@ -21,6 +21,7 @@ from pydantic_settings import CliSettingsSource
 from chat_data.split_files import split_once
 from chat_flow import promptflow_chat
 from cli.prefect_api import prefect_api_dying_with_this_process
+from cli.startup import imports_done
 from config.errors import ConfigError, PipelineError, TransientError
 from config.settings import (
     VM_PRICES_AS_OF,
@@ -73,14 +74,15 @@ def load_settings(argv: list[str], prog: str, model: type[PipelineSettings] = Pi
 
 
 def preflight(settings: PipelineSettings) -> None:
-    """What can be checked before the flow starts: target, data source records, free resources; then Prompt
-    flow is loaded for the connection and smoke chat stages (all of it while Prefect's API server loads)."""
+    """Prompt flow is loaded for the connection and smoke chat stages; then what can be checked before the flow
+    starts: target, data source records, free resources (all of it while Prefect's API server loads)."""
+    promptflow_chat.load()
+    imports_done()
     target = get_target(settings)
     split_once(settings.dataset, target.local_root())  # a bad record fails here; the stages reuse the split
     raise_if_short(target.check_resources())
     for note in target.notices():
         print(f"warning: {note}", file=sys.stderr)
-    promptflow_chat.load()
 
 
 def _fail(error: BaseException) -> int:
@@ -135,6 +137,7 @@ def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Cal
 def _checked_run(settings: PipelineSettings, check: Callable, run: Callable, report: Callable) -> int:
     try:
         if settings.plan:
+            imports_done()
             print_plan(plan_run(settings))
             return 0
         with _flow_run(settings, while_starting=lambda: check(settings)):  # checks while Prefect's API loads
@@ -157,7 +160,12 @@ def _flow_run(settings: PipelineSettings, while_starting: Callable[[], None]) ->
     --verbose), and a Prefect API server that dies with the command (`while_starting` runs as it loads)."""
     if not settings.verbose:
         quiet_expected_tracebacks()
-    with prefect_api_dying_with_this_process(while_starting):
+
+    def starting() -> None:
+        while_starting()
+        imports_done()  # if the checks did not end the imports
+
+    with prefect_api_dying_with_this_process(starting):
         yield
 
 

@@ -2,11 +2,14 @@
 
 With no Prefect server configured, Prefect starts a temporary API server as a child process and stops it
 from `atexit`, which a SIGKILL never runs: the server then lives on, orphaned, listening on 127.0.0.1. Here
-the same server (Prefect's app factory under uvicorn, with the environment Prefect gives its temporary
-server) is started as a child that the kernel kills together with this process (Linux's parent-death
+the same server (Prefect's app under uvicorn, with the environment Prefect gives its temporary server:
+`cli.api_server`) is started as a child that the kernel kills together with this process (Linux's parent-death
 signal, set by util-linux `setpriv --pdeathsig KILL` before it execs the server), and the run is pointed at
 it. Without such a `setpriv`, with PREFECT_API_URL set, or with Prefect's temporary server turned off
 (`server.ephemeral.enabled`), Prefect's own behaviour is kept.
+
+A command started from a terminal starts that server first of all (`start_loading_now`, before it imports
+Prefect, which alone takes a second: see `cli.startup`), so that the server and the command load side by side.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
+from importlib import import_module
 
 import psutil
-import requests
 
 # What Prefect's own temporary server runs with (prefect.server.api.server.SubprocessASGIServer, 3.8):
 # no UI, and the server's background services off.
 TEMPORARY_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+NEEDS_NO_SERVER = {"-h", "--help", "--plan"}
+
+_loading: tuple[subprocess.Popen, str] | None = None  # started by start_loading_now, taken by the run
 
 
 def _free_port() -> int:
@@ -34,6 +41,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@cache
 def _pdeathsig_wrapper() -> list[str] | None:
     """`setpriv --pdeathsig KILL` if this system's setpriv has it (util-linux 2.33 and later), else None."""
     setpriv = shutil.which("setpriv")
@@ -45,11 +53,21 @@ def _pdeathsig_wrapper() -> list[str] | None:
 
 def _start(wrapper: list[str], env: dict) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    server = subprocess.Popen(
-        [*wrapper, sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host",
-         "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([*wrapper, sys.executable, "-m", "cli.api_server", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return server, f"http://127.0.0.1:{port}/api"
+
+
+def start_loading_now(argv: list[str]) -> None:
+    """Start this command's server before the command imports anything else. Not for flags that need no
+    server, nor with PREFECT_API_URL in the environment; the server runs with this environment, whose Prefect
+    settings (with the profile and the settings files, which the server reads as this process does) are the
+    command's. One that the settings then do not want (a profile that names an API) is stopped unused, and
+    one that the command never reaches dies with it."""
+    global _loading
+    wrapper = _pdeathsig_wrapper()
+    if wrapper and "PREFECT_API_URL" not in os.environ and not NEEDS_NO_SERVER.intersection(argv):
+        _loading = _start(wrapper, {**os.environ, **TEMPORARY_SERVER_ENV})
 
 
 def _serving(server: subprocess.Popen, api: str) -> bool:
@@ -69,19 +87,29 @@ def prefect_api_dying_with_this_process(while_starting: Callable[[], None] = lam
     takes seconds to load; `while_starting` runs meanwhile (checks, imports), also without such a server."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
 
+    global _loading
+    loading, _loading = _loading, None
     settings = get_current_settings()
     wrapper = _pdeathsig_wrapper()
     if PREFECT_API_URL.value() or wrapper is None or not settings.server.ephemeral.enabled:
+        if loading:
+            _stop(loading[0])
         while_starting()
         yield
         return
     env = {**os.environ, **settings.to_environment_variables(exclude_unset=True), **TEMPORARY_SERVER_ENV}
     deadline = time.monotonic() + settings.server.ephemeral.startup_timeout_seconds
-    server, api = _start(wrapper, env)
+    server, api = loading or _start(wrapper, env)
     try:
         while_starting()
+        import_module("fastapi.encoders")  # what Prefect 3.8 imports as it creates the flow run (0.15 s)
         while not _serving(server, api):
             if server.poll() is not None:  # e.g. the port was taken before it bound: again on another
                 server, api = _start(wrapper, env)
@@ -92,7 +120,9 @@ def prefect_api_dying_with_this_process(while_starting: Callable[[], None] = lam
         # the environment too: Prefect's threads that do not share this context must not start a temporary
         # server of their own (one that would outlive a kill)
         os.environ["PREFECT_API_URL"] = api
-        with temporary_settings({PREFECT_API_URL: api}):
+        # no flow-run heartbeats: nothing watches them on a server that stops with the run, and a sync flow's
+        # end waits for the heartbeat thread's current 1 s sleep (Prefect 3.8: 0.5 s a run on average)
+        with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             try:
                 yield
             finally:  # what the run logged and emitted reaches the server before it stops
@@ -100,14 +130,20 @@ def prefect_api_dying_with_this_process(while_starting: Callable[[], None] = lam
                 EventsWorker.drain_all(timeout=10)
                 os.environ.pop("PREFECT_API_URL", None)
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
 def _healthy(api: str) -> bool:
+    import requests  # here: a command imports this module first of all, to start the server at once
+
     try:
         return requests.get(f"{api}/health", timeout=2).ok
     except requests.RequestException:

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow, get_run_logger
+if __name__ == "__main__":  # the command line: its Prefect API server loads while the imports below run
+    from cli.startup import command_starts
+
+    command_starts(sys.argv[1:])
+
+from prefect import flow, get_run_logger  # noqa: E402 (after the server's start)
 
 from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from flows.teardown import teardown

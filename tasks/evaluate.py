@@ -56,19 +56,23 @@ def _compare(settings: PipelineSettings, target, candidate: DeploymentRef, live:
                f"{live.deployment_name} {live_f1:.3f} on {len(pairs)} test questions (margin {evaluation.margin:g})")
 
 
+def _passed(settings: PipelineSettings, candidate: DeploymentRef, reason: str) -> GateResult:
+    return GateResult(candidate=candidate.deployment_name, live=None, questions=0,
+                      margin=settings.evaluation.margin, passed=True, reason=reason)
+
+
 @task(name=Stage.GATE.task_name, **stage_retries())
 def evaluation_gate(settings: PipelineSettings, candidate: DeploymentRef, live: DeploymentRef | None) -> GateResult:
-    """The candidate must answer the smoke question; beside a live model it must also score no worse."""
+    """The candidate must answer the smoke question; beside a live model it must also score no worse. One that
+    is the live deployment already (a re-run) has nothing to pass: the smoke chat stage asks it."""
     target = stage_target(settings)
-    if not target.ask(candidate, settings.question, SMOKE_MAX_NEW_TOKENS, SMOKE_TEMPERATURE).strip():
-        raise GateFailedError(f"{candidate.deployment_name} gave an empty answer to {settings.question!r}")
-    if live is None or live.deployment_name == candidate.deployment_name:
-        already = "the candidate is the live deployment already" if live else "no live model to compare with"
-        result = GateResult(candidate=candidate.deployment_name, live=None, questions=0,
-                            margin=settings.evaluation.margin, passed=True,
-                            reason=f"{already}; the smoke question was answered")
+    if live is not None and live.deployment_name == candidate.deployment_name:
+        result = _passed(settings, candidate, "the candidate is the live deployment already: nothing to compare")
     else:
-        result = _compare(settings, target, candidate, live)
+        if not target.ask(candidate, settings.question, SMOKE_MAX_NEW_TOKENS, SMOKE_TEMPERATURE).strip():
+            raise GateFailedError(f"{candidate.deployment_name} gave an empty answer to {settings.question!r}")
+        result = (_compare(settings, target, candidate, live) if live else
+                  _passed(settings, candidate, "no live model to compare with; the smoke question was answered"))
     get_run_logger().info(result.reason)
     create_table_artifact(key="evaluation-gate", table=[result.model_dump()],
                           description="blue/green gate: candidate against the live model on held-out questions")

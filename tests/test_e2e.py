@@ -99,6 +99,7 @@ def test_full_pipeline_resumes_reuses_and_tears_down(workspace, session_home, pr
     assert "model version 1" in third.stdout
     for stage in ("dataset", "fine-tune", "register"):
         assert f"{stage:<20} reused (cached)" in third.stdout, third.stdout
+    assert "the candidate is the live deployment already: nothing to compare" in third.stdout
     assert (job_dir / "status.json").stat().st_mtime_ns == status_mtime
     assert len(list(workspace.glob("jobs/*"))) == 1
     assert answer_of(third)

@@ -23,14 +23,15 @@ pytestmark = pytest.mark.slow
 # Stage boundaries, by the Prefect task whose completion they follow.
 BOUNDARIES = [stage.task_name for stage in (Stage.IDENTITY, Stage.DATASET, Stage.FINE_TUNE, Stage.REGISTER,
                                             Stage.DEPLOY, Stage.GO_LIVE, Stage.CONNECTION, Stage.SMOKE_CHAT)]
-PREFECT_APP = "prefect.server.api.server:create_app"
+API_SERVER_COMMANDS = ("-m cli.api_server", "prefect.server.api.server:create_app")  # ours, and Prefect's own
 
 
 def api_servers_since(started: float) -> list[psutil.Process]:
     """Prefect API servers (the command line's own) started after `started`."""
     found = []
     for process in psutil.process_iter(["cmdline", "create_time", "status"]):
-        if (PREFECT_APP in " ".join(process.info["cmdline"] or []) and process.info["create_time"] >= started
+        command = " ".join(process.info["cmdline"] or [])
+        if (any(server in command for server in API_SERVER_COMMANDS) and process.info["create_time"] >= started
                 and process.info["status"] != psutil.STATUS_ZOMBIE):
             found.append(process)
     return found
@@ -88,3 +89,32 @@ def test_a_run_killed_after_a_stage_leaves_nothing_behind_and_a_rerun_completes(
     assert down.returncode == 0, down.stdout + down.stderr
     assert processes_using(workspace) == [] and promptflow_services() == []
     no_api_server_left(started)
+
+
+
+def api_servers_of(workspace: Path) -> list[psutil.Process]:
+    """Prefect API servers running in the environment of a command for `workspace`."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(server in " ".join(process.info["cmdline"] or []) for server in API_SERVER_COMMANDS):
+            try:
+                if (process.environ().get("PHI3_LOCAL__WORKSPACE_DIR") == str(workspace)
+                        and process.status() != psutil.STATUS_ZOMBIE):
+                    found.append(process)
+            except psutil.Error:  # gone meanwhile
+                pass
+    return found
+
+
+@pytest.mark.parametrize("args", [["--epoch", "3"], ["--dataset.source", "/nowhere.jsonl"]])
+def test_a_command_stopped_by_its_flags_or_checks_leaves_no_api_server(args, tmp_path, session_home):
+    """A command starts its API server before it reads its flags (the server loads beside its imports)."""
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    workspace = tmp_path / "ws"
+    result = subprocess.run([sys.executable, "-m", "flows.full_pipeline", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**env, "PHI3_LOCAL__WORKSPACE_DIR": str(workspace)})
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr
+    deadline = time.monotonic() + 1  # killed by the kernel with the command: gone at once (an orphan lives on)
+    while api_servers_of(workspace) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert api_servers_of(workspace) == []

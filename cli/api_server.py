@@ -1,0 +1,22 @@
+"""The process of a command's temporary Prefect API server: Prefect's app under uvicorn, as Prefect's own
+temporary server runs it, on 127.0.0.1 at the port given.
+
+    python -m cli.api_server PORT
+
+Prefect's server modules are imported with the garbage collector paused, then frozen: the import makes
+hundreds of thousands of objects, none of them garbage, which the collector would walk over and over (the
+import: 3.0 s -> 2.3 s on a 2-core machine).
+"""
+
+import gc
+import sys
+
+gc.disable()
+
+import uvicorn  # noqa: E402 (with the collector paused)
+from prefect.server.api.server import create_app  # noqa: E402
+
+app = create_app()
+gc.freeze()
+gc.enable()
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", lifespan="on")
