@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import requests
 
 from tasks.stages import Stage
 from tests.conftest import QUICK_TRAINING, ROOT, run_cli
@@ -117,4 +118,24 @@ def test_a_command_stopped_by_its_flags_or_checks_leaves_no_api_server(args, tmp
     deadline = time.monotonic() + 1  # killed by the kernel with the command: gone at once (an orphan lives on)
     while api_servers_of(workspace) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert api_servers_of(workspace) == []
+
+
+def test_a_prefect_api_named_by_a_profile_is_used_and_the_early_server_stopped(tmp_path, session_home, prefect_server):
+    """The server a command starts before reading its settings is not used when a profile names an API."""
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(f'active = "shared"\n[profiles.shared]\nPREFECT_API_URL = "{prefect_server}"\n')
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    workspace = tmp_path / "ws"
+
+    def teardown_runs() -> int:
+        return requests.post(f"{prefect_server}/flow_runs/count", timeout=10,
+                             json={"flows": {"name": {"any_": ["phi3-teardown"]}}}).json()
+
+    before = teardown_runs()
+    result = subprocess.run([sys.executable, "-m", "flows.teardown"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**env, "PREFECT_PROFILES_PATH": str(profiles),
+                                              "PHI3_LOCAL__WORKSPACE_DIR": str(workspace)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert teardown_runs() == before + 1, "the run was recorded on the profile's server"
     assert api_servers_of(workspace) == []
