@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from prefect import get_run_logger
-from prefect.context import FlowRunContext
+from prefect.runtime import deployment
 
 from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from tasks.run_lock import run_lock
@@ -19,8 +19,7 @@ def settings_of_this_run(given: PipelineSettings | dict) -> PipelineSettings:
     started in this process (the command line) takes its settings as given."""
     if not isinstance(given, PipelineSettings):
         return PipelineSettings(**given)
-    context = FlowRunContext.get()  # (not prefect.runtime.deployment: it asks the API when there is none)
-    if context and context.flow_run and context.flow_run.deployment_id:
+    if deployment.id:
         return PipelineSettings(**given.model_dump(exclude_defaults=True))
     return given
 
