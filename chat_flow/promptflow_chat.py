@@ -29,9 +29,13 @@ for _name, _value in EXPORTER_OFFLINE_ENV.items():  # before any Prompt flow mod
 
 
 def load() -> None:
-    """Import Prompt flow's client (1.5 s on a small machine), e.g. while Prefect's API server starts."""
+    """Import Prompt flow's client (1.5 s on a small machine), e.g. while Prefect's API server starts, and pick
+    the keyring backend that holds its connections' encryption key (what the first connection read does)."""
+    import keyring
     import promptflow.client  # noqa: F401
     import promptflow.entities  # noqa: F401
+
+    keyring.get_keyring()
 
 
 def _client():
