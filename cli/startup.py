@@ -3,7 +3,7 @@
 A command started from a terminal starts its temporary Prefect API server first of all, so that the server
 loads (a process of its own, seconds) beside the command's own imports; and it pauses the garbage collector
 while it imports Prefect and Prompt flow, whose hundreds of thousands of objects, none of them garbage, the
-collector would walk over and over (0.3 s of 2.3 s).
+collector would walk over and over (their import: 2.3 s -> 1.9 s on a 2-core machine).
 """
 
 import gc
