@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 
-from chat_data.records import check_json_line
+from chat_data.records import JSON_BLANKS, check_json_line
 from config.errors import DatasetError
 
 # Python's re `\S` is a character str.isspace() refuses: a text that has one is not blank after strip().
@@ -40,7 +40,6 @@ _DECODER = msgspec.json.Decoder(_Record)
 CHECK_BYTES = 1 << 20  # records are checked about this much at a time
 SCAN_BYTES = 1 << 26  # line breaks are looked for this much at a time (a byte of numpy scratch per byte)
 UTF8_BOM = b"\xef\xbb\xbf"
-JSON_BLANKS = b" \t\r"  # with the line break, the whitespace JSON allows: a line of only these holds no record
 
 
 class JsonLines:

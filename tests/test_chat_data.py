@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chat_data.records import check_jsonl
+from chat_data.records import check_json_file, check_jsonl
 from chat_data.sample import make_sample
 from chat_data.split_files import split_and_write
 from config.errors import DatasetError
@@ -308,6 +308,11 @@ def test_json_lines_blank_lines_a_missing_last_break_and_bad_bytes(tmp_path):
     source.write_text("")
     with pytest.raises(DatasetError, match="chats.jsonl: no records"):
         split_and_write(DatasetSettings(source=str(source)), tmp_path / "w4")
+    source.write_text(lines[0] + "\n\x0b\n" + "\n".join(lines[1:]) + "\n")  # not JSON's whitespace: not blank
+    for check in (lambda: split_and_write(DatasetSettings(source=str(source)), tmp_path / "w5"),
+                  lambda: check_json_file(source)):  # the fast path and the line-by-line check alike
+        with pytest.raises(DatasetError, match=r"chats.jsonl:2: invalid JSON \(Expecting value"):
+            check()
 
 
 def test_a_bad_line_deep_in_a_large_json_lines_source_is_named(tmp_path):
