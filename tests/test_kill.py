@@ -27,6 +27,11 @@ BOUNDARIES = [stage.task_name for stage in (Stage.IDENTITY, Stage.DATASET, Stage
 API_SERVER_COMMANDS = ("-m cli.api_server", "prefect.server.api.server:create_app")  # ours, and Prefect's own
 
 
+def without_an_api(env) -> dict:
+    """The environment of a command that starts its own Prefect API server."""
+    return {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
+
+
 def api_servers_since(started: float) -> list[psutil.Process]:
     """Prefect API servers (the command line's own) started after `started`."""
     found = []
@@ -74,7 +79,7 @@ def test_a_run_killed_after_a_stage_leaves_nothing_behind_and_a_rerun_completes(
                                                                                session_home):
     workspace = tmp_path_factory.getbasetemp() / "killed-runs-ws"  # one workspace for every boundary
     env = {**os.environ, **QUICK_TRAINING, "PHI3_LOCAL__WORKSPACE_DIR": str(workspace)}
-    own_api = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
+    own_api = without_an_api(env)
     started = time.time()
     run_until(stage, own_api)
     no_api_server_left(started)  # the killed run's Prefect API server died with it
@@ -90,7 +95,6 @@ def test_a_run_killed_after_a_stage_leaves_nothing_behind_and_a_rerun_completes(
     assert down.returncode == 0, down.stdout + down.stderr
     assert processes_using(workspace) == [] and promptflow_services() == []
     no_api_server_left(started)
-
 
 
 def api_servers_of(workspace: Path) -> list[psutil.Process]:
@@ -110,7 +114,7 @@ def api_servers_of(workspace: Path) -> list[psutil.Process]:
 @pytest.mark.parametrize("args", [["--epoch", "3"], ["--dataset.source", "/nowhere.jsonl"]])
 def test_a_command_stopped_by_its_flags_or_checks_leaves_no_api_server(args, tmp_path, session_home):
     """A command starts its API server before it reads its flags (the server loads beside its imports)."""
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env = without_an_api(os.environ)
     workspace = tmp_path / "ws"
     result = subprocess.run([sys.executable, "-m", "flows.full_pipeline", *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=120, env={**env, "PHI3_LOCAL__WORKSPACE_DIR": str(workspace)})
@@ -125,7 +129,7 @@ def test_a_prefect_api_named_by_a_profile_is_used_and_the_early_server_stopped(t
     """The server a command starts before reading its settings is not used when a profile names an API."""
     profiles = tmp_path / "profiles.toml"
     profiles.write_text(f'active = "shared"\n[profiles.shared]\nPREFECT_API_URL = "{prefect_server}"\n')
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env = without_an_api(os.environ)
     workspace = tmp_path / "ws"
 
     def teardown_runs() -> int:
