@@ -61,6 +61,13 @@ def test_the_console_script_without_a_command_names_the_commands():
             assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+def test_the_console_script_starts_a_server_first_for_each_command_that_runs_a_flow():
+    from cli.commands import COMMANDS
+    from cli.startup import FLOW_COMMANDS
+
+    assert set(FLOW_COMMANDS) == set(COMMANDS) - {"plan"}  # a plan runs no flow: no server to start
+
+
 def test_no_flow_module_imports_the_command_line():
     probe = ("import sys, flows.full_pipeline, flows.teardown; "
              "print(sorted(m for m in sys.modules if m == 'cli' or m.startswith('cli.')))")
