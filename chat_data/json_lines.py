@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 
-from chat_data.records import JSON_BLANKS, check_json_line
+from chat_data.records import JSON_BLANKS, KNOWN_ROLES, check_json_line
 from config.errors import DatasetError
 
 # Python's re `\S` is a character str.isspace() refuses: a text that has one is not blank after strip().
@@ -27,7 +27,7 @@ _Text = Annotated[str, msgspec.Meta(pattern=r"\S")]
 
 class _Message(msgspec.Struct):
     content: _Text
-    role: Literal["system", "user", "assistant"]  # chat_data.records.KNOWN_ROLES
+    role: Literal[KNOWN_ROLES]
 
 
 class _Record(msgspec.Struct):

@@ -104,7 +104,7 @@ def load_split(settings: DatasetSettings, path: Path | None, work_dir: Path):
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a file it cannot read becomes one error line
     split_name = _split_name(settings.split)
-    if path is not None and path.is_file() and LOADERS_BY_SUFFIX.get(path.suffix) == "json" and not _utf8(path):
+    if _json_source(path) and path.is_file() and not _utf8(path):
         check_json_file(path)  # names the line
     try:
         if path is None:
@@ -122,9 +122,14 @@ def load_split(settings: DatasetSettings, path: Path | None, work_dir: Path):
     except DatasetError:
         raise
     except Exception as error:  # noqa: BLE001 - `datasets` and Arrow raise many types for a file they cannot read
-        if path is not None and LOADERS_BY_SUFFIX.get(path.suffix) == "json":
+        if _json_source(path):
             check_json_file(path)  # names the line and field
         raise DatasetError(f"cannot load dataset {settings.source!r} split {settings.split!r}: {error}") from None
+
+
+def _json_source(path: Path | None) -> bool:
+    """A local JSON or JSON Lines source: one that `check_json_file` can read again to name a bad line."""
+    return path is not None and LOADERS_BY_SUFFIX.get(path.suffix) == "json"
 
 
 def _utf8(path: Path) -> bool:
@@ -219,7 +224,7 @@ def check_records(con, records: Records, settings: DatasetSettings, path: Path |
             for record in batch.to_pylist():
                 validate_record(record, where.format(record.pop("position")))
     except DatasetError:
-        if path is not None and LOADERS_BY_SUFFIX.get(path.suffix) == "json":
+        if _json_source(path):
             check_json_file(path)  # names the file and line instead
         raise
 
