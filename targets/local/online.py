@@ -93,12 +93,11 @@ class LocalEndpoint:
     @staticmethod
     def remove(deployment_dir: Path) -> bool:
         """Stop the deployment's server and remove its folder; whether a server was running."""
-        state = read_json(deployment_dir / "state.json") or {}
-        running = processes.process_alive(state.get("pid"), SERVER_MODULE)
-        if running:
+        state = LocalEndpoint.server_state(deployment_dir)
+        if state:
             processes.stop_process(state["pid"])
         shutil.rmtree(deployment_dir, ignore_errors=True)
-        return running
+        return state is not None
 
 
 def _answers(state: dict) -> bool:
