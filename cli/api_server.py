@@ -5,7 +5,8 @@ temporary server runs it, on 127.0.0.1 at the port given.
 
 Prefect's server modules are imported with the garbage collector paused, then frozen: the import makes
 hundreds of thousands of objects, none of them garbage, which the collector would walk over and over (the
-import: 3.0 s -> 2.3 s on a 2-core machine).
+import: 3.0 s -> 2.3 s on a 2-core machine). Frozen before the app is built, they are also left out of the full
+collection that Prefect's temporary server (PREFECT__SERVER_FINAL) runs as it builds the app (0.40 s -> 0.17 s).
 """
 
 import gc
@@ -16,6 +17,7 @@ gc.disable()
 import uvicorn  # noqa: E402 (with the collector paused)
 from prefect.server.api.server import create_app  # noqa: E402
 
+gc.freeze()
 app = create_app()
 gc.freeze()
 gc.enable()

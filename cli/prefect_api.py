@@ -116,7 +116,7 @@ def prefect_api_dying_with_this_process(while_starting: Callable[[], None] = lam
             if time.monotonic() > deadline:
                 raise RuntimeError("the Prefect API server for this run did not start; start one with "
                                    "`prefect server start` and set PREFECT_API_URL")
-            time.sleep(0.1)
+            time.sleep(0.02)
         # the environment too: Prefect's threads that do not share this context must not start a temporary
         # server of their own (one that would outlive a kill)
         os.environ["PREFECT_API_URL"] = api

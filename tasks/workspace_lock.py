@@ -5,23 +5,30 @@ from __future__ import annotations
 import functools
 
 from prefect import get_run_logger
-from prefect.runtime import deployment
+from prefect.context import FlowRunContext
 
 from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from tasks.run_lock import run_lock
 from tasks.run_target import stage_target
 
 
-def settings_of_this_run(given: PipelineSettings | dict) -> PipelineSettings:
+def settings_of_this_run(given: PipelineSettings | dict, from_a_deployment: bool) -> PipelineSettings:
     """A run from a deployment (the UI, a schedule, `prefect deployment run`) takes phi3-pipeline.toml and
     PHI3_* where it runs, overridden by each parameter that differs from its default: the UI's Custom run form
     sends every field, the defaults included, and those must not hide the worker's configuration. A run
     started in this process (the command line) takes its settings as given."""
     if not isinstance(given, PipelineSettings):
         return PipelineSettings(**given)
-    if deployment.id:
+    if from_a_deployment:
         return PipelineSettings(**given.model_dump(exclude_defaults=True))
     return given
+
+
+def _from_a_deployment() -> bool:
+    """Whether this flow run was made from a deployment, as its context says (`prefect.runtime.deployment.id`
+    asks the API for the flow run again: 50 ms of a warm re-run)."""
+    run = FlowRunContext.get()
+    return run is not None and run.flow_run is not None and run.flow_run.deployment_id is not None
 
 
 def one_run_per_workspace(makes_workspace: bool):
@@ -31,7 +38,7 @@ def one_run_per_workspace(makes_workspace: bool):
     def decorate(flow_function):
         @functools.wraps(flow_function)
         def holding_the_workspace(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS, *args, **kwargs):
-            settings = settings_of_this_run(settings)
+            settings = settings_of_this_run(settings, from_a_deployment=_from_a_deployment())
             target = stage_target(settings)
             lock_file = None if settings.plan else target.run_lock_file(create=makes_workspace)
             logger = get_run_logger()

@@ -49,14 +49,12 @@ def test_a_deployment_run_from_the_ui_form_keeps_the_workers_file_and_environmen
     given = full_pipeline.validate_parameters({"settings": form})["settings"]  # as Prefect hands it to the flow
     assert given.local.workspace_dir.name == ".phi3_workspace", "the form's defaults hide the worker's settings"
 
-    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", "a-deployment")
-    settings = settings_of_this_run(given)
+    settings = settings_of_this_run(given, from_a_deployment=True)
     assert settings.training.epochs == 3
     assert settings.local.workspace_dir == tmp_path / "worker-ws" and settings.dataset.sample_size == 300
     assert settings.question == "from the worker file"
 
-    monkeypatch.delenv("PREFECT__RUNTIME__DEPLOYMENT__ID")  # started from the command line: as given
-    assert settings_of_this_run(given) is given
+    assert settings_of_this_run(given, from_a_deployment=False) is given  # the command line: as given
 
 
 def test_explicit_config_file_and_missing_one(tmp_path):
