@@ -62,7 +62,7 @@ def _newest_revision(home: Path) -> str | None:
         try:
             partial.write_text(json.dumps({"installed": installed, "head": head}))
             partial.replace(record)
-        except OSError:  # a read-only home: the check stays on
+        except OSError:  # a read-only home: found again next time
             pass
     return head
 
