@@ -87,8 +87,10 @@ def test_a_database_prefect_migrated_is_current_and_the_newest_revision_is_kept(
     assert schema_is_current(settings_for(migrated_home)), "and again from the record"
 
 
-def test_a_record_of_another_prefect_is_not_trusted(migrated_home):
-    (migrated_home / HEAD_RECORD).write_text(json.dumps({"installed": "prefect 0.0.1", "head": "not-a-revision"}))
+@pytest.mark.parametrize("record", [json.dumps({"installed": "prefect 0.0.1", "head": "not-a-revision"}),
+                                    "{not json", "[]", json.dumps({"head": "not-a-revision"})])
+def test_a_record_of_another_prefect_or_a_damaged_one_is_not_trusted(migrated_home, record):
+    (migrated_home / HEAD_RECORD).write_text(record)
     assert schema_is_current(settings_for(migrated_home))
     assert json.loads((migrated_home / HEAD_RECORD).read_text())["head"] == revision_of(migrated_home / "prefect.db")
 
