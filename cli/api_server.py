@@ -1,7 +1,7 @@
 """The process of a command's temporary Prefect API server: Prefect's app under uvicorn, as Prefect's own
-temporary server runs it, on 127.0.0.1 at the port given.
+temporary server runs it, on the listening socket whose file descriptor it is given (see `cli.prefect_api`).
 
-    python -m cli.api_server PORT
+    python -m cli.api_server FD
 
 Prefect's server modules are imported with the garbage collector paused, then frozen: the import makes
 hundreds of thousands of objects, none of them garbage, which the collector would walk over and over (the
@@ -11,6 +11,7 @@ A database at the installed Prefect's schema is not checked for migrations (`cli
 """
 
 import gc
+import socket
 import sys
 from contextlib import nullcontext
 
@@ -28,4 +29,5 @@ with temporary_settings({PREFECT_API_DATABASE_MIGRATE_ON_START: False}) if curre
     app = create_app()
     gc.freeze()
     gc.enable()
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", lifespan="on")
+    listening = socket.socket(fileno=int(sys.argv[1]))
+    uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on")).run(sockets=[listening])

@@ -5,7 +5,9 @@ from `atexit`, which a SIGKILL never runs: the server then lives on, orphaned, l
 the same server (Prefect's app under uvicorn, with the environment Prefect gives its temporary server:
 `cli.api_server`) is started as a child that the kernel kills together with this process (Linux's parent-death
 signal, set by util-linux `setpriv --pdeathsig KILL` before it execs the server), and the run is pointed at
-it. Without such a `setpriv`, with PREFECT_API_URL set, or with Prefect's temporary server turned off
+it. Its listening socket is made here and handed over, so no other process can take its port between the
+two, and a request sent while it loads waits in the socket's backlog until it answers. Without such a
+`setpriv`, with PREFECT_API_URL set, or with Prefect's temporary server turned off
 (`server.ephemeral.enabled`), Prefect's own behaviour is kept.
 
 A command started from a terminal starts that server first of all (`start_loading_now`, before it imports
@@ -25,20 +27,12 @@ from contextlib import contextmanager
 from functools import cache
 from importlib import import_module
 
-import psutil
-
 # What Prefect's own temporary server runs with (prefect.server.api.server.SubprocessASGIServer, 3.8):
 # no UI, and the server's background services off.
 TEMPORARY_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
 NEEDS_NO_SERVER = {"-h", "--help", "--plan"}
 
 _loading: tuple[subprocess.Popen, str] | None = None  # started by start_loading_now, taken by the run
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @cache
@@ -52,10 +46,11 @@ def _pdeathsig_wrapper() -> list[str] | None:
 
 
 def _start(wrapper: list[str], env: dict) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    server = subprocess.Popen([*wrapper, sys.executable, "-m", "cli.api_server", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return server, f"http://127.0.0.1:{port}/api"
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        server = subprocess.Popen([*wrapper, sys.executable, "-m", "cli.api_server", str(listening.fileno())],
+                                  env=env, pass_fds=(listening.fileno(),), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        return server, f"http://127.0.0.1:{listening.getsockname()[1]}/api"
 
 
 def start_loading_now(argv: list[str]) -> None:
@@ -68,17 +63,6 @@ def start_loading_now(argv: list[str]) -> None:
     wrapper = _pdeathsig_wrapper()
     if wrapper and "PREFECT_API_URL" not in os.environ and not NEEDS_NO_SERVER.intersection(argv):
         _loading = _start(wrapper, {**os.environ, **TEMPORARY_SERVER_ENV})
-
-
-def _serving(server: subprocess.Popen, api: str) -> bool:
-    """Our server answers on its port (not another process that took the port meanwhile)."""
-    port = int(api.rsplit(":", 1)[1].split("/")[0])
-    try:
-        ours = any(c.laddr.port == port and c.status == psutil.CONN_LISTEN
-                   for c in psutil.Process(server.pid).net_connections("inet"))
-    except psutil.Error:
-        return False
-    return ours and _healthy(api)
 
 
 @contextmanager
@@ -110,25 +94,21 @@ def prefect_api_dying_with_this_process(while_starting: Callable[[], None] = lam
     try:
         while_starting()
         import_module("fastapi.encoders")  # what Prefect 3.8 imports as it creates the flow run (0.15 s)
-        while not _serving(server, api):
-            if server.poll() is not None:  # e.g. the port was taken before it bound: again on another
-                server, api = _start(wrapper, env)
-            if time.monotonic() > deadline:
-                raise RuntimeError("the Prefect API server for this run did not start; start one with "
-                                   "`prefect server start` and set PREFECT_API_URL")
-            time.sleep(0.02)
         # the environment too: Prefect's threads that do not share this context must not start a temporary
         # server of their own (one that would outlive a kill)
         os.environ["PREFECT_API_URL"] = api
-        # no flow-run heartbeats: nothing watches them on a server that stops with the run, and a sync flow's
-        # end waits for the heartbeat thread's current 1 s sleep (Prefect 3.8: 0.5 s a run on average)
-        with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            try:
-                yield
-            finally:  # what the run logged and emitted reaches the server before it stops
-                APILogWorker.drain_all(timeout=10)
-                EventsWorker.drain_all(timeout=10)
-                os.environ.pop("PREFECT_API_URL", None)
+        try:
+            # no flow-run heartbeats: nothing watches them on a server that stops with the run, and a sync
+            # flow's end waits for the heartbeat thread's current 1 s sleep (Prefect 3.8: 0.5 s a run on average)
+            with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                _wait_until_answering(server, api, deadline)
+                try:
+                    yield
+                finally:  # what the run logged and emitted reaches the server before it stops
+                    APILogWorker.drain_all(timeout=10)
+                    EventsWorker.drain_all(timeout=10)
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
     finally:
         _stop(server)
 
@@ -141,10 +121,18 @@ def _stop(server: subprocess.Popen) -> None:
         server.kill()
 
 
-def _healthy(api: str) -> bool:
+def _wait_until_answering(server: subprocess.Popen, api: str, deadline: float) -> None:
+    """Wait for the server's answer to its health check: a request sent while it loads waits in its socket's
+    backlog and is answered as soon as it serves."""
     import requests  # here: a command imports this module first of all, to start the server at once
 
-    try:
-        return requests.get(f"{api}/health", timeout=2).ok
-    except requests.RequestException:
-        return False
+    while True:
+        try:
+            if requests.get(f"{api}/health", timeout=max(0.1, min(2.0, deadline - time.monotonic()))).ok:
+                return
+        except requests.RequestException:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the Prefect API server for this run did not start; start one with "
+                               "`prefect server start` and set PREFECT_API_URL")
+        time.sleep(0.02)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_HOME, 
 
 from cli.prefect_api import TEMPORARY_SERVER_ENV
 from cli.prefect_schema import HEAD_RECORD, schema_is_current
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 
 
 def settings_for(home: Path, url: str | None = None):
@@ -47,12 +48,13 @@ def answers(url: str) -> bool:
 def serve_once(home: Path, log: Path) -> None:
     """Start a command's temporary server on `home`, create and read a flow through its API, stop it; the modules
     it imported are listed in `log` (`-X importtime`)."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "cli.api_server", str(port)], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=log.open("w"),
-                              env={**os.environ, **TEMPORARY_SERVER_ENV, "PREFECT_HOME": str(home)})
+    with socket.create_server(("127.0.0.1", 0)) as listening:  # as cli.prefect_api hands it over
+        server = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "cli.api_server",
+                                   str(listening.fileno())], pass_fds=(listening.fileno(),), cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=log.open("w"),
+                                  env={**os.environ, **TEMPORARY_SERVER_ENV, "PREFECT_HOME": str(home)})
+        api = f"http://127.0.0.1:{listening.getsockname()[1]}/api"
     try:
-        api = f"http://127.0.0.1:{port}/api"
         deadline = time.monotonic() + 180
         while not answers(f"{api}/health"):
             assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
