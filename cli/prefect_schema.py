@@ -5,7 +5,7 @@ Prefect's server checks its migrations each time it starts: alembic loads every 
 the newest of the installed Prefect's migrations has nothing to migrate, and its server can skip the check
 (`server.database.migrate_on_start`). The newest revision is found with alembic once per installed Prefect and
 kept in PREFECT_HOME, as Prefect keeps its own record that the blocks are registered (`memo_store.toml`).
-Anything else (another database, an older or a newer revision, no record) leaves the check on.
+Anything else (a database that is not SQLite, none yet, an older or a newer revision) leaves the check on.
 """
 
 from __future__ import annotations

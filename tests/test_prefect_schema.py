@@ -99,7 +99,8 @@ def test_a_record_of_another_prefect_or_a_damaged_one_is_not_trusted(migrated_ho
 
 def test_any_other_revision_is_checked(migrated_home, tmp_path):
     database = tmp_path / "prefect.db"
-    database.write_bytes((migrated_home / "prefect.db").read_bytes())
+    with closing(sqlite3.connect(migrated_home / "prefect.db")) as source, closing(sqlite3.connect(database)) as copy:
+        source.backup(copy)  # what its write-ahead log holds too
     set_revision(database, "an-older-one")
     assert not schema_is_current(settings_for(tmp_path))
 
