@@ -88,9 +88,9 @@ def prefect_api_dying_with_this_process(while_starting: Callable[[], None] = lam
         while_starting()
         yield
         return
-    env = {**os.environ, **settings.to_environment_variables(exclude_unset=True), **TEMPORARY_SERVER_ENV}
     deadline = time.monotonic() + settings.server.ephemeral.startup_timeout_seconds
-    server, api = loading or _start(wrapper, env)
+    server, api = loading or _start(
+        wrapper, {**os.environ, **settings.to_environment_variables(exclude_unset=True), **TEMPORARY_SERVER_ENV})
     try:
         while_starting()
         import_module("fastapi.encoders")  # what Prefect 3.8 imports as it creates the flow run (0.15 s)
