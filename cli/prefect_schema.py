@@ -30,7 +30,10 @@ def schema_is_current(settings: Settings) -> bool:
 
 
 def _sqlite_file(settings: Settings) -> Path | None:
-    url = sa.engine.make_url(settings.server.database.connection_url.get_secret_value())
+    try:
+        url = sa.engine.make_url(settings.server.database.connection_url.get_secret_value())
+    except sa.exc.ArgumentError:  # Prefect's own start-up reports it, as before
+        return None
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
     return Path(url.database)

@@ -108,6 +108,7 @@ def test_any_other_revision_is_checked(migrated_home, tmp_path):
 def test_no_database_or_not_sqlite_is_checked_and_nothing_is_written(tmp_path):
     assert not schema_is_current(settings_for(tmp_path))
     assert not schema_is_current(settings_for(tmp_path, "postgresql+asyncpg://user:secret@127.0.0.1:1/prefect"))
+    assert not schema_is_current(settings_for(tmp_path, "not a database url"))
     assert not (tmp_path / "prefect.db").exists() and not (tmp_path / HEAD_RECORD).exists()
     (tmp_path / "prefect.db").write_text("not a database")
     assert not schema_is_current(settings_for(tmp_path))
