@@ -60,8 +60,8 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
 
 PROJECT = """
 from pathlib import Path
-from config.settings import DatasetSettings
-from chat_data.split_files import split_and_write
+from phi3_pipeline.config.settings import DatasetSettings
+from phi3_pipeline.chat_data.split_files import split_and_write
 split = split_and_write(DatasetSettings(source={source!r}, split={split!r}), Path({out!r}))
 print(split.train_rows + split.test_rows)
 """

@@ -27,9 +27,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chat_data.split_files import split_and_write  # noqa: E402
-from config.settings import PipelineSettings  # noqa: E402
-from targets.local.target import LocalTarget  # noqa: E402
+from phi3_pipeline.chat_data.split_files import split_and_write  # noqa: E402
+from phi3_pipeline.config.settings import PipelineSettings  # noqa: E402
+from phi3_pipeline.targets.local.target import LocalTarget  # noqa: E402
 
 SMALL = {"input_data": {"input_string": [{"role": "user", "content": "Who founded Microsoft?"}],
                         "parameters": {"temperature": 0.7, "max_new_tokens": 32}}}

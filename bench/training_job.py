@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chat_data.split_files import split_and_write  # noqa: E402
-from config.settings import BUILTIN_BASE_MODEL, DatasetSettings, PipelineSettings  # noqa: E402
+from phi3_pipeline.chat_data.split_files import split_and_write  # noqa: E402
+from phi3_pipeline.config.settings import BUILTIN_BASE_MODEL, DatasetSettings, PipelineSettings  # noqa: E402
 
 JOBS = {"small": (240, {}),
         "large": (4000, {"epochs": 2, "batch_size": 64, "max_seq_length": 256, "base_pretrain_steps": 300})}
@@ -28,15 +28,16 @@ JOBS = {"small": (240, {}),
 RUN_SH = r'''#!/usr/bin/env bash
 set -euo pipefail
 PY=$1; HERE=$(cd "$(dirname "$0")" && pwd); W=$(mktemp -d)
-mkdir -p "$W/config" "$W/targets/local"
-echo 'BUILTIN_BASE_MODEL = "@BUILTIN@"' > "$W/config/settings.py"
-touch "$W/config/__init__.py" "$W/targets/__init__.py" "$W/targets/local/__init__.py"
-cp "$HERE/workspace.py" "$W/targets/"; cp "$HERE/training_job.py" "$W/targets/local/"
+P="$W/phi3_pipeline"; mkdir -p "$P/config" "$P/targets/local"
+echo 'BUILTIN_BASE_MODEL = "@BUILTIN@"' > "$P/config/settings.py"
+touch "$P/__init__.py" "$P/config/__init__.py" "$P/targets/__init__.py" "$P/targets/local/__init__.py"
+cp "$HERE/errors.py" "$P/config/"; cp "$HERE/locks.py" "$P/"
+cp "$HERE/workspace.py" "$P/targets/"; cp "$HERE/training_job.py" "$P/targets/local/"
 for job in small large; do
   J="$W/jobs/$job"; mkdir -p "$J"
   sed "s#@DATA@#$HERE#g; s#@JOB@#$J#g" "$HERE/$job.json" > "$J/spec.json"
   start=$(date +%s.%N)
-  (cd "$W" && "$PY" -m targets.local.training_job "$J" > "$J/job.log" 2>&1) || { tail -20 "$J/job.log"; exit 1; }
+  (cd "$W" && "$PY" -m phi3_pipeline.targets.local.training_job "$J" > "$J/job.log" 2>&1) || { tail -20 "$J/job.log"; exit 1; }
   end=$(date +%s.%N)
   "$PY" -c 'import json, sys; m = json.load(open(sys.argv[1] + "/job_metrics.json")); print(json.dumps({"job": sys.argv[2], "wall_s": round(float(sys.argv[4]) - float(sys.argv[3]), 1), "fine_tune_s": m["seconds"], "fine_tune_steps": m["fine_tune_steps"], "eval_loss_before": round(m["eval_loss_before"], 3), "eval_loss_after": round(m["eval_loss_after"], 3)}))' "$J" "$job" "$start" "$end"
 done
@@ -53,8 +54,9 @@ def prepare(folder: Path) -> None:
         spec = {**PipelineSettings().training.model_dump(), **overrides, "seed": 42, "base_cache_dir": "@JOB@/base",
                 "train_file": f"@DATA@/{name}_train.jsonl", "test_file": f"@DATA@/{name}_test.jsonl"}
         (folder / f"{name}.json").write_text(json.dumps(spec))
-    shutil.copy(ROOT / "targets" / "workspace.py", folder)
-    shutil.copy(ROOT / "targets" / "local" / "training_job.py", folder)
+    package = ROOT / "phi3_pipeline"
+    for module in ("config/errors.py", "locks.py", "targets/workspace.py", "targets/local/training_job.py"):
+        shutil.copy(package / module, folder)
     (folder / "run.sh").write_text(RUN_SH.replace("@BUILTIN@", BUILTIN_BASE_MODEL))
     print(f"prepared {folder}: run `bash {folder}/run.sh PYTHON`")
 

@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__":  # the command line: its Prefect API server loads while the imports below run
-    from cli.startup import command_starts
-
-    command_starts(sys.argv[1:])
-
 from prefect import flow, get_run_logger  # noqa: E402 (after the server's start)
 
-from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
+from phi3_pipeline.config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from flows.teardown import teardown
 from tasks.connection import create_connection
 from tasks.dataset import prepare_dataset
@@ -27,7 +22,8 @@ from tasks.plan import dry_run
 from tasks.quota import check_quota
 from tasks.register import register_model
 from tasks.smoke_chat import smoke_chat
-from tasks.stages import Stage, StageSummary
+from phi3_pipeline.stages import Stage
+from tasks.stages import StageSummary
 from tasks.summary import publish_failure_notice, publish_summary
 from tasks.teardown import clean_up_after_failure
 from tasks.workspace_lock import one_run_per_workspace
@@ -81,7 +77,7 @@ def _after_failure(settings: PipelineSettings, stages: StageSummary, live, error
     publish_failure_notice(stages, error, still_serving, removed, clean_up_error)
 
 
-if __name__ == "__main__":  # the command line, handed this module's flow (not imported a second time)
-    from cli.commands import finish, run_pipeline_cli
+if __name__ == "__main__":
+    from phi3_pipeline.cli.commands import finish, run_pipeline_cli
 
     finish(run_pipeline_cli(sys.argv[1:], full_pipeline))

@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__":  # the command line: its Prefect API server loads while the imports below run
-    from cli.startup import command_starts
+from prefect import flow
 
-    command_starts(sys.argv[1:])
-
-from prefect import flow  # noqa: E402 (after the server's start)
-
-from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
-from targets.base import TeardownReport
+from phi3_pipeline.config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
+from phi3_pipeline.targets.base import TeardownReport
 from tasks.teardown import tear_down
 from tasks.workspace_lock import one_run_per_workspace
 
@@ -29,7 +24,7 @@ def teardown(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS,
     return tear_down(settings, older_than_hours)
 
 
-if __name__ == "__main__":  # the command line, handed this module's flow (not imported a second time)
-    from cli.commands import finish, run_teardown_cli
+if __name__ == "__main__":
+    from phi3_pipeline.cli.commands import finish, run_teardown_cli
 
     finish(run_teardown_cli(sys.argv[1:], teardown))

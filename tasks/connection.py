@@ -2,11 +2,11 @@
 
 from prefect import get_run_logger, task
 
-from config.settings import PipelineSettings
-from targets.base import ConnectionRef, DeploymentRef
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.base import ConnectionRef, DeploymentRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target
-from tasks.stages import Stage
+from phi3_pipeline.stages import Stage
 
 
 @task(name=Stage.CONNECTION.task_name, **stage_retries())

@@ -2,12 +2,12 @@
 
 from prefect import get_run_logger, task
 
-from chat_data.split_files import source_fingerprint, split_once
-from config.settings import PipelineSettings
-from targets.base import DatasetRef
+from phi3_pipeline.chat_data.split_files import source_fingerprint, split_once
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.base import DatasetRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_cache_key, stage_target
-from tasks.stages import Stage
+from phi3_pipeline.stages import Stage
 
 
 def dataset_cache_key(context, parameters) -> str:

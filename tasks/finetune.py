@@ -7,12 +7,12 @@ import time
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from config.errors import JobFailedError
-from config.settings import PipelineSettings
-from targets.base import DatasetRef, JobRef, JobStatus
+from phi3_pipeline.config.errors import JobFailedError
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.base import DatasetRef, JobRef, JobStatus
 from tasks.retries import stage_retries
 from tasks.run_target import stage_cache_key, stage_target
-from tasks.stages import Stage
+from phi3_pipeline.stages import Stage
 
 BACKOFF = 1.5
 PROGRESS_LOG_EVERY_S = 5

@@ -10,12 +10,12 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from chat_data.split_files import split_once
-from config.settings import PipelineSettings
-from targets.base import DeploymentRef
+from phi3_pipeline.chat_data.split_files import split_once
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.base import DeploymentRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target
-from tasks.stages import Stage
+from phi3_pipeline.stages import Stage
 
 
 class LiveModel(BaseModel):

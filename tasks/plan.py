@@ -3,9 +3,9 @@
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from config.settings import PipelineSettings
-from targets import plan_run
-from targets.base import PlanItem
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets import plan_run
+from phi3_pipeline.targets.base import PlanItem
 
 
 @task(name="plan")

@@ -4,11 +4,11 @@ also resolves the catalog model and the VM sizes, and refuses a retired model)."
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from config.settings import PipelineSettings
-from targets.base import ResourceCheck, raise_if_short
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.base import ResourceCheck, raise_if_short
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target
-from tasks.stages import Stage
+from phi3_pipeline.stages import Stage
 
 
 class QuotaReport(BaseModel):

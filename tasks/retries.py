@@ -6,7 +6,7 @@ import requests
 from prefect.states import State
 from prefect.task_engine import TaskRunTimeoutError
 
-from config.errors import TransientError
+from phi3_pipeline.config.errors import TransientError
 
 TRANSIENT_ERRORS = (TransientError, ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)
 RETRY_POLICY = {"retries": 3, "retry_delay_seconds": [2, 8, 30], "retry_jitter_factor": 0.5}

@@ -3,13 +3,13 @@
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from chat_flow import promptflow_chat
-from config.errors import PipelineError
-from config.settings import PipelineSettings
-from targets.base import ConnectionRef
+from phi3_pipeline.chat_flow import promptflow_chat
+from phi3_pipeline.config.errors import PipelineError
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.base import ConnectionRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target
-from tasks.stages import Stage
+from phi3_pipeline.stages import Stage
 
 
 @task(name=Stage.SMOKE_CHAT.task_name, **stage_retries())

@@ -1,33 +1,12 @@
-"""The pipeline's stages as a type: one name each (the task's, the run summary's, the README's), and what a
-run did, read by the failure path as facts (a candidate was deployed, traffic moved) rather than labels."""
+"""What a run did, stage by stage (`phi3_pipeline.stages.Stage`), read by the failure path as facts (a candidate
+was deployed, traffic moved) rather than labels."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 
-
-class Stage(StrEnum):
-    """In the tutorial's order; the value is the name the run summary shows."""
-
-    LIVE_MODEL = "live model"
-    QUOTA = "quota check"
-    IDENTITY = "identity and RBAC"
-    DATASET = "dataset"
-    FINE_TUNE = "fine-tune"
-    REGISTER = "register"
-    DEPLOY = "deploy"
-    GATE = "evaluation gate"
-    GO_LIVE = "go live"
-    CONNECTION = "connection"
-    SMOKE_CHAT = "smoke chat"
-    TEARDOWN = "teardown"
-
-    @property
-    def task_name(self) -> str:
-        """The Prefect task's name: the same words, as Prefect names things."""
-        return self.value.lower().replace(" ", "-")
+from phi3_pipeline.stages import Stage
 
 
 @dataclass

@@ -3,8 +3,9 @@
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from targets.base import JobRef
-from tasks.stages import Stage, StageSummary
+from phi3_pipeline.targets.base import JobRef
+from phi3_pipeline.stages import Stage
+from tasks.stages import StageSummary
 
 
 def loss_curve_markdown(job: JobRef) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from config.settings import PipelineSettings
-from targets.base import DeploymentRef, TeardownReport
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.base import DeploymentRef, TeardownReport
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target
-from tasks.stages import Stage
+from phi3_pipeline.stages import Stage
 
 
 class CleanUp(BaseModel):

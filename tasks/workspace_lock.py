@@ -7,8 +7,8 @@ import functools
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
 
-from config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
-from tasks.run_lock import run_lock
+from phi3_pipeline.config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
+from phi3_pipeline.locks import run_lock
 from tasks.run_target import stage_target
 
 

@@ -17,7 +17,7 @@ from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest._http_response_impl import HttpResponseImpl
 from azure.core.utils import CaseInsensitiveDict
 
-from config.settings import AzureSettings
+from phi3_pipeline.config.settings import AzureSettings
 
 Answer = tuple[int, dict] | tuple[int, dict, dict]
 SUB = "00000000-0000-0000-0000-000000000000"

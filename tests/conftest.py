@@ -96,8 +96,8 @@ def arm():
 @pytest.fixture
 def azure_settings(tmp_path, session_home, monkeypatch):
     """Settings of an Azure run against the test workspace; the fake job needs no minute-long polls."""
-    from config.settings import PipelineSettings
-    from targets.azure.target import AzureTarget
+    from phi3_pipeline.config.settings import PipelineSettings
+    from phi3_pipeline.targets.azure.target import AzureTarget
     from tests.azure_fakes import AZURE
 
     monkeypatch.setattr(AzureTarget, "first_poll_interval_s", 0.01)
@@ -124,7 +124,7 @@ def azure_cloud(arm, monkeypatch):
     from azure.ai.ml._artifacts._blob_storage_helper import BlobStorageClient
     from azure.ai.ml.operations import _workspace_operations_base
 
-    from targets.azure import clients
+    from phi3_pipeline.targets.azure import clients
     from tests.azure_fakes import FakeTemplateDeployments, OfflineCredential, ScriptedTransport
 
     transport = ScriptedTransport(arm)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import warnings
 
-from targets.azure import assets
-from targets.azure.entities import finetune_job, resource_tags
+from phi3_pipeline.targets.azure import assets
+from phi3_pipeline.targets.azure.entities import finetune_job, resource_tags
 from tests.azure_fakes import AZURE, request_json
 
 warnings.filterwarnings("ignore", message=".*experimental")

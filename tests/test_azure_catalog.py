@@ -10,9 +10,9 @@ from datetime import date
 import pytest
 from azure.ai.ml import MLClient
 
-from config.errors import ConfigError
-from config.settings import AzureTrainingSettings
-from targets.azure import catalog
+from phi3_pipeline.config.errors import ConfigError
+from phi3_pipeline.config.settings import AzureTrainingSettings
+from phi3_pipeline.targets.azure import catalog
 from tests.azure_fakes import AZURE, FakeArm, OfflineCredential, ScriptedTransport
 
 warnings.filterwarnings("ignore", message=".*experimental")

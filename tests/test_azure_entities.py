@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from targets.azure import entities
+from phi3_pipeline.targets.azure import entities
 from tests.azure_fakes import AZURE
 
 warnings.filterwarnings("ignore", message=".*experimental")

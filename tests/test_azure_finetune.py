@@ -7,8 +7,8 @@ import warnings
 import pytest
 from azure.ai.ml import MLClient
 
-from targets.azure import finetune
-from targets.azure.entities import finetune_job, resource_tags
+from phi3_pipeline.targets.azure import finetune
+from phi3_pipeline.targets.azure.entities import finetune_job, resource_tags
 from tests.azure_fakes import AZURE, WORKSPACE, request_json
 
 warnings.filterwarnings("ignore", message=".*experimental")

@@ -7,8 +7,8 @@ import warnings
 
 import pytest
 
-from cli.commands import run_pipeline_cli
-from targets.azure.target import AzureTarget
+from phi3_pipeline.cli.commands import run_pipeline_cli
+from phi3_pipeline.targets.azure.target import AzureTarget
 from tests.azure_fakes import AZURE
 
 warnings.filterwarnings("ignore", message=".*experimental")
@@ -44,7 +44,7 @@ def test_bad_azure_input_is_one_error_line_before_any_write(azure_cloud, tmp_pat
 
 def test_a_size_other_than_the_existing_clusters_is_refused_before_any_write(azure_cloud, azure_settings, capsys,
                                                                             tmp_path):
-    from targets.azure import assets, clients
+    from phi3_pipeline.targets.azure import assets, clients
 
     assets.ensure_cluster(clients.connect(AZURE).ml, AZURE, "Standard_NC24ads_A100_v4", {})
     writes = len([r for r in azure_cloud.transport.requests if r.method != "GET"])
@@ -83,7 +83,7 @@ def test_a_workspace_without_a_registry_defers_acr_pull_with_a_warning_and_grant
 
 
 def _split_and_job(target: AzureTarget):
-    from chat_data.split_files import split_and_write
+    from phi3_pipeline.chat_data.split_files import split_and_write
 
     split = split_and_write(target.settings.dataset, target.scratch_dir())
     return split, target.job_name(split.content_hash)
@@ -98,7 +98,7 @@ def test_a_deprecated_model_is_a_warning_in_the_plan(azure_cloud, azure_settings
 
 def test_an_unexpected_failure_in_a_stage_is_one_pipeline_error_naming_stage_and_workspace(azure_cloud,
                                                                                           azure_settings):
-    from config.errors import PipelineError
+    from phi3_pipeline.config.errors import PipelineError
 
     azure_cloud.arm.inject("GET", "/providers/Microsoft.MachineLearningServices/workspaces/ws",
                            (200, {"id": "odd", "name": "ws", "properties": {"storageAccount": 7}}))
@@ -108,7 +108,7 @@ def test_an_unexpected_failure_in_a_stage_is_one_pipeline_error_naming_stage_and
 
 
 def test_the_contributor_grant_an_earlier_version_made_is_removed_by_the_identity_stage(azure_cloud, azure_settings):
-    from targets.azure.entities import role_assignment_name
+    from phi3_pipeline.targets.azure.entities import role_assignment_name
     from tests.azure_fakes import GROUP
 
     name = role_assignment_name(GROUP, "Contributor", "principal-1")

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.ai.ml import MLClient
 
-from config.errors import PipelineError
-from targets.azure import online
-from targets.azure.entities import LEASE_UNTIL, deployment_lease, resource_tags
+from phi3_pipeline.config.errors import PipelineError
+from phi3_pipeline.targets.azure import online
+from phi3_pipeline.targets.azure.entities import LEASE_UNTIL, deployment_lease, resource_tags
 from tests.azure_fakes import AZURE, WORKSPACE, request_json
 
 warnings.filterwarnings("ignore", message=".*experimental")

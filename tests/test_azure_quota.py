@@ -10,10 +10,10 @@ from dataclasses import replace
 import pytest
 from azure.ai.ml import MLClient
 
-from config.errors import ConfigError, InsufficientResourcesError
-from targets.azure.catalog import CatalogModel
-from targets.azure.quota import plan_sizes
-from targets.base import raise_if_short
+from phi3_pipeline.config.errors import ConfigError, InsufficientResourcesError
+from phi3_pipeline.targets.azure.catalog import CatalogModel
+from phi3_pipeline.targets.azure.quota import plan_sizes
+from phi3_pipeline.targets.base import raise_if_short
 from tests.azure_fakes import AZURE, PHI4_COMPUTES, VM_SIZES, ScriptedTransport, offline_ml_client, vcpu_usages
 
 warnings.filterwarnings("ignore", message=".*experimental")

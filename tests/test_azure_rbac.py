@@ -11,9 +11,9 @@ from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from tenacity import wait_none
 
-from config.errors import PipelineError
-from targets.azure import rbac
-from targets.azure.entities import resource_tags, role_assignment_name
+from phi3_pipeline.config.errors import PipelineError
+from phi3_pipeline.targets.azure import rbac
+from phi3_pipeline.targets.azure.entities import resource_tags, role_assignment_name
 from tests.azure_fakes import AZURE, SUB, OfflineCredential, ScriptedTransport, request_json
 
 RG = f"/subscriptions/{SUB}/resourceGroups/rg"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from targets.azure import assets, finetune, foundry, online, quota
-from targets.azure.entities import finetune_job, resource_tags
+from phi3_pipeline.targets.azure import assets, finetune, foundry, online, quota
+from phi3_pipeline.targets.azure.entities import finetune_job, resource_tags
 from tests.azure_fakes import AZURE, SUB, WORKSPACE, WORKSPACES, FakeArm, offline_ml_client
 
 warnings.filterwarnings("ignore", message=".*experimental")

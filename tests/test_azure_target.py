@@ -13,12 +13,12 @@ import requests
 from azure.identity import CredentialUnavailableError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from chat_flow import promptflow_chat
-from cli.commands import run_pipeline_cli
-from config.errors import ConfigError, JobFailedError, PipelineError, TransientError
-from config.settings import PipelineSettings
-from targets.azure import clients
-from targets.azure.target import AzureTarget
+from phi3_pipeline.chat_flow import promptflow_chat
+from phi3_pipeline.cli.commands import run_pipeline_cli
+from phi3_pipeline.config.errors import ConfigError, JobFailedError, PipelineError, TransientError
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.azure import clients
+from phi3_pipeline.targets.azure.target import AzureTarget
 from tests.azure_fakes import (
     AZURE,
     ENDPOINT_KEY,
@@ -201,8 +201,8 @@ def test_plan_reads_only_and_prices_what_the_run_would_start(azure_cloud, tmp_pa
 def test_the_sweep_removes_only_this_projects_endpoints_past_their_age(azure_cloud, settings):
     from azure.ai.ml.entities import ManagedOnlineEndpoint
 
-    from targets.azure import online
-    from targets.azure.entities import deployment_lease, resource_tags
+    from phi3_pipeline.targets.azure import online
+    from phi3_pipeline.targets.azure.entities import deployment_lease, resource_tags
     from tests.azure_fakes import WORKSPACE
 
     ml_client = clients.connect(AZURE).ml
@@ -238,7 +238,7 @@ def test_azure_errors_that_may_pass_are_retried_and_refusals_say_what_to_do(azur
 
 def test_retraining_on_azure_is_blue_green_under_one_endpoint(prefect_api, settings, azure_cloud, endpoint,
                                                                monkeypatch):
-    from chat_data import split_files
+    from phi3_pipeline.chat_data import split_files
     from flows.full_pipeline import full_pipeline
 
     splits = []
@@ -372,7 +372,7 @@ def test_an_endpoint_made_while_the_workspace_has_no_registry_runs_as_a_system_i
 def test_a_failed_runs_clean_up_never_removes_what_another_run_made_live(azure_cloud, settings, monkeypatch):
     from azure.ai.ml.entities import ManagedOnlineDeployment
 
-    from targets.azure import online
+    from phi3_pipeline.targets.azure import online
     from tasks import teardown as teardown_tasks
     from tests.azure_fakes import WORKSPACE
 
@@ -397,8 +397,8 @@ def test_a_failed_run_with_nothing_live_leaves_the_endpoint_to_another_machines_
     """Run B, on another machine, is deploying beside run A: A's failure removes its own candidate only."""
     from azure.ai.ml.entities import ManagedOnlineDeployment
 
-    from targets.azure import online
-    from targets.azure.entities import deployment_lease
+    from phi3_pipeline.targets.azure import online
+    from phi3_pipeline.targets.azure.entities import deployment_lease
     from tasks import teardown as teardown_tasks
     from tests.azure_fakes import WORKSPACE
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cli.commands import run_pipeline_cli
+from phi3_pipeline.cli.commands import run_pipeline_cli
 
 GOOD_RECORD = {"prompt": "Hi", "prompt_id": "1", "messages": [{"role": "user", "content": "Hi"},
                                                                 {"role": "assistant", "content": "Hello"}]}

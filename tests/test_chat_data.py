@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chat_data.records import check_json_file, check_jsonl
-from chat_data.sample import make_sample
-from chat_data.split_files import split_and_write
-from config.errors import DatasetError
-from config.settings import DatasetSettings
+from phi3_pipeline.chat_data.records import check_json_file, check_jsonl
+from phi3_pipeline.chat_data.sample import make_sample
+from phi3_pipeline.chat_data.split_files import split_and_write
+from phi3_pipeline.config.errors import DatasetError
+from phi3_pipeline.config.settings import DatasetSettings
 
 
 def test_builtin_sample_is_deterministic_ultrachat_format():
@@ -110,7 +110,7 @@ def test_the_sql_check_flags_exactly_the_records_the_record_check_refuses(record
     import duckdb
     import pyarrow as pa
 
-    from chat_data.records import SUSPECT_SQL, checkable, validate_record
+    from phi3_pipeline.chat_data.records import SUSPECT_SQL, checkable, validate_record
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
     table = pa.Table.from_pylist([{**record, "position": index} for index, record in enumerate(records)],
@@ -142,7 +142,7 @@ def write_parquet(path, rows: int, bad_at: int | None = None):
 
 
 def test_a_bad_record_deep_in_a_large_source_is_named_and_leaves_no_split_behind(tmp_path):
-    from chat_data.split_files import split_once
+    from phi3_pipeline.chat_data.split_files import split_once
 
     source = write_parquet(tmp_path / "big.parquet", 160_000, bad_at=150_000)
     with pytest.raises(DatasetError, match=r"record 150000\): field 'messages\[1\].content'"):
@@ -152,7 +152,7 @@ def test_a_bad_record_deep_in_a_large_source_is_named_and_leaves_no_split_behind
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
 def test_a_split_that_fails_while_writing_leaves_nothing_and_the_next_one_completes(tmp_path, monkeypatch, suffix):
-    from chat_data import split_files
+    from phi3_pipeline.chat_data import split_files
 
     source = write_parquet(tmp_path / "chats.parquet", 5_000)
     if suffix == ".jsonl":
@@ -181,7 +181,7 @@ def test_a_split_that_fails_while_writing_leaves_nothing_and_the_next_one_comple
 
 
 def test_a_split_is_made_once_for_the_same_source_and_again_when_the_source_changes(tmp_path, monkeypatch):
-    from chat_data import split_files
+    from phi3_pipeline.chat_data import split_files
 
     made = []
     real = split_files.split_and_write
@@ -216,7 +216,7 @@ def test_the_split_is_byte_for_byte_the_same_for_the_same_source_seed_and_fracti
 def test_a_hub_dataset_whose_cached_revision_changes_gets_a_new_identity(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from chat_data.split_files import source_fingerprint
+    from phi3_pipeline.chat_data.split_files import source_fingerprint
     from tasks.dataset import dataset_cache_key
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -234,7 +234,7 @@ def test_a_hub_dataset_whose_cached_revision_changes_gets_a_new_identity(tmp_pat
     pinned = DatasetSettings(source=hub.source, revision="d" * 40)
     assert source_fingerprint(pinned)["revision"] == "d" * 40, "a pinned commit is its own identity"
 
-    from config.settings import PipelineSettings
+    from phi3_pipeline.config.settings import PipelineSettings
 
     settings = PipelineSettings(dataset=hub, local={"workspace_dir": tmp_path / "ws"})
     keys = []
@@ -264,7 +264,7 @@ NEAR_MISSES = st.one_of(st.just({}), *(st.fixed_dictionaries({field: TEXTS}) for
 @given(st.lists(NEAR_MISSES, min_size=2, max_size=6), st.sampled_from(["\n", "\r\n"]))
 def test_a_json_lines_source_refuses_exactly_the_records_the_record_check_refuses(tmp_path_factory, records,
                                                                                    line_break):
-    from chat_data.records import validate_record
+    from phi3_pipeline.chat_data.records import validate_record
 
     source = tmp_path_factory.mktemp("jsonl") / "chats.jsonl"
     source.write_text("".join(json.dumps(record) + line_break for record in records), newline="")

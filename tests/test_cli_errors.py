@@ -74,8 +74,8 @@ def test_prefect_logs_an_expected_error_without_its_traceback_and_a_bug_with_it(
     script = (
         "import logging\n"
         "from prefect import flow  # noqa: F401 - sets Prefect's logging up, as the CLI's flow import does\n"
-        "from cli.commands import quiet_expected_tracebacks\n"
-        "from config.errors import PipelineError\n"
+        "from phi3_pipeline.cli.commands import quiet_expected_tracebacks\n"
+        "from phi3_pipeline.config.errors import PipelineError\n"
         "quiet_expected_tracebacks()\n"
         "log = logging.getLogger('prefect.flow_engine')\n"
         "for error in (PipelineError('the model is retired'), KeyError('a bug')):\n"

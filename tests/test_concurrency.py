@@ -15,10 +15,10 @@ import psutil
 import pytest
 import requests
 
-from tasks.run_lock import WorkspaceBusyError, run_lock
+from phi3_pipeline.locks import WorkspaceBusyError, run_lock
 from tests.conftest import QUICK_TRAINING, ROOT, run_cli
 
-HOLD = ("import sys, time\nfrom pathlib import Path\nfrom tasks.run_lock import run_lock\n"
+HOLD = ("import sys, time\nfrom pathlib import Path\nfrom phi3_pipeline.locks import run_lock\n"
         "with run_lock(Path(sys.argv[1]), True, print):\n    print('held', flush=True)\n    time.sleep(60)\n")
 
 
@@ -68,7 +68,7 @@ def test_the_lock_is_reentrant_within_a_thread_so_the_teardown_subflow_does_not_
         assert len(refused) == 1
         with pytest.raises(subprocess.CalledProcessError):  # still held: another process cannot take it
             subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path\n"
-                            "from tasks.run_lock import run_lock\n"
+                            "from phi3_pipeline.locks import run_lock\n"
                             "with run_lock(Path(sys.argv[1]), False, print): pass", str(lock_file)],
                            cwd=ROOT, check=True, capture_output=True)
 
@@ -92,7 +92,7 @@ def test_two_runs_started_together_both_succeed_one_after_the_other(prefect_serv
             (live,) = endpoint["traffic"]
             state = json.loads((workspace / "deployments" / live / "state.json").read_text())
             servers = [p for p in psutil.process_iter(["cmdline"])
-                       if "targets.local.scoring_server" in " ".join(p.info["cmdline"] or [])
+                       if "phi3_pipeline.targets.local.scoring_server" in " ".join(p.info["cmdline"] or [])
                        and str(workspace) in " ".join(p.info["cmdline"] or [])]
             assert len(servers) == 1 and servers[0].pid == state["pid"], "one server serving"
             key = (workspace / "secrets" / "endpoint.key").read_text().strip()

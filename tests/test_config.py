@@ -2,10 +2,10 @@
 
 import pytest
 
-from cli.commands import load_settings
-from config.errors import ConfigError
-from config.settings import PipelineSettings
-from targets import get_target
+from phi3_pipeline.cli.commands import load_settings
+from phi3_pipeline.config.errors import ConfigError
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets import get_target
 
 
 @pytest.fixture(autouse=True)
@@ -117,8 +117,8 @@ def test_readme_documents_every_setting():
 
 
 def test_a_renamed_azure_setting_names_its_successor(tmp_path):
-    from cli.commands import load_settings
-    from config.errors import ConfigError
+    from phi3_pipeline.cli.commands import load_settings
+    from phi3_pipeline.config.errors import ConfigError
 
     old = tmp_path / "old.toml"
     old.write_text('[azure]\nfinetune_model = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/'

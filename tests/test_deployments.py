@@ -65,7 +65,7 @@ def run_the_pipeline_then_the_teardown(api_url: str, workspace: Path, as_the_ui_
     the teardown deployment (nothing of the run left running or answering). The settings name the workspace,
     or, `as_the_ui_form_sends`, hold every field with its default but the changed ones (the UI's Custom run
     form): the workspace then comes from where the deployment runs."""
-    from config.settings import PipelineSettings
+    from phi3_pipeline.config.settings import PipelineSettings
 
     quick = {"epochs": int(QUICK_TRAINING["PHI3_TRAINING__EPOCHS"]),
              "base_pretrain_steps": int(QUICK_TRAINING["PHI3_TRAINING__BASE_PRETRAIN_STEPS"])}

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import requests
 
-from chat_flow.promptflow_chat import EXPORTER_OFFLINE_ENV
+from phi3_pipeline.chat_flow.promptflow_chat import EXPORTER_OFFLINE_ENV
 from tests.conftest import ROOT, run_cli
 
 

@@ -61,16 +61,17 @@ def test_the_console_script_without_a_command_names_the_commands():
             assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
-def test_the_console_script_starts_a_server_first_for_each_command_that_runs_a_flow():
-    from cli.commands import COMMANDS
-    from cli.startup import FLOW_COMMANDS
+def test_the_install_exposes_one_import_name():
+    from importlib.metadata import distribution, packages_distributions
 
-    assert set(FLOW_COMMANDS) == set(COMMANDS) - {"plan"}  # a plan runs no flow: no server to start
+    ours = sorted(name for name, dists in packages_distributions().items() if "phi3-pipeline" in dists)
+    assert ours == ["phi3_pipeline"]
+    assert distribution("phi3-pipeline").read_text("top_level.txt").split() == ["phi3_pipeline"]
 
 
 def test_no_flow_module_imports_the_command_line():
     probe = ("import sys, flows.full_pipeline, flows.teardown; "
-             "print(sorted(m for m in sys.modules if m == 'cli' or m.startswith('cli.')))")
+             "print(sorted(m for m in sys.modules if m.startswith('phi3_pipeline.cli')))")
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
 
@@ -85,8 +86,20 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+def _offending(folder: Path, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    found = {str(path.relative_to(ROOT)): sorted(name for name in _imports(path) if name.startswith(forbidden))
+             for path in folder.rglob("*.py")}
+    return {path: names for path, names in found.items() if names}
+
+
 def test_the_azure_target_never_imports_the_local_one():
-    offending = {str(path.relative_to(ROOT)): sorted(name for name in _imports(path)
-                                                     if name.startswith("targets.local"))
-                 for path in (ROOT / "targets" / "azure").glob("*.py")}
-    assert {path: names for path, names in offending.items() if names} == {}
+    assert _offending(ROOT / "phi3_pipeline" / "targets" / "azure", ("phi3_pipeline.targets.local",)) == {}
+
+
+def test_the_library_never_imports_the_flows_or_their_tasks():
+    """No circle between flows/ and the command line: the library loads the flows by their entrypoints."""
+    assert _offending(ROOT / "phi3_pipeline", ("flows", "tasks", "deployments")) == {}
+
+
+def test_no_target_imports_prefect():
+    assert _offending(ROOT / "phi3_pipeline" / "targets", ("prefect",)) == {}

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import requests
 
-from tasks.stages import Stage
+from phi3_pipeline.stages import Stage
 from tests.conftest import QUICK_TRAINING, ROOT, run_cli
 from tests.test_e2e import processes_using, promptflow_services
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 # Stage boundaries, by the Prefect task whose completion they follow.
 BOUNDARIES = [stage.task_name for stage in (Stage.IDENTITY, Stage.DATASET, Stage.FINE_TUNE, Stage.REGISTER,
                                             Stage.DEPLOY, Stage.GO_LIVE, Stage.CONNECTION, Stage.SMOKE_CHAT)]
-API_SERVER_COMMANDS = ("-m cli.api_server", "prefect.server.api.server:create_app")  # ours, and Prefect's own
+API_SERVER_COMMANDS = ("-m phi3_pipeline.cli.api_server", "prefect.server.api.server:create_app")  # ours, and Prefect's own
 
 
 def without_an_api(env) -> dict:

@@ -14,12 +14,12 @@ import psutil
 import pytest
 import requests
 
-from chat_data.split_files import split_and_write
-from config.errors import ConfigError, InsufficientResourcesError
-from config.settings import PipelineSettings
-from targets.base import raise_if_short
-from targets.local.target import LocalTarget
-from targets.workspace import write_json_atomic
+from phi3_pipeline.chat_data.split_files import split_and_write
+from phi3_pipeline.config.errors import ConfigError, InsufficientResourcesError
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.base import raise_if_short
+from phi3_pipeline.targets.local.target import LocalTarget
+from phi3_pipeline.targets.workspace import write_json_atomic
 from tests.conftest import ROOT
 
 CHAT = {"input_data": {"input_string": [{"role": "user", "content": "Who founded Microsoft?"}],
@@ -103,7 +103,7 @@ def test_a_job_whose_process_died_is_started_again_and_a_failure_carries_its_err
 
 def test_a_queued_job_whose_process_lives_is_adopted_not_started_twice(trained):
     target, dataset, _ = trained
-    starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "targets.local.training_job"])
+    starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "phi3_pipeline.targets.local.training_job"])
     try:
         job_dir = target.ws.dir("jobs", "queued-job")
         write_json_atomic(job_dir / "status.json", {"state": "Queued", "pid": starting.pid, "step": 0})
@@ -240,7 +240,7 @@ def test_chat_flow_tool_answers_raises_on_http_errors_and_never_logs_the_key(dep
 
 
 def test_the_server_speaks_both_scoring_contracts_to_the_pipeline_and_the_chat_flow(deployed, tmp_path):
-    from chat_flow import promptflow_chat
+    from phi3_pipeline.chat_flow import promptflow_chat
 
     target, _, deployment = deployed
     key = target._endpoint_key(deployment)
@@ -321,7 +321,7 @@ def test_the_sweep_removes_endpoints_past_their_age_and_keeps_fresh_ones(tmp_pat
 
 
 def test_the_teardown_command_sweeps_with_an_age_limit(prefect_server, tmp_path, capsys):
-    from cli.commands import run_teardown_cli
+    from phi3_pipeline.cli.commands import run_teardown_cli
 
     target = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path}))
     write_json_atomic(target.ws.dir("endpoints") / "phi3-custom-endpoint.json", {
@@ -332,7 +332,7 @@ def test_the_teardown_command_sweeps_with_an_age_limit(prefect_server, tmp_path,
 
 
 def test_plan_lists_what_a_local_run_would_do_and_starts_nothing(tmp_path, capsys):
-    from cli.commands import run_pipeline_cli
+    from phi3_pipeline.cli.commands import run_pipeline_cli
 
     assert run_pipeline_cli(["--plan", "--local.workspace_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -353,7 +353,7 @@ def test_a_local_port_the_live_server_does_not_hold_is_said_before_the_run(deplo
 
 
 def test_teardown_keeps_a_connection_that_belongs_to_another_workspace(tmp_path, session_home):
-    from chat_flow import promptflow_chat
+    from phi3_pipeline.chat_flow import promptflow_chat
 
     promptflow_chat.upsert_connection("phi3_scoped_test", "http://127.0.0.1:1/score", "other-key", "input_data",
                                       owner="workspace-b")
@@ -369,7 +369,7 @@ def test_teardown_keeps_a_connection_that_belongs_to_another_workspace(tmp_path,
 
 
 def test_a_connection_already_holding_the_endpoint_and_key_is_not_written_again(session_home):
-    from chat_flow import promptflow_chat
+    from phi3_pipeline.chat_flow import promptflow_chat
 
     args = ("phi3_rewrite_test", "http://127.0.0.1:1/score")
     try:

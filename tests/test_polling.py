@@ -12,10 +12,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import tasks.finetune as finetune
-from config.errors import ConfigError, JobFailedError, TransientError
-from config.settings import PipelineSettings
-from targets.azure.target import AzureTarget
-from targets.base import DatasetRef, JobRef, JobStatus
+from phi3_pipeline.config.errors import ConfigError, JobFailedError, TransientError
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.azure.target import AzureTarget
+from phi3_pipeline.targets.base import DatasetRef, JobRef, JobStatus
 from tasks.retries import stage_retries
 
 

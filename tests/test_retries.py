@@ -5,7 +5,7 @@ import requests
 from prefect.states import Failed
 from prefect.task_engine import TaskRunTimeoutError
 
-from config.errors import ConfigError, DatasetError, InsufficientResourcesError, JobFailedError, TransientError
+from phi3_pipeline.config.errors import ConfigError, DatasetError, InsufficientResourcesError, JobFailedError, TransientError
 from tasks.retries import is_transient
 
 

@@ -9,8 +9,8 @@ import pytest
 import requests
 from promptflow.connections import CustomConnection
 
-from config.errors import PipelineError
-from targets.base import DeploymentRef, ask_scoring_uri
+from phi3_pipeline.config.errors import PipelineError
+from phi3_pipeline.targets.base import DeploymentRef, ask_scoring_uri
 from tests.azure_fakes import ENDPOINT_KEY, scoring_stub
 from tests.conftest import ROOT
 

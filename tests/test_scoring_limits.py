@@ -18,7 +18,7 @@ import waitress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from targets.local.scoring_server import ScoringGate, answer_waitress_errors_generically
+from phi3_pipeline.targets.local.scoring_server import ScoringGate, answer_waitress_errors_generically
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "serving"))

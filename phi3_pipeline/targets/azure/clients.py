@@ -1,0 +1,93 @@
+"""Signing in to Azure and making the SDK clients: the one place the Azure target's clients are made.
+
+Tests replace `connect` to hand the target real SDK clients whose HTTP transport answers offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TypeVar
+
+from azure.ai.ml import MLClient
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
+from azure.identity import DefaultAzureCredential
+from azure.mgmt.authorization import AuthorizationManagementClient
+from azure.mgmt.msi import ManagedServiceIdentityClient
+
+from phi3_pipeline.config.errors import ConfigError
+from phi3_pipeline.config.settings import AzureSettings
+
+T = TypeVar("T")
+ARM_SCOPE = "https://management.azure.com/.default"
+SIGN_IN_HELP = (
+    "no Azure sign-in works on this machine: run `az login` (and `az account set --subscription "
+    "{subscription}`), or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET for a service "
+    "principal, or run where a managed identity is assigned. First reason given: {reason}"
+)
+
+
+@dataclass(frozen=True)
+class AzureClients:
+    """The clients of one workspace: ML (workspace, Foundry project and resource-group scope), identities,
+    role assignments, and the model-catalog registry. Making them sends no request (the registry client,
+    which looks its registry up when made, is made on first use)."""
+
+    ml: MLClient
+    project_ml: MLClient
+    resource_group_ml: MLClient
+    msi: ManagedServiceIdentityClient
+    authorization: AuthorizationManagementClient
+    make_registry_ml: Callable[[], MLClient]
+
+    @cached_property
+    def registry_ml(self) -> MLClient:
+        return self.make_registry_ml()
+
+
+def sign_in(azure: AzureSettings, credential: TokenCredential | None = None) -> TokenCredential:
+    """DefaultAzureCredential (az login, environment, managed identity), proven by asking for one token,
+    so that a missing sign-in is one clear error before anything else happens."""
+    credential = credential or DefaultAzureCredential()
+    try:
+        credential.get_token(ARM_SCOPE)
+    except ClientAuthenticationError as error:
+        reason = (str(error.message or error).strip().splitlines() or ["unknown"])[0]
+        raise ConfigError(SIGN_IN_HELP.format(subscription=azure.subscription_id, reason=reason)) from None
+    return credential
+
+
+def make_clients(azure: AzureSettings, credential: TokenCredential, **client_options) -> AzureClients:
+    """`client_options` go to every client (azure-core pipeline options such as `transport`)."""
+    scope = (azure.subscription_id, azure.resource_group)
+    return AzureClients(
+        ml=MLClient(credential, *scope, azure.workspace_name, **client_options),
+        project_ml=MLClient(credential, *scope, azure.project_name, **client_options),
+        resource_group_ml=MLClient(credential, *scope, **client_options),
+        msi=ManagedServiceIdentityClient(credential, azure.subscription_id, **client_options),
+        authorization=AuthorizationManagementClient(credential, azure.subscription_id, **client_options),
+        make_registry_ml=lambda: MLClient(credential, registry_name=azure.registry_name, **client_options),
+    )
+
+
+def connect(azure: AzureSettings) -> AzureClients:
+    return make_clients(azure, sign_in(azure))
+
+
+def found(call: Callable[[], object]) -> bool:
+    """Make a read or delete call; False if Azure answered "not found" (for a delete: already gone)."""
+    try:
+        call()
+    except ResourceNotFoundError:
+        return False
+    return True
+
+
+def get_or_create(get: Callable[[], T], create: Callable[[], T]) -> tuple[T, bool]:
+    """What `get` finds, else what `create` makes (only on "not found"); (resource, created)."""
+    try:
+        return get(), False
+    except ResourceNotFoundError:
+        return create(), True

@@ -1,0 +1,377 @@
+"""The Azure target: every stage in the user's Azure ML workspace, get-or-create, nothing billed twice.
+
+The stage logic lives in the sibling modules (rbac, quota, assets, finetune, online, foundry); this
+class assembles them behind `targets.base.Target`. Clients are made once per target, on first use,
+through `clients.connect` (sign-in is checked there, before anything else).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from phi3_pipeline.chat_data.split_files import SplitFiles
+from phi3_pipeline.chat_flow import promptflow_chat
+from phi3_pipeline.config.errors import JobFailedError
+from phi3_pipeline.config.naming import content_hash
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.azure import assets, catalog, clients, finetune, foundry, online, quota, rbac
+from phi3_pipeline.targets.azure.entities import deployment_lease, finetune_job, resource_tags
+from phi3_pipeline.targets.azure.errors import translated
+from phi3_pipeline.targets.base import (
+    SMOKE_PROBE,
+    UNPRICED,
+    ConnectionRef,
+    DatasetRef,
+    DeploymentRef,
+    IdentityRef,
+    JobRef,
+    JobStatus,
+    ModelRef,
+    PlanItem,
+    ResourceCheck,
+    Target,
+    TeardownReport,
+    plan_resource_checks,
+)
+from phi3_pipeline.targets.workspace import Workspace
+
+NO_REGISTRY = ("workspace {workspace} has no container registry yet (Azure creates one when first needed): the "
+               "AcrPull grant waits until then; the deploy stage grants it once the registry exists")
+SYSTEM_IDENTITY = ("workspace {workspace} still has no container registry, so the identity cannot get AcrPull: "
+                   "endpoint {endpoint} runs as a system-assigned identity (Azure grants it what it needs)")
+
+
+class AzureTarget(Target):
+    name = "azure"
+    # at most 60 status calls per job-hour, and a finished job is noticed within a minute
+    first_poll_interval_s = 60.0
+    max_poll_interval_s = 60.0
+
+    def __init__(self, settings: PipelineSettings, run_id: str = "cli"):
+        super().__init__(settings, run_id)
+        self.azure = settings.azure
+
+    @cached_property
+    def clients(self) -> clients.AzureClients:
+        return clients.connect(self.azure)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return resource_tags(self.run_id)
+
+    # ---- the catalog: model, VM sizes and hyperparameters, read before any write ------------------
+    @cached_property
+    def model(self) -> catalog.CatalogModel:
+        """The exact catalog model version, refused (one error line) if unknown, archived or retired."""
+        return catalog.resolve(self.clients.registry_ml, self.azure)
+
+    @cached_property
+    def hyperparameters(self) -> dict[str, str]:
+        return catalog.hyperparameters(self.model, self.azure.training)
+
+    @cached_property
+    def sizes(self) -> quota.SizePlan:
+        """The cluster's and the deployment's VM sizes (from the model's lists), with the quota checks."""
+        existing = assets.cluster_size(self.clients.ml, self.azure.compute_name)
+        return quota.plan_sizes(self.clients.ml, self.azure, self.model, existing)
+
+    @translated
+    def notices(self) -> list[str]:
+        notes = self.model.deprecations(catalog.utc_today())
+        if self._role_scopes()[1].container_registry is None:
+            notes.append(NO_REGISTRY.format(workspace=self.azure.workspace_name))
+        return notes
+
+    @translated
+    def job_inputs(self) -> dict:
+        """The exact catalog model version, the hyperparameters sent and the cluster (not its size: an existing
+        cluster keeps its own, and a size chosen by free quota must not name a second paid job)."""
+        return {"catalog_model": self.model.asset_id, "hyperparameters": self.hyperparameters,
+                "cluster": self.azure.compute_name}
+
+    def local_root(self, create: bool = True) -> Path:
+        """Files prepared here before upload (the split, the chat flow), in the private local workspace, one
+        folder per Azure workspace."""
+        owner = content_hash([self.azure.subscription_id, self.azure.resource_group, self.azure.workspace_name])
+        local = Workspace(self.settings.local.workspace_dir)
+        return local.dir("azure", owner[:12]) if create else local.root / "azure" / owner[:12]
+
+    # ---- names: derived from the workspace and the model, so a re-run finds what the last one made ----
+    @property
+    def endpoint_name(self) -> str:
+        """Endpoint names are unique per region (3-32 characters): the model name plus a hash of workspace and
+        model."""
+        owner = content_hash([self.azure.subscription_id, self.azure.resource_group, self.azure.workspace_name,
+                              self.settings.model_name])  # two models never share an endpoint
+        return f"ep-{self.settings.model_name[:19]}-{owner[:8]}"
+
+    @staticmethod
+    def deployment_name(model: ModelRef) -> str:
+        return f"deploy-v{model.version}"
+
+    def asset_name(self, part: str) -> str:
+        return f"{self.settings.model_name}-{part}"
+
+    # ---- identity and RBAC -------------------------------------------------------------------
+    @cached_property
+    def _workspace(self):
+        """The ML workspace, read once per target (a target serves one stage: the deploy stage reads it anew,
+        so a registry Azure made meanwhile is seen)."""
+        return self.clients.ml.workspaces.get(self.azure.workspace_name)
+
+    @translated
+    def workspace_identity(self) -> str:
+        """The workspace's GUID (azure-ai-ml keeps it in a private attribute): a workspace deleted and made
+        again under the same name is another one."""
+        return self._workspace._workspace_id
+
+    def _role_scopes(self) -> tuple[str, rbac.RoleScopes]:
+        """(the workspace's immutable GUID, the three role scopes): a workspace deleted and made again under
+        the same name has a new GUID, so nothing cached against the old one is reused (azure-ai-ml 1.35
+        keeps the GUID in a private attribute)."""
+        workspace = self._workspace
+        group = f"/subscriptions/{self.azure.subscription_id}/resourceGroups/{self.azure.resource_group}"
+        return self.workspace_identity(), rbac.RoleScopes(
+            resource_group=group, storage_account=workspace.storage_account,
+            container_registry=workspace.container_registry)
+
+    @translated
+    def ensure_identity(self) -> IdentityRef:
+        workspace_id, scopes = self._role_scopes()
+        identity, created = rbac.ensure_identity(self.clients.msi, self.azure, self.tags)
+        grants = rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes)
+        removed = rbac.remove_unused_roles(self.clients.authorization, identity.principal_id, scopes)
+        roles = ", ".join([f"{g.role} ({'granted' if g.created else 'held'})" for g in grants]
+                          + [f"{role} (removed: unused)" for role in removed])
+        warnings = [] if scopes.container_registry else [NO_REGISTRY.format(workspace=self.azure.workspace_name)]
+        return IdentityRef(workspace_id=workspace_id, detail=f"{self.azure.identity_name}: {roles}", created=created,
+                           warnings=warnings)
+
+    def _grant_acr_pull_once_registry_exists(self) -> bool:
+        """A workspace made without a registry gets one lazily: grant the deferred AcrPull before deploying.
+        False if there is still no registry (the identity then lacks AcrPull)."""
+        _, scopes = self._role_scopes()
+        if scopes.container_registry is None:
+            return False
+        identity = self.clients.msi.user_assigned_identities.get(self.azure.resource_group, self.azure.identity_name)
+        rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes, roles=("AcrPull",))
+        return True
+
+    # ---- quota ---------------------------------------------------------------------------------
+    @translated
+    def check_resources(self) -> list[ResourceCheck]:
+        """The catalog model (resolved and lifecycle-checked), the hyperparameters (range-checked), then the vCPU
+        quota of the VM sizes chosen from the model's lists: read calls only, before anything is created."""
+        self.hyperparameters  # noqa: B018 - refuses a learning rate outside the model's range
+        return self.sizes.checks
+
+    # ---- dataset -------------------------------------------------------------------------------
+    @translated
+    def store_dataset(self, split: SplitFiles) -> DatasetRef:
+        created = False
+        uris = {}
+        for part, path in (("train", split.train_file), ("test", split.test_file)):
+            asset, uploaded = assets.ensure_data_asset(self.clients.ml, self.asset_name(part), path,
+                                                       split.content_hash, self.tags)
+            uris[part] = f"azureml:{asset.name}:{asset.version}"
+            created = created or uploaded
+        return DatasetRef(content_hash=split.content_hash, train_uri=uris["train"], test_uri=uris["test"],
+                          train_rows=split.train_rows, test_rows=split.test_rows, created=created)
+
+    # ---- fine-tune -----------------------------------------------------------------------------
+    @translated
+    def find_or_submit_job(self, job_name: str, dataset: DatasetRef) -> bool:
+        if finetune.job_status(self.clients.ml, job_name).state != "Missing":
+            return False  # adopt it in whatever state: never a second paid job for the same inputs
+        assets.ensure_cluster(self.clients.ml, self.azure, self.sizes.finetune_vm_size, self.tags)
+        return finetune.submit(self.clients.ml, finetune_job(
+            self.azure, self.model.asset_id, self.hyperparameters, job_name, dataset.train_uri, dataset.test_uri,
+            self.settings.model_name, self.tags))
+
+    @translated
+    def job_status(self, job_name: str) -> JobStatus:
+        return finetune.job_status(self.clients.ml, job_name)
+
+    @translated
+    def job_result(self, job_name: str) -> JobRef:
+        """Azure keeps the job's loss curve in its run history; the studio link points there."""
+        return JobRef(name=job_name, created=False,
+                      metrics={"studio_url": self.clients.ml.jobs.get(job_name).studio_url})
+
+    def job_failure(self, job_name: str, status: JobStatus) -> JobFailedError:
+        return JobFailedError(
+            f"fine-tune job {job_name} did not complete: {status.error or status.state}. A re-run with the "
+            "same data and settings adopts this job (Azure keeps job names for good): fix the cause, then "
+            "change the data or a setting (e.g. azure.training.epochs) so a new job is named."
+        )
+
+    # ---- register ------------------------------------------------------------------------------
+    @translated
+    def register_model(self, job: JobRef, dataset: DatasetRef) -> ModelRef:
+        """The service registers the job's output itself: adopt that version and tag it with the lineage (the
+        base model as the job itself names it)."""
+        base_model = getattr(getattr(self.clients.ml.jobs.get(job.name), "model", None), "path", None)
+        lineage = {"train-data": dataset.train_uri, "test-data": dataset.test_uri, "base-model": str(base_model)}
+        model, created = assets.adopt_job_model(self.clients.ml, self.settings.model_name, job.name, lineage,
+                                                self.tags)
+        return ModelRef(name=model.name, version=int(model.version), uri=model.id, job_name=job.name,
+                        created=created)
+
+    # ---- deploy --------------------------------------------------------------------------------
+    def _deployment_ref(self, endpoint, deployment, created: bool) -> DeploymentRef:
+        tags = deployment.tags or {}
+        return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment.name,
+                             scoring_uri=endpoint.scoring_uri, traffic=online.live_traffic(endpoint),
+                             model_version=int(tags.get("model-version", 0)), job_name=tags.get("job", ""),
+                             created=created, contract=self.azure.scoring_contract, run_id=tags.get("pipeline-run", ""))
+
+    @translated
+    def deploy(self, model: ModelRef) -> DeploymentRef:
+        ml, name = self.clients.ml, self.deployment_name(model)
+        with_identity = self._grant_acr_pull_once_registry_exists()
+        endpoint, endpoint_created = online.ensure_endpoint(ml, self.azure, self.endpoint_name, self.tags,
+                                                            with_identity)
+        warnings = [] if with_identity or not endpoint_created else [
+            SYSTEM_IDENTITY.format(workspace=self.azure.workspace_name, endpoint=self.endpoint_name)]
+        tags = {**self.tags, "job": model.job_name, "model-version": str(model.version),
+                **deployment_lease(self.run_id, self.azure.deployment_lease_minutes)}
+        deployment, created = online.ensure_deployment(ml, self.azure, self.sizes.deploy_vm_size, self.endpoint_name,
+                                                       name, model.uri, tags,
+                                                       claim=name not in online.live_traffic(endpoint))
+        ref = self._deployment_ref(ml.online_endpoints.get(self.endpoint_name), deployment, created)
+        return ref.model_copy(update={"warnings": warnings})
+
+    @translated
+    def live_deployment(self) -> DeploymentRef | None:
+        ml = self.clients.ml
+        try:
+            endpoint = ml.online_endpoints.get(self.endpoint_name)
+        except ResourceNotFoundError:
+            return None
+        live = next((name for name, share in online.live_traffic(endpoint).items() if share == 100), None)
+        if live is None:
+            return None
+        return self._deployment_ref(endpoint, ml.online_deployments.get(live, self.endpoint_name), created=False)
+
+    @translated
+    def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
+        superseded, traffic = online.route_all_traffic(self.clients.ml, self.endpoint_name,
+                                                       deployment.deployment_name)
+        self.ask(deployment, SMOKE_PROBE, 16)  # 100 % of traffic, proven by an authenticated answer
+        return deployment.model_copy(update={"traffic": traffic, "created": not deployment.live,
+                                             "superseded": superseded})
+
+    @translated
+    def remove_deployments(self, keep: DeploymentRef | None, only_own: bool = False) -> TeardownReport:
+        removed, kept = online.remove_other_deployments(
+            self.clients.ml, self.endpoint_name, keep.deployment_name if keep else None, self.run_id, only_own,
+            superseded=tuple(keep.superseded) if keep else ())
+        return TeardownReport(removed=removed, already_gone=[], kept=kept)
+
+    @property
+    def scoring_timeout_s(self) -> float:
+        return self.azure.request_timeout_ms / 1000 + 10  # the endpoint's own time limit, and the way there
+
+    @translated
+    def _endpoint_key(self, deployment: DeploymentRef) -> str:
+        return online.endpoint_key(self.clients.ml, deployment.endpoint_name)
+
+    # ---- connection ----------------------------------------------------------------------------
+    @translated
+    def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
+        """The Custom keys connection in the Foundry project, and the same one for local Prompt flow."""
+        name, key = self.settings.connection_name, self._endpoint_key(deployment)
+        foundry.ensure_project(self.clients.resource_group_ml, self.azure, self.tags)
+        foundry.upsert_custom_connection(self.clients.project_ml, name, deployment.scoring_uri, key,
+                                         deployment.contract, self.tags)
+        promptflow_chat.upsert_connection(name, deployment.scoring_uri, key, deployment.contract,
+                                          owner=self.endpoint_name)
+        return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
+
+    # ---- plan ----------------------------------------------------------------------------------
+    def _priced(self, vm_size: str, count: int, detail: str) -> dict:
+        """usd_per_hour and detail of a plan line for `count` VMs of the size (a size missing from the price
+        table is said so, not priced at zero silently)."""
+        price = self.azure.vm_prices_usd_per_hour.get(vm_size)
+        if price is None:
+            return {"usd_per_hour": 0.0,
+                    "detail": f"{detail}; {UNPRICED}: add {vm_size} to azure.vm_prices_usd_per_hour"}
+        return {"usd_per_hour": round(price * count, 2), "detail": detail}
+
+    @translated
+    def plan(self, split: SplitFiles, job_name: str) -> list[PlanItem]:
+        """Read calls only: the catalog model, what exists already, what a run would create, and what that bills
+        per hour."""
+        ml, azure, sizes = self.clients.ml, self.azure, self.sizes
+
+        def get_or_create(resource: str, read, detail: str = "") -> PlanItem:
+            return PlanItem(resource=resource, action="reuse" if clients.found(read) else "create", detail=detail)
+
+        hyper = ", ".join(f"{key} {value}" for key, value in self.hyperparameters.items())
+        items = [PlanItem(resource=f"catalog model {self.model.label}", action="fine-tune",
+                          detail=f"{self.model.asset_id}; {hyper}")]
+        items += [PlanItem(resource="warning", action="warning", detail=note) for note in self.notices()]
+        _, scopes = self._role_scopes()
+        identities = self.clients.msi.user_assigned_identities
+        items.append(get_or_create(f"managed identity {azure.identity_name}",
+                                   lambda: identities.get(azure.resource_group, azure.identity_name)))
+        items += [PlanItem(resource=f"role {role} on {scope.rsplit('/', 1)[-1]}", action="get or create")
+                  if scope else PlanItem(resource=f"role {role}", action="deferred", detail="no registry yet")
+                  for role, scope in ((r, getattr(scopes, f)) for r, f in rbac.REQUIRED_ROLES)]
+        items += plan_resource_checks(self.check_resources())
+        version = split.content_hash[:16]
+        items += [get_or_create(f"data asset {self.asset_name(part)}:{version}",
+                                lambda part=part: ml.data.get(self.asset_name(part), version))
+                  for part in ("train", "test")]
+        items.append(get_or_create(f"compute {azure.compute_name} ({sizes.finetune_vm_size})",
+                                   lambda: ml.compute.get(azure.compute_name),
+                                   detail=f"scales to {azure.compute_min_nodes} nodes after "
+                                          f"{azure.compute_idle_seconds} s idle"))
+        job = finetune.job_status(ml, job_name)
+        running = job.state in ("Missing", "Queued", "Running")
+        items.append(PlanItem(resource=f"fine-tune job {job_name}",
+                              action="submit" if job.state == "Missing" else f"adopt ({job.phase})",
+                              **self._priced(sizes.finetune_vm_size, azure.compute_max_nodes if running else 0,
+                                             "billed while the job runs")))
+        items.append(get_or_create(f"endpoint {self.endpoint_name}",
+                                   lambda: ml.online_endpoints.get(self.endpoint_name)))
+        live = self.live_deployment()
+        beside = f"beside live {live.deployment_name} until the gate decides; " if live else ""
+        items.append(PlanItem(resource=f"deployment ({sizes.deploy_vm_size} x{azure.deploy_instance_count})",
+                              action="get or create",
+                              **self._priced(sizes.deploy_vm_size, azure.deploy_instance_count,
+                                             f"{beside}billed until teardown")))
+        items += foundry.plan(self.clients.resource_group_ml, azure, self.settings.connection_name)
+        return items
+
+    # ---- teardown ------------------------------------------------------------------------------
+    @translated
+    def teardown(self) -> TeardownReport:
+        """The endpoint and its deployments (what bills by the hour); with azure.teardown_everything also
+        the cluster and the Foundry connection, project and hub. The local Prompt flow connection goes only if
+        it is this endpoint's."""
+        report = TeardownReport(removed=[], already_gone=[])
+        ml, name = self.clients.ml, self.settings.connection_name
+        report.note(f"endpoint {self.endpoint_name}", online.delete_endpoint(ml, self.endpoint_name))
+        report.note(f"local connection {name}", promptflow_chat.delete_connection(name, owner=self.endpoint_name))
+        if self.azure.teardown_everything:
+            report.note(f"compute {self.azure.compute_name}", assets.delete_cluster(ml, self.azure.compute_name))
+            for what, existed in foundry.delete_all(self.clients.resource_group_ml, self.clients.project_ml,
+                                                    self.azure, name):
+                report.note(what, existed)
+        return report
+
+    @translated
+    def sweep(self, older_than_hours: float) -> TeardownReport:
+        """Endpoints past their age go whole; from the others, candidates whose lease has ended."""
+        ml, report = self.clients.ml, TeardownReport(removed=[], already_gone=[])
+        for endpoint in online.managed_endpoints(ml):
+            if online.expired(endpoint, older_than_hours):
+                report.note(f"endpoint {endpoint.name}", online.delete_endpoint(ml, endpoint.name))
+            else:
+                report.removed += [f"deployment {name} of {endpoint.name} (lease ended)"
+                                   for name in online.remove_ended_candidates(ml, endpoint)]
+        return report

@@ -1,0 +1,344 @@
+"""The local target: every stage for real on this machine, in a private workspace folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import psutil
+
+from phi3_pipeline.chat_data.split_files import TEST_FILE, TRAIN_FILE, SplitFiles
+from phi3_pipeline.chat_flow import promptflow_chat
+from phi3_pipeline.config.errors import JobFailedError
+from phi3_pipeline.config.naming import base_model_identity, content_hash
+from phi3_pipeline.config.settings import BUILTIN_BASE_MODEL, PipelineSettings
+from phi3_pipeline.targets.base import (
+    SMOKE_PROBE,
+    ConnectionRef,
+    DatasetRef,
+    DeploymentRef,
+    IdentityRef,
+    JobRef,
+    JobStatus,
+    ModelRef,
+    PlanItem,
+    ResourceCheck,
+    Target,
+    TeardownReport,
+    plan_resource_checks,
+)
+from phi3_pipeline.targets.local import machine, processes, registry
+from phi3_pipeline.targets.local.online import LocalEndpoint
+from phi3_pipeline.targets.workspace import Workspace, read_json, write_json_atomic
+
+TRAINING_MODULE = "phi3_pipeline.targets.local.training_job"
+GiB = 1024**3
+# Built-in model, measured 2026-11-25 on CPU: training job peak RSS 0.47 GiB, scoring server 0.40 GiB;
+# the rest is headroom for the pipeline process itself (Prefect, Prompt flow).
+BUILTIN_MEMORY_GIB = 1.5
+BUILTIN_DISK_GIB = 0.2
+BUILTIN_GPU_GIB = 0.5
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """A hard link (a full-size split is a gigabyte: no second copy), a copy across file systems."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+class LocalTarget(Target):
+    name = "local"
+    max_poll_interval_s = 2.0
+
+    def __init__(self, settings: PipelineSettings, run_id: str = "cli"):
+        super().__init__(settings, run_id)
+        self.ws = Workspace(settings.local.workspace_dir)
+
+    def job_inputs(self) -> dict:
+        """The base model's weights, every training setting and the seed."""
+        return {"base_model": base_model_identity(self.settings.training.base_model),
+                "training": self.settings.training.model_dump(exclude={"base_model"}),
+                "seed": self.settings.dataset.seed}
+
+    def notices(self) -> list[str]:
+        """A local.port the live server does not hold: say what a run will do with it."""
+        port, live = self.settings.local.port, self.live_deployment()
+        live_port = int(live.scoring_uri.rsplit(":", 1)[1].split("/")[0]) if live else None
+        if not port or live_port in (None, port):
+            return []
+        return [f"local.port is {port} but {live.deployment_name} serves on port {live_port}: a newly trained "
+                f"model starts on port {port}; if this run's model is the one serving, it keeps port {live_port} "
+                "(tear it down first to move it)"]
+
+    # ---- the workspace folder ------------------------------------------------------------------
+    def workspace_identity(self) -> str:
+        return self.ws.workspace_id
+
+    def local_root(self, create: bool = True) -> Path:
+        if create:
+            self.ws.ensure()
+        return self.ws.root
+
+    # ---- identity and RBAC -------------------------------------------------------------------
+    def ensure_identity(self) -> IdentityRef:
+        self.ws.ensure()
+        created = self.ws.ensure_key()
+        return IdentityRef(workspace_id=self.ws.workspace_id, detail=f"endpoint key at {self.ws.key_file} (owner-only)",
+                           created=created)
+
+    # ---- quota ---------------------------------------------------------------------------------
+    def check_resources(self) -> list[ResourceCheck]:
+        base = self.settings.training.base_model
+        if base == BUILTIN_BASE_MODEL:
+            memory_gib, disk_gib, gpu_gib = BUILTIN_MEMORY_GIB, BUILTIN_DISK_GIB, BUILTIN_GPU_GIB
+        else:  # fp32 weights in training (+ LoRA optimiser state) and once more in the server
+            weights_gib = machine.checkpoint_bytes(Path(base).expanduser()) / GiB
+            memory_gib, disk_gib, gpu_gib = 2.5 * weights_gib + 1.5, 3 * weights_gib + 0.2, 2 * weights_gib + 0.5
+        self.ws.ensure()
+        memory = psutil.virtual_memory().available / GiB
+        disk = shutil.disk_usage(self.ws.root).free / GiB
+        checks = [
+            ResourceCheck(resource="memory", needed=round(memory_gib, 2), available=round(memory, 2), unit="GiB",
+                          advice="close other programs or choose a smaller training.base_model"),
+            ResourceCheck(resource=f"disk at {self.ws.root}", needed=round(disk_gib, 2), available=round(disk, 2),
+                          unit="GiB", advice="free disk space or set local.workspace_dir to a larger disk"),
+            ResourceCheck(resource="CPU cores", needed=1, available=os.cpu_count() or 1, unit="cores",
+                          advice="run on a machine with at least one core"),
+        ]
+        gpu = machine.visible_gpu()
+        if gpu is not None:
+            name, free_gib = gpu
+            checks.append(ResourceCheck(resource=f"GPU memory ({name})", needed=round(gpu_gib, 2),
+                                        available=round(free_gib, 2), unit="GiB",
+                                        advice="free GPU memory, or set CUDA_VISIBLE_DEVICES= to train on the CPU"))
+        port = self.settings.local.port
+        if port and not self.endpoint.serves_on(port):
+            checks.append(ResourceCheck(resource=f"port {port} on 127.0.0.1", needed=1,
+                                        available=1 if processes.port_is_free(port) else 0, unit="free port",
+                                        advice="stop what listens there or set local.port=0 to pick a free port"))
+        return checks
+
+    # ---- dataset -------------------------------------------------------------------------------
+    def store_dataset(self, split: SplitFiles) -> DatasetRef:
+        folder = self.ws.root / "datasets" / split.content_hash[:16]
+        created = not (folder / TEST_FILE).exists()
+        if created:
+            staging = self.ws.dir("datasets", f".{split.content_hash[:16]}.{os.getpid()}")
+            for source, name in ((split.train_file, TRAIN_FILE), (split.test_file, TEST_FILE)):
+                _link_or_copy(source, staging / name)
+            try:
+                os.replace(staging, folder)
+            except OSError:  # another run stored the same content meanwhile
+                shutil.rmtree(staging, ignore_errors=True)
+        return DatasetRef(content_hash=split.content_hash, train_uri=str(folder / TRAIN_FILE),
+                          test_uri=str(folder / TEST_FILE), train_rows=split.train_rows,
+                          test_rows=split.test_rows, created=created)
+
+    # ---- fine-tune -----------------------------------------------------------------------------
+    def _job_dir(self, job_name: str) -> Path:
+        return self.ws.root / "jobs" / job_name
+
+    def _job_spec(self, dataset: DatasetRef) -> dict:
+        training = self.settings.training.model_dump()
+        base_key = content_hash({"data": dataset.content_hash, "steps": training["base_pretrain_steps"],
+                                 "seed": self.settings.dataset.seed, "len": training["max_seq_length"],
+                                 "batch": training["batch_size"]})
+        return {**training, "train_file": dataset.train_uri, "test_file": dataset.test_uri,
+                "seed": self.settings.dataset.seed,
+                "base_cache_dir": str(self.ws.root / "base_models" / base_key[:16])}
+
+    def find_or_submit_job(self, job_name: str, dataset: DatasetRef) -> bool:
+        with self.ws.lock(f"job-{job_name}"):
+            if self.job_status(job_name).state not in ("Missing", "Lost"):
+                return False  # queued, running or finished: adopt it
+            job_dir = self._job_dir(job_name)
+            if job_dir.exists():  # a job whose process died mid-way: start it again from scratch
+                shutil.rmtree(job_dir)
+            job_dir.mkdir(parents=True)
+            write_json_atomic(job_dir / "spec.json", self._job_spec(dataset))
+            pid = processes.spawn(TRAINING_MODULE, job_dir, "job.log")
+            if not (job_dir / "status.json").exists():  # the job reports itself once it has started
+                write_json_atomic(job_dir / "status.json", {"state": "Queued", "pid": pid, "step": 0})
+            return True
+
+    def job_status(self, job_name: str) -> JobStatus:
+        status = read_json(self._job_dir(job_name) / "status.json")
+        if status is None:
+            return JobStatus(state="Missing")
+        if status["state"] in ("Queued", "Running") and not processes.process_alive(status.get("pid"), TRAINING_MODULE):
+            log = self._job_dir(job_name) / "job.log"
+            return JobStatus(state="Lost", error=f"the job process ended without a result; log: {log}")
+        fields = {key: status[key] for key in ("step", "total_steps", "loss", "phase", "error") if key in status}
+        return JobStatus(state=status["state"], **fields)
+
+    def job_result(self, job_name: str) -> JobRef:
+        job_dir = self._job_dir(job_name)
+        metrics = read_json(job_dir / "job_metrics.json") or {}
+        curve = []
+        for line in (job_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else None
+            if record and record["phase"] == "fine-tune":
+                curve.append((record["step"], record["loss"]))
+        return JobRef(name=job_name, created=False, metrics=metrics, loss_curve=curve)
+
+    def job_failure(self, job_name: str, status: JobStatus) -> JobFailedError:
+        job_dir = self._job_dir(job_name)
+        return JobFailedError(
+            f"fine-tune job {job_name} failed: {status.error}. Log: {job_dir / 'job.log'}. "
+            f"Fix the cause, then delete {job_dir} to let the next run start it again."
+        )
+
+    # ---- register ------------------------------------------------------------------------------
+    def register_model(self, job: JobRef, dataset: DatasetRef) -> ModelRef:
+        version, created = registry.register(
+            self.ws, self.settings.model_name, self._job_dir(job.name) / "output" / "model",
+            lineage={"job_name": job.name, "data_hash": dataset.content_hash, "train_uri": dataset.train_uri,
+                     "test_uri": dataset.test_uri, "base_model": self.settings.training.base_model,
+                     "metrics": job.metrics})
+        return ModelRef(name=self.settings.model_name, version=version, job_name=job.name, created=created,
+                        uri=str(registry.model_dir(self.ws, self.settings.model_name, version)))
+
+    # ---- deploy (targets/local/online.py: the servers and the endpoint's traffic) ---------------
+    @property
+    def endpoint_name(self) -> str:
+        return f"{self.settings.model_name}-endpoint"
+
+    @property
+    def endpoint(self) -> LocalEndpoint:
+        return LocalEndpoint(self.ws, self.endpoint_name)
+
+    def _deployment_ref(self, deployment_dir: Path, state: dict, created: bool) -> DeploymentRef:
+        spec = read_json(deployment_dir / "spec.json") or {}
+        return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment_dir.name,
+                             scoring_uri=f"http://{state['host']}:{state['port']}/score",
+                             traffic=self.endpoint.traffic(), model_version=spec.get("model_version", 0),
+                             job_name=spec.get("job_name", ""), created=created,
+                             contract=self.settings.local.scoring_contract, run_id=spec.get("run_id", ""))
+
+    def _serving_limits(self) -> dict:
+        local = self.settings.local
+        return {"max_new_tokens": local.max_new_tokens_limit, "max_request_bytes": local.max_request_bytes,
+                "generation_timeout_s": local.generation_timeout_s,
+                "max_concurrent_generations": local.max_concurrent_generations}
+
+    def deploy(self, model: ModelRef) -> DeploymentRef:
+        """The model's server, started beside the live one (or found running); traffic moves in go_live."""
+        endpoint = self.endpoint
+        deployment_dir = self.ws.dir("deployments", f"{model.name}-v{model.version}")
+        with endpoint.lock():
+            state = endpoint.server_state(deployment_dir)
+            spec = read_json(deployment_dir / "spec.json") or {}
+            if state and (spec.get("key_sha256") != self.ws.key_fingerprint()  # the key was replaced
+                          or spec.get("limits") != self._serving_limits()):  # or the server's limits changed
+                endpoint.stop_server(state)
+                state = None
+            created = state is None
+            if created:
+                state = endpoint.start_server(deployment_dir, {
+                    "model_dir": model.uri, "model_version": model.version, "job_name": model.job_name,
+                    "run_id": self.run_id, "key_file": str(self.ws.key_file), "key_sha256": self.ws.key_fingerprint(),
+                    "port": self.settings.local.port, "limits": self._serving_limits()})
+            elif spec.get("run_id") != self.run_id and deployment_dir.name not in endpoint.traffic():
+                # a candidate a killed run left: this run adopts it, and its failure clean-up removes it
+                write_json_atomic(deployment_dir / "spec.json", {**spec, "run_id": self.run_id})
+        return self._deployment_ref(deployment_dir, state, created)
+
+    def live_deployment(self) -> DeploymentRef | None:
+        endpoint = self.endpoint
+        live = next((name for name, share in endpoint.traffic().items() if share == 100), None)
+        state = endpoint.server_state(endpoint.deployment_dir(live)) if live else None
+        return self._deployment_ref(endpoint.deployment_dir(live), state, created=False) if state else None
+
+    def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
+        endpoint = self.endpoint
+        with endpoint.lock():
+            moved = endpoint.route_all_to(deployment.deployment_name, deployment.scoring_uri)
+            self.ask(deployment, SMOKE_PROBE, 16)  # traffic is proven by an authenticated answer
+        return deployment.model_copy(update={"traffic": {deployment.deployment_name: 100}, "created": moved})
+
+    def remove_deployments(self, keep: DeploymentRef | None, only_own: bool = False) -> TeardownReport:
+        """Runs on one workspace are serialised by its run lock, so no other run holds a deployment here."""
+        endpoint = self.endpoint
+        with endpoint.lock():
+            others = [d for d in endpoint.deployments() if not keep or d.name != keep.deployment_name]
+            removed = [d for d in others
+                       if not only_own or (read_json(d / "spec.json") or {}).get("run_id") == self.run_id]
+            for deployment_dir in removed:
+                endpoint.remove(deployment_dir)
+        return TeardownReport(removed=[d.name for d in removed], already_gone=[],
+                              kept=[d.name for d in others if d not in removed])
+
+    def _endpoint_key(self, deployment: DeploymentRef) -> str:
+        return self.ws.read_key()
+
+    # ---- connection ----------------------------------------------------------------------------
+    def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
+        name = self.settings.connection_name
+        promptflow_chat.upsert_connection(name, deployment.scoring_uri, self._endpoint_key(deployment),
+                                          deployment.contract, owner=self.ws.workspace_id)
+        return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
+
+    # ---- plan ----------------------------------------------------------------------------------
+    def plan(self, split: SplitFiles, job_name: str) -> list[PlanItem]:
+        """What exists in the workspace and what a run would make; nothing local is billed."""
+        def item(resource: str, exists: bool, detail: str = "") -> PlanItem:
+            return PlanItem(resource=resource, action="reuse" if exists else "create", detail=detail)
+
+        job = self.job_status(job_name)
+        servers = [d.name for d in self.endpoint.deployments() if self.endpoint.server_state(d)]
+        items = [item(f"endpoint key in {self.ws.root}", self.ws.key_file.exists())]
+        items += plan_resource_checks(self.check_resources())
+        items += [
+            item(f"dataset {split.content_hash[:16]}",
+                 (self.ws.root / "datasets" / split.content_hash[:16] / TEST_FILE).exists()),
+            PlanItem(resource=f"fine-tune job {job_name}",
+                     action="submit" if job.state in ("Missing", "Lost") else f"adopt ({job.state})"),
+            PlanItem(resource=f"scoring server on 127.0.0.1 ({', '.join(servers) or 'none running'})",
+                     action="get or create"),
+        ]
+        return items
+
+    # ---- teardown ------------------------------------------------------------------------------
+    def teardown(self) -> TeardownReport:
+        """The servers and the endpoint, and the Prompt flow connection if it points at this workspace's
+        endpoint (one HOME's connections are shared by every workspace). A workspace that never existed
+        is left unmade."""
+        if not self.ws.root.is_dir():
+            return TeardownReport(removed=[], already_gone=[f"workspace {self.ws.root}"])
+        report, endpoint = TeardownReport(removed=[], already_gone=[]), self.endpoint
+        with endpoint.lock():
+            for deployment_dir in endpoint.deployments():
+                report.note(f"server {deployment_dir.name}", endpoint.remove(deployment_dir))
+            report.note(f"endpoint {self.endpoint_name}", endpoint.file.exists())
+            endpoint.file.unlink(missing_ok=True)
+        name = self.settings.connection_name
+        report.note(f"connection {name}", promptflow_chat.delete_connection(name, owner=self.ws.workspace_id))
+        return report
+
+    def sweep(self, older_than_hours: float) -> TeardownReport:
+        """Every endpoint of this workspace (any model) whose model has served longer than the limit, and
+        any server no endpoint routes to that was started before it (a candidate left by a killed run)."""
+        cutoff = time.time() - older_than_hours * 3600
+        removed, routed = [], set()
+        for endpoint_file in sorted((self.ws.root / "endpoints").glob("*.json")):
+            endpoint = LocalEndpoint(self.ws, endpoint_file.stem)
+            with endpoint.lock():
+                if (read_json(endpoint_file) or {}).get("live_since", 0) >= cutoff:
+                    routed.update(endpoint.traffic())
+                    continue
+                for deployment_name in endpoint.traffic():
+                    endpoint.remove(endpoint.deployment_dir(deployment_name))
+                    removed.append(f"server {deployment_name}")
+                endpoint_file.unlink(missing_ok=True)
+                removed.append(f"endpoint {endpoint_file.stem}")
+        for deployment_dir in self.endpoint.deployments():
+            spec = deployment_dir / "spec.json"
+            if deployment_dir.name not in routed and (not spec.exists() or spec.stat().st_mtime < cutoff):
+                LocalEndpoint.remove(deployment_dir)
+                removed.append(f"server {deployment_dir.name}")
+        return TeardownReport(removed=removed, already_gone=[])

@@ -1,0 +1,282 @@
+"""The local fine-tune job: runs in its own process, like a cloud job, and reports through files.
+
+`python -m phi3_pipeline.targets.local.training_job JOB_DIR` reads JOB_DIR/spec.json, writes JOB_DIR/status.json
+(atomically, after every step) and JOB_DIR/metrics.jsonl, and leaves the merged model and the LoRA
+adapter under JOB_DIR/output. The default base model is a small Phi-3-architecture model built
+offline (tokenizer trained on the data, then some language-model training of its own), cached by
+content so that several jobs share it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from phi3_pipeline.config.settings import BUILTIN_BASE_MODEL
+from phi3_pipeline.targets.workspace import write_json_atomic
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+TINY_ARCHITECTURE = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,
+}
+TINY_VOCAB_SIZE = 1024
+
+
+class JobReporter:
+    """Status and metrics of one job, as the poller reads them."""
+
+    def __init__(self, job_dir: Path, total_steps: int):
+        self.job_dir = job_dir
+        self.total_steps = total_steps
+        self.started_at = time.time()
+        self.metrics = (job_dir / "metrics.jsonl").open("w", encoding="utf-8")
+
+    def status(self, state: str, **fields) -> None:
+        payload = {"state": state, "pid": os.getpid(), "total_steps": self.total_steps,
+                   "started_at": self.started_at, "updated_at": time.time(), **fields}
+        write_json_atomic(self.job_dir / "status.json", payload)
+
+    def step(self, phase: str, step: int, loss: float, learning_rate: float) -> None:
+        record = {"phase": phase, "step": step, "loss": round(loss, 5), "learning_rate": learning_rate}
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        self.status("Running", phase=phase, step=step, loss=record["loss"])
+
+
+def read_conversations(path: Path) -> list[list[dict]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line)["messages"] for line in handle if line.strip()]
+
+
+def plain_text(messages: list[dict]) -> str:
+    return " ".join(message["content"] for message in messages)
+
+
+def build_tokenizer(texts: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|end|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def batches(encoded: list[list[int]], batch_size: int, rng: random.Random):
+    order = list(range(len(encoded)))
+    rng.shuffle(order)
+    for start in range(0, len(order), batch_size):
+        yield [encoded[i] for i in order[start : start + batch_size]]
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
+    """Pad (input_ids, labels) pairs; padding and masked positions carry label -100."""
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for index, (row_ids, row_labels) in enumerate(rows):
+        ids[index, : len(row_ids)] = torch.tensor(row_ids)
+        mask[index, : len(row_ids)] = 1
+        labels[index, : len(row_labels)] = torch.tensor(row_labels)
+    return ids, mask, labels
+
+
+def train_steps(model, encoded, *, steps, batch_size, learning_rate, scheduler, warmup_ratio, pad_id, seed,
+                on_step):
+    """Plain AdamW loop with a transformers scheduler; calls on_step(step, loss, lr) after each step."""
+    import torch
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    schedule = get_scheduler(scheduler, optimizer, num_warmup_steps=int(steps * warmup_ratio),
+                             num_training_steps=steps)
+    rng = random.Random(seed)
+    model.train()
+    step = 0
+    while step < steps:
+        for rows in batches(encoded, batch_size, rng):
+            ids, mask, labels = (t.to(model.device) for t in collate(rows, pad_id))
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            step += 1
+            on_step(step, loss.item(), schedule.get_last_lr()[0])
+            if step >= steps:
+                break
+
+
+def evaluate_loss(model, encoded, pad_id, batch_size=32) -> float:
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            ids, mask, labels = (t.to(model.device) for t in collate(encoded[start : start + batch_size], pad_id))
+            total += model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() * ids.shape[0]
+            count += ids.shape[0]
+    return total / max(count, 1)
+
+
+def build_tiny_base(spec: dict, train: list[list[dict]], reporter: JobReporter, step_offset: int) -> Path:
+    """Make (or reuse) the small Phi-3-architecture base model; its folder is keyed by the spec's hash."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    base_dir = Path(spec["base_cache_dir"])
+    if (base_dir / "config.json").is_file():
+        return base_dir
+    texts = [plain_text(messages) for messages in train]
+    tokenizer = build_tokenizer(texts)
+    config = Phi3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        **TINY_ARCHITECTURE)
+    torch.manual_seed(spec["seed"])
+    model = Phi3ForCausalLM(config).to("cuda" if torch.cuda.is_available() else "cpu")
+    max_len = spec["max_seq_length"]
+    encoded = [(ids, ids) for ids in (tokenizer(text + "<|end|>")["input_ids"][:max_len] for text in texts)]
+    train_steps(
+        model, encoded, steps=spec["base_pretrain_steps"], batch_size=spec["batch_size"], learning_rate=3e-3,
+        scheduler="cosine", warmup_ratio=0.05, pad_id=tokenizer.pad_token_id, seed=spec["seed"],
+        on_step=lambda step, loss, lr: reporter.step("base-pretrain", step_offset + step, loss, lr),
+    )
+    staging = base_dir.with_name(base_dir.name + f".{os.getpid()}.tmp")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        os.replace(staging, base_dir)
+    except OSError:  # another job built the same base meanwhile: keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
+    return base_dir
+
+
+def encode_chat(tokenizer, messages: list[dict], max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and labels that train on the assistant's turns only."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for index, message in enumerate(messages):
+        rendered = tokenizer.apply_chat_template(messages[: index + 1], tokenize=True, return_dict=True)
+        turn = rendered["input_ids"][len(ids) :]
+        ids += turn
+        labels += turn if message["role"] == "assistant" else [-100] * len(turn)
+    return ids[:max_len], labels[:max_len]
+
+
+def encode_chats(tokenizer, conversations: list[list[dict]], max_len: int) -> list[tuple[list[int], list[int]]]:
+    return [encode_chat(tokenizer, messages, max_len) for messages in conversations]
+
+
+def run(job_dir: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = json.loads((job_dir / "spec.json").read_text(encoding="utf-8"))
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    train = read_conversations(Path(spec["train_file"]))
+    test = read_conversations(Path(spec["test_file"]))
+    builtin = spec["base_model"] == BUILTIN_BASE_MODEL
+    needs_base = builtin and not (Path(spec["base_cache_dir"]) / "config.json").is_file()
+    ft_steps = spec["epochs"] * math.ceil(len(train) / spec["batch_size"])
+    base_steps = spec["base_pretrain_steps"] if needs_base else 0
+    reporter = JobReporter(job_dir, base_steps + ft_steps)
+    reporter.status("Running", phase="starting", step=0)
+
+    base_path = build_tiny_base(spec, train, reporter, 0) if builtin else Path(spec["base_model"])
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device)
+    train_ids = encode_chats(tokenizer, train, spec["max_seq_length"])
+    test_ids = encode_chats(tokenizer, test, spec["max_seq_length"])
+    # The built-in base never saw the chat-template tokens, so its embeddings train fully beside the
+    # LoRA adapter (the usual recipe when a fine-tune introduces new special tokens).
+    model = get_peft_model(model, LoraConfig(r=spec["lora_rank"], lora_alpha=spec["lora_alpha"],
+                                             lora_dropout=0.0, target_modules="all-linear",
+                                             modules_to_save=["embed_tokens", "lm_head"] if builtin else None,
+                                             task_type="CAUSAL_LM"))
+    eval_before = evaluate_loss(model, test_ids, tokenizer.pad_token_id)
+    losses: list[float] = []
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        losses.append(loss)
+        reporter.step("fine-tune", base_steps + step, loss, lr)
+
+    torch.manual_seed(spec["seed"])
+    train_steps(model, train_ids, steps=ft_steps, batch_size=spec["batch_size"],
+                learning_rate=spec["learning_rate"], scheduler=spec["lr_scheduler_type"],
+                warmup_ratio=spec["warmup_ratio"], pad_id=tokenizer.pad_token_id, seed=spec["seed"],
+                on_step=on_step)
+    eval_after = evaluate_loss(model, test_ids, tokenizer.pad_token_id)
+
+    output = job_dir / "output"
+    model.save_pretrained(output / "adapter")
+    merged = model.merge_and_unload()
+    merged.save_pretrained(output / "model")
+    tokenizer.save_pretrained(output / "model")
+    window = max(1, min(5, len(losses) // 4))
+    metrics = {
+        "train_loss_first": sum(losses[:window]) / window,
+        "train_loss_last": sum(losses[-window:]) / window,
+        "eval_loss_before": eval_before,
+        "eval_loss_after": eval_after,
+        "fine_tune_steps": ft_steps,
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "seconds": round(time.time() - reporter.started_at, 2),
+    }
+    write_json_atomic(job_dir / "job_metrics.json", metrics)
+    reporter.status("Completed", phase="done", step=reporter.total_steps, loss=losses[-1] if losses else None)
+
+
+def main() -> int:
+    job_dir = Path(sys.argv[1])
+    try:
+        run(job_dir)
+    except Exception as error:  # the job's own error is what the poller reports to the user
+        write_json_atomic(job_dir / "status.json", {
+            "state": "Failed", "pid": os.getpid(), "updated_at": time.time(),
+            "error": f"{type(error).__name__}: {error}",
+        })
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
