@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from azure.core.rest._http_response_impl import HttpResponseImpl
 from azure.core.utils import CaseInsensitiveDict
 
 from phi3_pipeline.config.settings import AzureSettings
+from tests.conftest import served_in_a_thread
 
 Answer = tuple[int, dict] | tuple[int, dict, dict]
 SUB = "00000000-0000-0000-0000-000000000000"
@@ -473,10 +473,5 @@ def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_com
             return None
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with served_in_a_thread(server.serve_forever, lambda: (server.shutdown(), server.server_close())):
         yield f"http://127.0.0.1:{server.server_port}/score", answered, refusals
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import os
+import threading
 import socket
 import subprocess
 import sys
-import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
+
+from phi3_pipeline.cli.prefect_api import ServerDidNotStart, start_logged, wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[1]
+PREFECT_SERVER_START_S = 180
 # Small but real training settings for tests that need a model, not a good one.
 QUICK_TRAINING = {
     "PHI3_TRAINING__EPOCHS": "3",
     "PHI3_TRAINING__BASE_PRETRAIN_STEPS": "40",
     "PHI3_DATASET__SAMPLE_SIZE": "200",
 }
+
+
+@contextmanager
+def served_in_a_thread(run: Callable[[], None], stop: Callable[[], None]) -> Iterator[None]:
+    """A test server's loop (`run`) in a daemon thread for the block; `stop` ends it."""
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop()
+        thread.join(10)
 
 
 def free_port() -> int:
@@ -28,12 +44,11 @@ def free_port() -> int:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Slow suites run in CI (CI=true, as `.ci/run` has it) and otherwise only when asked for with CI=true."""
-    if os.environ.get("CI", "").lower() == "true":
-        return
+    """A test that starts a real Prefect server is in the `system` tier (`python -m pytest -m system`), as are the
+    ones marked so because they run the command line in a subprocess or kill processes."""
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason="slow suite: runs where CI=true (e.g. CI=true python -m pytest)"))
+        if "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.system)
 
 
 @pytest.fixture(scope="session")
@@ -53,21 +68,15 @@ def session_home(tmp_path_factory) -> Path:
 def start_prefect_server(log_file: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """A real Prefect server on 127.0.0.1 (its own session, its output in `log_file`); (process, API URL)."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, stdout=log_file.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
+    server = start_logged([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                           str(port)], log_file, {**os.environ, **(env or {})}, cwd=ROOT, start_new_session=True)
     api_url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{api_url}/health", timeout=2).ok:
-                return server, api_url
-        except requests.RequestException:
-            time.sleep(1)
-    server.kill()
-    pytest.fail(f"Prefect server did not start; see {log_file}")
+    try:
+        wait_until_answering(server, api_url, PREFECT_SERVER_START_S, log_file)
+    except ServerDidNotStart as error:
+        server.kill()
+        pytest.fail(str(error))
+    return server, api_url
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +92,17 @@ def prefect_server(session_home: Path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(session_home: Path):
+    """Prefect's test harness for flows run in this process (a temporary API server with its own database, for
+    the whole session); its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=PREFECT_SERVER_START_S):
+        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 from azure.identity import CredentialUnavailableError
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from phi3_pipeline.chat_flow import promptflow_chat
 from phi3_pipeline.cli.commands import run_pipeline_cli
@@ -35,14 +34,6 @@ warnings.filterwarnings("ignore", message=".*experimental")
 ANSWER = "Microsoft was founded by Bill Gates and Paul Allen."
 AZURE_ARGS = ["--target", "azure", "--azure.subscription_id", AZURE.subscription_id, "--azure.resource_group", "rg",
               "--azure.workspace_name", "ws", "--azure.location", "eastus2"]
-
-
-@pytest.fixture
-def prefect_api(prefect_server):
-    """In-process flows report to the session's Prefect server (Prefect may have read its settings before
-    the server started)."""
-    with temporary_settings({PREFECT_API_URL: prefect_server}):
-        yield prefect_server
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.system  # each test runs the command line in a subprocess
+
 
 def assert_one_line_error(result, *fragments):
     assert result.returncode != 0
@@ -46,7 +48,10 @@ def test_malformed_jsonl(tmp_path, workspace_env):
                       '{"role": "assistant", "content": "hello"}]}\n{"prompt": "x", "prompt_id": "2", "messages": '
                       '[{"role": "wizard", "content": "x"}]}\n')
     result = run_cli("flows.full_pipeline", "--dataset.source", str(source), env=workspace_env)
-    assert_one_line_error(result, f"{source}:2", "messages[0].role")
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+    last = result.stderr.strip().splitlines()[-1]  # after the flow's log: the dataset stage found it
+    assert last.startswith("error: ") and f"{source}:2" in last and "messages[0].role" in last
+    assert "Fine-tune" not in result.stderr and "fine-tune-" not in result.stderr  # nothing was submitted
 
 
 def test_missing_checkpoint_path(workspace_env):

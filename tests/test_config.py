@@ -98,24 +98,6 @@ def test_the_azure_target_needs_its_workspace_and_makes_no_request_until_used():
     assert target.name == "azure" and "clients" not in vars(target)  # signs in on first use only
 
 
-def _setting_names(model, prefix=""):
-    from pydantic import BaseModel
-
-    for name, field in model.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            yield from _setting_names(field.annotation, f"{prefix}{name}.")
-        else:
-            yield prefix + name
-
-
-def test_readme_documents_every_setting():
-    from tests.conftest import ROOT
-
-    readme = (ROOT / "README.md").read_text()
-    missing = [name for name in _setting_names(PipelineSettings) if f"| `{name}` |" not in readme]
-    assert missing == []
-
-
 def test_a_renamed_azure_setting_names_its_successor(tmp_path):
     from phi3_pipeline.cli.commands import load_settings
     from phi3_pipeline.config.errors import ConfigError
@@ -127,3 +109,14 @@ def test_a_renamed_azure_setting_names_its_successor(tmp_path):
                                           "azure.probe_initial_delay_s: no such setting any more; use "
                                           "azure.cold_start_s"):
         load_settings(["--config", str(old)], "x")
+
+
+def test_the_ui_form_shows_no_command_line_option():
+    """`config`, `verbose` and `older_than_hours` belong to the command line; the flow's form holds the run's
+    settings only (the teardown flow takes `older_than_hours` as its own parameter)."""
+    from flows.full_pipeline import full_pipeline
+    from phi3_pipeline.cli.options import COMMAND_ONLY
+
+    assert COMMAND_ONLY == {"config", "verbose", "older_than_hours"}
+    form = full_pipeline.parameters.model_dump()["definitions"]["PipelineSettings"]["properties"]
+    assert COMMAND_ONLY.isdisjoint(form) and "target" in form

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import requests
 
-from phi3_pipeline.chat_flow.promptflow_chat import EXPORTER_OFFLINE_ENV
+from phi3_pipeline.chat_flow.promptflow_chat import CHAT_FLOW_DIR, EXPORTER_OFFLINE_ENV
 from tests.conftest import ROOT, run_cli
 
 
@@ -110,7 +110,7 @@ def test_full_pipeline_resumes_reuses_and_tears_down(workspace, session_home, pr
     assert {"run-summary", "loss-curve", "smoke-chat-answer", "fine-tune-progress"} <= keys
 
     # 5. The same chat flow folder works with Prompt flow's own CLI and the connection the run made.
-    pf_run = subprocess.run([str(Path(sys.executable).parent / "pf"), "flow", "test", "--flow", "chat_flow",
+    pf_run = subprocess.run([str(Path(sys.executable).parent / "pf"), "flow", "test", "--flow", str(CHAT_FLOW_DIR),
                              "--inputs", "input_data=Who founded Apple?"],
                             cwd=ROOT, env={**env, **EXPORTER_OFFLINE_ENV}, capture_output=True, text=True,
                             timeout=300)
@@ -119,7 +119,7 @@ def test_full_pipeline_resumes_reuses_and_tears_down(workspace, session_home, pr
     outputs.append(pf_run.stdout + pf_run.stderr)
 
     key = (workspace / "secrets" / "endpoint.key").read_text().strip()
-    assert files_containing(ROOT / "chat_flow", key) == []
+    assert files_containing(CHAT_FLOW_DIR, key) == []
     assert list(workspace.glob("deployments/*/server.log")), "the live server's log is checked too"
     assert files_containing(workspace, key, skip={workspace / "secrets" / "endpoint.key"}) == []
 

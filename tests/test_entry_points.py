@@ -31,6 +31,7 @@ def workspace_env(tmp_path, session_home):
     return {"PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "ws")}
 
 
+@pytest.mark.system
 def test_the_console_script_gives_the_module_commands_help_and_errors(workspace_env):
     assert CONSOLE_SCRIPT.exists(), "the install command installs the console script"
     for command, module, extra in (("run", "flows.full_pipeline", ()), ("teardown", "flows.teardown", ())):
@@ -44,6 +45,7 @@ def test_the_console_script_gives_the_module_commands_help_and_errors(workspace_
         assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr) and ours.returncode == 2
 
 
+@pytest.mark.system
 def test_the_console_scripts_plan_is_the_modules_plan(workspace_env):
     ours, theirs = console("plan", env=workspace_env), run_cli("flows.full_pipeline", "--plan", env=workspace_env)
     assert ours.returncode == theirs.returncode == 0, ours.stderr
@@ -52,6 +54,7 @@ def test_the_console_scripts_plan_is_the_modules_plan(workspace_env):
     assert "Nothing was created" in ours.stdout
 
 
+@pytest.mark.system
 def test_the_console_script_without_a_command_names_the_commands():
     for args, code in (([], 2), (["deploy"], 2), (["--help"], 0)):
         result = console(*args)

@@ -1,6 +1,6 @@
 """SIGKILL of the command line at each stage boundary: the Prefect API server it started dies with it, a re-run
 completes with one training job, one model version and one server, and after teardown nothing the project
-started is left running or listening. Slow (a run per boundary): runs in CI (CI=true)."""
+started is left running or listening. In the system tier (a run per boundary)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from phi3_pipeline.stages import Stage
 from tests.conftest import QUICK_TRAINING, ROOT, run_cli
 from tests.test_e2e import processes_using, promptflow_services
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 # Stage boundaries, by the Prefect task whose completion they follow.
 BOUNDARIES = [stage.task_name for stage in (Stage.IDENTITY, Stage.DATASET, Stage.FINE_TUNE, Stage.REGISTER,
                                             Stage.DEPLOY, Stage.GO_LIVE, Stage.CONNECTION, Stage.SMOKE_CHAT)]

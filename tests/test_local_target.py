@@ -225,7 +225,7 @@ def test_chat_flow_tool_answers_raises_on_http_errors_and_never_logs_the_key(dep
 
     from promptflow.connections import CustomConnection
 
-    sys.path.insert(0, str(ROOT / "chat_flow"))
+    sys.path.insert(0, str(ROOT / "phi3_pipeline" / "chat_flow"))
     from integrate_with_promptflow import query_phi3_model
 
     target, _, deployment = deployed

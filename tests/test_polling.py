@@ -43,24 +43,24 @@ def sleeps(monkeypatch) -> list[float]:
     return recorded
 
 
-def run_poll(prefect_server: str, target: ScriptedJob, timeout_s: float = 3600) -> JobStatus:
+def run_poll(prefect_api: str, target: ScriptedJob, timeout_s: float = 3600) -> JobStatus:
     @flow(name="poll-test")
     def poll_flow() -> JobStatus:
         return finetune.poll_job(target, "job-x", timeout_s)
 
-    with temporary_settings({PREFECT_API_URL: prefect_server}):
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
         return poll_flow()
 
 
-def test_poll_backs_off_to_the_cap_and_reports_progress(prefect_server, sleeps):
+def test_poll_backs_off_to_the_cap_and_reports_progress(prefect_api, sleeps):
     running = [JobStatus(state="Running", step=step, total_steps=10, loss=2.0 / step, phase="fine-tune")
                for step in range(1, 10)]
     target = ScriptedJob(running + [JobStatus(state="Completed", step=10, total_steps=10)])
-    assert run_poll(prefect_server, target).state == "Completed"
+    assert run_poll(prefect_api, target).state == "Completed"
     assert target.polls == 10
     assert sleeps[0] == target.first_poll_interval_s
     assert sleeps == sorted(sleeps) and max(sleeps) == target.max_poll_interval_s
-    artifacts = requests.post(f"{prefect_server}/artifacts/filter", timeout=10, json={
+    artifacts = requests.post(f"{prefect_api}/artifacts/filter", timeout=10, json={
         "artifacts": {"key": {"any_": ["fine-tune-progress"]}}, "sort": "CREATED_DESC", "limit": 1}).json()
     assert artifacts[0]["data"] == 100.0
     assert "step 10/10" in artifacts[0]["description"]
@@ -86,25 +86,25 @@ class AzureLengthJob:
 
 
 def test_azure_jobs_get_at_most_60_status_calls_an_hour_and_completion_is_seen_within_a_minute(
-        prefect_server, monkeypatch):
+        prefect_api, monkeypatch):
     job = AzureLengthJob(hours=2.51)
     monkeypatch.setattr(finetune, "time", types.SimpleNamespace(monotonic=lambda: job.now, sleep=job.sleep))
-    assert run_poll(prefect_server, job, timeout_s=6 * 3600).state == "Completed"
+    assert run_poll(prefect_api, job, timeout_s=6 * 3600).state == "Completed"
     calls_per_hour = [sum(1 for t in job.calls if hour * 3600 <= t < (hour + 1) * 3600) for hour in range(3)]
     assert max(calls_per_hour) <= 60
     assert job.calls[-1] - job.ends_at <= 60
 
 
-def test_a_failed_job_ends_the_poll_with_its_state(prefect_server, sleeps):
+def test_a_failed_job_ends_the_poll_with_its_state(prefect_api, sleeps):
     target = ScriptedJob([JobStatus(state="Running"), JobStatus(state="Failed", error="CUDA out of memory")])
-    status = run_poll(prefect_server, target)
+    status = run_poll(prefect_api, target)
     assert (status.state, status.error) == ("Failed", "CUDA out of memory")
 
 
-def test_a_job_past_its_time_limit_is_left_running_with_a_clear_error(prefect_server, sleeps):
+def test_a_job_past_its_time_limit_is_left_running_with_a_clear_error(prefect_api, sleeps):
     target = ScriptedJob([JobStatus(state="Running")])
     with pytest.raises(JobFailedError, match="re-run the pipeline to adopt it"):
-        run_poll(prefect_server, target, timeout_s=0)
+        run_poll(prefect_api, target, timeout_s=0)
 
 
 class JobThatDidNotLearn(ScriptedJob):
@@ -121,7 +121,7 @@ class JobThatDidNotLearn(ScriptedJob):
         return JobRef(name=name, created=False, metrics={"train_loss_first": 2.0, "train_loss_last": 2.5})
 
 
-def test_a_job_whose_loss_did_not_go_down_is_not_registered(prefect_server, monkeypatch, tmp_path):
+def test_a_job_whose_loss_did_not_go_down_is_not_registered(prefect_api, monkeypatch, tmp_path):
     monkeypatch.setattr(finetune, "stage_target", lambda settings: JobThatDidNotLearn())
     settings = PipelineSettings(local={"workspace_dir": tmp_path})
     dataset = DatasetRef(content_hash="c" * 64, train_uri="t", test_uri="v", train_rows=1, test_rows=1, created=True)
@@ -130,11 +130,11 @@ def test_a_job_whose_loss_did_not_go_down_is_not_registered(prefect_server, monk
     def finetune_flow():
         return finetune.fine_tune.with_options(cache_policy=NO_CACHE)(settings, dataset)
 
-    with temporary_settings({PREFECT_API_URL: prefect_server}), pytest.raises(JobFailedError, match="did not learn"):
+    with temporary_settings({PREFECT_API_URL: prefect_api}), pytest.raises(JobFailedError, match="did not learn"):
         finetune_flow()
 
 
-def test_prefect_retries_transient_errors_only(prefect_server):
+def test_prefect_retries_transient_errors_only(prefect_api):
     attempts = {"transient": 0, "permanent": 0}
 
     @task(**stage_retries())
@@ -150,6 +150,6 @@ def test_prefect_retries_transient_errors_only(prefect_server):
     def retry_flow():
         return flaky("transient"), flaky("permanent", return_state=True).is_failed()
 
-    with temporary_settings({PREFECT_API_URL: prefect_server}):
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
         assert retry_flow() == ("ok", True)
     assert attempts == {"transient": 2, "permanent": 1}

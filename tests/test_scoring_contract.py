@@ -14,7 +14,7 @@ from phi3_pipeline.targets.base import DeploymentRef, ask_scoring_uri
 from tests.azure_fakes import ENDPOINT_KEY, scoring_stub
 from tests.conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "chat_flow"))
+sys.path.insert(0, str(ROOT / "phi3_pipeline" / "chat_flow"))
 from integrate_with_promptflow import query_phi3_model  # noqa: E402
 
 

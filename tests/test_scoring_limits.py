@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from phi3_pipeline.targets.local.scoring_server import ScoringGate, answer_waitress_errors_generically
-from tests.conftest import ROOT
+from tests.conftest import ROOT, served_in_a_thread
 
-sys.path.insert(0, str(ROOT / "serving"))
+sys.path.insert(0, str(ROOT / "phi3_pipeline" / "serving"))
 from score import BadRequest, parse_request  # noqa: E402
 
 KEY = "k" * 43
@@ -98,13 +98,8 @@ def gate():
     answer_waitress_errors_generically()
     server = waitress.create_server(ScoringGate(slow_app, KEY, 4096, 1), host="127.0.0.1", port=0, threads=5,
                                     max_request_body_size=8192)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
+    with served_in_a_thread(server.run, lambda: (release.set(), server.close())):
         yield f"http://127.0.0.1:{server.effective_port}", release, entered
-    finally:
-        release.set()
-        server.close()
 
 
 def test_the_health_probe_and_refusals_answer_at_once_while_every_slot_generates(gate):

@@ -18,6 +18,8 @@ from deployments.serve import PREFECT_YAML, runner_deployments
 from tests.conftest import ROOT, start_prefect_server
 from tests.test_deployments import run_the_pipeline_then_the_teardown
 
+pytestmark = pytest.mark.system  # a Prefect server, the deployments served by a process of their own, Ctrl-C
+
 NAMES = ["full-pipeline", "scheduled-retraining", "teardown", "reaper"]
 
 

@@ -18,10 +18,11 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 
-from phi3_pipeline.chat_data.records import JSON_BLANKS, KNOWN_ROLES, check_json_line
+from phi3_pipeline.chat_data.records import ANSWER_ROLE, JSON_BLANKS, KNOWN_ROLES, TEXT_FIELDS, check_json_line
 from phi3_pipeline.config.errors import DatasetError
 
-# Python's re `\S` is a character str.isspace() refuses: a text that has one is not blank after strip().
+# The rule of records.py as msgspec types. Python's re `\S` is a character str.isspace() refuses: a text that has
+# one is not blank after strip(); msgspec refuses a lone surrogate as malformed JSON.
 _Text = Annotated[str, msgspec.Meta(pattern=r"\S")]
 
 
@@ -30,10 +31,8 @@ class _Message(msgspec.Struct):
     role: Literal[KNOWN_ROLES]
 
 
-class _Record(msgspec.Struct):
-    prompt: _Text
-    prompt_id: _Text
-    messages: Annotated[list[_Message], msgspec.Meta(min_length=1)]
+_Record = msgspec.defstruct("_Record", [*((field, _Text) for field in TEXT_FIELDS),
+                                        ("messages", Annotated[list[_Message], msgspec.Meta(min_length=1)])])
 
 
 _DECODER = msgspec.json.Decoder(_Record)
@@ -127,4 +126,4 @@ class JsonLines:
 
 
 def _answered(record: _Record) -> bool:
-    return any(message.role == "assistant" for message in record.messages)
+    return any(message.role == ANSWER_ROLE for message in record.messages)

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from phi3_pipeline.chat_data import json_lines
-from phi3_pipeline.chat_data.records import SUSPECT_SQL, check_json_file, checkable, validate_record
+from phi3_pipeline.chat_data.records import RECORD_FIELDS, SUSPECT_SQL, check_json_file, checkable, validate_record
 from phi3_pipeline.chat_data.sample import write_sample
 from phi3_pipeline.config.errors import DatasetError
 from phi3_pipeline.config.naming import content_hash
@@ -320,8 +320,9 @@ def _write_records(settings: DatasetSettings, path: Path | None, work_dir: Path,
         check_records(con, records, settings, path)
         parts = _parts(records.count, settings)
         con.register("parts", pa.table({"part": parts}))
-        lines = con.sql(f"SELECT p.part, to_json({{'prompt': r.prompt, 'prompt_id': r.prompt_id, "
-                        f"'messages': r.messages}}) || chr(10) FROM ({records.query}) r POSITIONAL JOIN parts p")
+        kept = ", ".join(f"'{field}': r.{field}" for field in RECORD_FIELDS)
+        lines = con.sql(f"SELECT p.part, to_json({{{kept}}}) || chr(10) FROM ({records.query}) r "
+                        "POSITIONAL JOIN parts p")
         with _PartsWriter(files) as writer:
             for batch in lines.to_arrow_reader(WRITE_BATCH_ROWS):
                 writer.add(functools.partial(_by_part, batch))

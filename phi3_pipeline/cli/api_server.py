@@ -11,13 +11,13 @@ from importlib import import_module
 
 import uvicorn
 
-from phi3_pipeline.cli.prefect_internals import APP_FACTORY, TEMPORARY_SERVER_ENV
+from phi3_pipeline.cli.prefect_internals import APP_FACTORY, APP_FACTORY_ARGUMENTS, TEMPORARY_SERVER_ENV
 
 
 def main(descriptor: int) -> None:
     os.environ.update(TEMPORARY_SERVER_ENV)  # before Prefect's settings are first read
     module, factory = APP_FACTORY.split(":")
-    app = getattr(import_module(module), factory)()
+    app = getattr(import_module(module), factory)(**APP_FACTORY_ARGUMENTS)
     listening = socket.socket(fileno=descriptor)
     uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on")).run(sockets=[listening])
 

@@ -33,6 +33,7 @@ import requests
 from phi3_pipeline.cli.prefect_internals import TESTED_PREFECT, drain_to_the_server, prefect_is_tested
 
 SERVER_LOG = "phi3-pipeline-api-server.log"
+SERVER_MODULE = "phi3_pipeline.cli.api_server"
 HEALTH_POLL_S = 0.05
 
 
@@ -91,7 +92,7 @@ def _start_ours(wrapper: list[str], log_file: Path) -> tuple[subprocess.Popen, s
 
     env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True)}
     with socket.create_server(("127.0.0.1", 0)) as listening:
-        command = [*wrapper, sys.executable, "-m", "phi3_pipeline.cli.api_server", str(listening.fileno())]
+        command = [*wrapper, sys.executable, "-m", SERVER_MODULE, str(listening.fileno())]
         server = start_logged(command, log_file, env, pass_fds=(listening.fileno(),))
         return server, f"http://127.0.0.1:{listening.getsockname()[1]}/api"
 
@@ -116,7 +117,12 @@ def _warn(reason: str) -> None:
 def prefect_api_dying_with_this_process(while_starting: Callable[[], None] = lambda: None) -> Iterator[None]:
     """Point Prefect at a server child of this process for the block (see the module's docstring). The server
     takes seconds to load; `while_starting` runs meanwhile (checks), also when Prefect's behaviour is kept."""
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
 
     settings = get_current_settings()
     if PREFECT_API_URL.value() or not settings.server.ephemeral.enabled:
@@ -142,7 +148,9 @@ def prefect_api_dying_with_this_process(while_starting: Callable[[], None] = lam
         # server of their own (one that would outlive a kill)
         os.environ["PREFECT_API_URL"] = api
         try:
-            with temporary_settings({PREFECT_API_URL: api}):
+            # no flow-run heartbeats: nothing watches them on a server that stops with the run, and a sync flow's
+            # end waits for the heartbeat thread's current 1 s sleep (Prefect 3.8: 0.5 s a run on average)
+            with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 try:
                     yield
                 finally:

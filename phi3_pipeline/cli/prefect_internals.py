@@ -13,12 +13,12 @@ from packaging.specifiers import SpecifierSet
 # The Prefect releases these parts were read from (pyproject pins 3.8.8).
 TESTED_PREFECT = SpecifierSet(">=3.8.8,<3.9")
 
-# The environment Prefect gives its own temporary API server (`SubprocessASGIServer.start`, 3.8): no UI, and
-# the server's background services and its start-up clean-up left to the process that runs it.
-TEMPORARY_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-
-# The app factory `prefect server start` serves under uvicorn (`prefect.server.api.server:create_app`).
+# How Prefect's own temporary API server is made (`SubprocessASGIServer`, 3.8): its app factory
+# `prefect.server.api.server.create_app`, as an ephemeral app (the server's background services run in it) and
+# the final one (its start-up clean-up too), with the UI off (the public setting `ui.enabled`).
 APP_FACTORY = "prefect.server.api.server:create_app"
+APP_FACTORY_ARGUMENTS = {"ephemeral": True, "final": True}
+TEMPORARY_SERVER_ENV = {"PREFECT_UI_ENABLED": "0"}
 
 
 def prefect_is_tested() -> bool:

@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: E402
 from chat_model import DEFAULT_PARAMETERS, ChatModel, PromptTooLong  # noqa: E402
 
+from phi3_pipeline.chat_data.records import messages_fault  # noqa: E402 - the same rule as the training data
+
 logger = logging.getLogger(__name__)
 MAX_NEW_TOKENS_LIMIT = int(os.environ.get("SCORING_MAX_NEW_TOKENS", "256"))
 GENERATION_TIMEOUT_S = float(os.environ.get("SCORING_GENERATION_TIMEOUT_S", "30"))
-KNOWN_ROLES = ("system", "user", "assistant")
 # Below this a temperature divides the logits past float range and the probabilities become NaN.
 MIN_TEMPERATURE = 0.01
 model: ChatModel | None = None
@@ -43,18 +44,8 @@ def init() -> None:
 
 
 def _messages(messages, field: str) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest(f"field '{field}' must be a non-empty list of {{role, content}}")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in KNOWN_ROLES:
-            raise BadRequest(f"field '{field}[{index}].role' must be one of {KNOWN_ROLES}")
-        content = message.get("content")
-        if not isinstance(content, str) or not content.strip():
-            raise BadRequest(f"field '{field}[{index}].content' must be non-empty text")
-        try:
-            content.encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadRequest(f"field '{field}[{index}].content' is not valid Unicode (a lone surrogate)") from None
+    if fault := messages_fault(messages, field):
+        raise BadRequest(fault)
     return messages
 
 
