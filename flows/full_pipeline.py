@@ -10,6 +10,7 @@ import sys
 from prefect import flow, get_run_logger  # noqa: E402 (after the server's start)
 
 from phi3_pipeline.config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
+from phi3_pipeline.stages import Stage
 from flows.teardown import teardown
 from tasks.connection import create_connection
 from tasks.dataset import prepare_dataset
@@ -22,7 +23,6 @@ from tasks.plan import dry_run
 from tasks.quota import check_quota
 from tasks.register import register_model
 from tasks.smoke_chat import smoke_chat
-from phi3_pipeline.stages import Stage
 from tasks.stages import StageSummary
 from tasks.summary import publish_failure_notice, publish_summary
 from tasks.teardown import clean_up_after_failure

@@ -3,10 +3,10 @@
 from prefect import get_run_logger, task
 
 from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.stages import Stage
 from phi3_pipeline.targets.base import ConnectionRef, DeploymentRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target
-from phi3_pipeline.stages import Stage
 
 
 @task(name=Stage.CONNECTION.task_name, **stage_retries())

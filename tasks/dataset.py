@@ -4,10 +4,10 @@ from prefect import get_run_logger, task
 
 from phi3_pipeline.chat_data.split_files import source_fingerprint, split_once
 from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.stages import Stage
 from phi3_pipeline.targets.base import DatasetRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_cache_key, stage_target
-from phi3_pipeline.stages import Stage
 
 
 def dataset_cache_key(context, parameters) -> str:

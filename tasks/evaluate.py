@@ -11,10 +11,10 @@ from phi3_pipeline.chat_data.evaluation import gate_questions, mean_f1
 from phi3_pipeline.chat_data.split_files import split_once
 from phi3_pipeline.config.errors import PipelineError
 from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.stages import Stage
 from phi3_pipeline.targets.base import DeploymentRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target
-from phi3_pipeline.stages import Stage
 
 # The smoke question is asked as the tutorial's chat flow asks it; the comparison decodes greedily.
 SMOKE_TEMPERATURE, SMOKE_MAX_NEW_TOKENS = 0.7, 128

@@ -9,10 +9,10 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from phi3_pipeline.config.errors import JobFailedError
 from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.stages import Stage
 from phi3_pipeline.targets.base import DatasetRef, JobRef, JobStatus
 from tasks.retries import stage_retries
 from tasks.run_target import stage_cache_key, stage_target
-from phi3_pipeline.stages import Stage
 
 BACKOFF = 1.5
 PROGRESS_LOG_EVERY_S = 5

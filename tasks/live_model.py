@@ -12,10 +12,10 @@ from pydantic import BaseModel
 
 from phi3_pipeline.chat_data.split_files import split_once
 from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.stages import Stage
 from phi3_pipeline.targets.base import DeploymentRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target
-from phi3_pipeline.stages import Stage
 
 
 class LiveModel(BaseModel):

@@ -3,10 +3,10 @@
 from prefect import get_run_logger, task
 
 from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.stages import Stage
 from phi3_pipeline.targets.base import DatasetRef, JobRef, ModelRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_cache_key, stage_target
-from phi3_pipeline.stages import Stage
 
 
 def register_cache_key(context, parameters) -> str:

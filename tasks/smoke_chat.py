@@ -6,10 +6,10 @@ from prefect.artifacts import create_markdown_artifact
 from phi3_pipeline.chat_flow import promptflow_chat
 from phi3_pipeline.config.errors import PipelineError
 from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.stages import Stage
 from phi3_pipeline.targets.base import ConnectionRef
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target
-from phi3_pipeline.stages import Stage
 
 
 @task(name=Stage.SMOKE_CHAT.task_name, **stage_retries())

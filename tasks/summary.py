@@ -3,8 +3,8 @@
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from phi3_pipeline.targets.base import JobRef
 from phi3_pipeline.stages import Stage
+from phi3_pipeline.targets.base import JobRef
 from tasks.stages import StageSummary
 
 

@@ -6,10 +6,10 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.stages import Stage
 from phi3_pipeline.targets.base import DeploymentRef, TeardownReport
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target
-from phi3_pipeline.stages import Stage
 
 
 class CleanUp(BaseModel):

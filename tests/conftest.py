@@ -43,6 +43,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def pytest_configure(config):
+    """Prefect makes its log handlers once per process, on the sys.stderr of that moment: make them now, on the
+    session's stream, not on the `capsys` stream of whichever test first runs a flow (closed after that test)."""
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+
+
 def pytest_collection_modifyitems(config, items):
     """A test that starts a real Prefect server is in the `system` tier (`python -m pytest -m system`), as are the
     ones marked so because they run the command line in a subprocess or kill processes."""

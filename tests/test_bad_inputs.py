@@ -1,6 +1,7 @@
 """Bad input of every kind (a value for every numeric setting, config files, the environment, flags, data files,
-model folders) fails before any work: exit code 2, one `error:` line naming the culprit, no traceback, and no
-process or listening socket left behind."""
+model folders) fails before any money is spent (settings before the flow starts, data in the dataset stage, before
+any fine-tune): exit code 2, one `error:` line naming the culprit, no traceback, and no process or listening socket
+left behind."""
 
 from __future__ import annotations
 
@@ -163,7 +164,7 @@ def test_a_bad_flag_is_one_error_line(flags, expected, tmp_path, capsys, nothing
 
 
 @pytest.mark.parametrize(("make", "expected"), [case[1:] for case in FILE_CASES], ids=[c[0] for c in FILE_CASES])
-def test_a_bad_file_or_folder_is_one_error_line(make, expected, tmp_path, capsys, nothing_left):
+def test_a_bad_file_or_folder_is_one_error_line(make, expected, tmp_path, capsys, prefect_api, nothing_left):
     assert_refused(run_pipeline_cli([*make(tmp_path), "--local.workspace_dir", str(tmp_path / "ws")]),
                    capsys.readouterr().err, expected)
 

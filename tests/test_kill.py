@@ -113,7 +113,7 @@ def api_servers_of(workspace: Path) -> list[psutil.Process]:
 
 @pytest.mark.parametrize("args", [["--epoch", "3"], ["--dataset.source", "/nowhere.jsonl"]])
 def test_a_command_stopped_by_its_flags_or_checks_leaves_no_api_server(args, tmp_path, session_home):
-    """A command starts its API server before it reads its flags (the server loads beside its imports)."""
+    """A command starts its API server only to run a flow: bad flags or settings leave none behind."""
     env = without_an_api(os.environ)
     workspace = tmp_path / "ws"
     result = subprocess.run([sys.executable, "-m", "flows.full_pipeline", *args], cwd=ROOT, capture_output=True,
@@ -125,8 +125,9 @@ def test_a_command_stopped_by_its_flags_or_checks_leaves_no_api_server(args, tmp
     assert api_servers_of(workspace) == []
 
 
-def test_a_prefect_api_named_by_a_profile_is_used_and_the_early_server_stopped(tmp_path, session_home, prefect_server):
-    """The server a command starts before reading its settings is not used when a profile names an API."""
+def test_a_prefect_api_named_by_a_profile_is_used_and_no_server_of_its_own_started(tmp_path, session_home,
+                                                                                  prefect_server):
+    """A profile that names an API is honoured: the command starts no server of its own."""
     profiles = tmp_path / "profiles.toml"
     profiles.write_text(f'active = "shared"\n[profiles.shared]\nPREFECT_API_URL = "{prefect_server}"\n')
     env = without_an_api(os.environ)

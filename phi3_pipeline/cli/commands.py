@@ -25,7 +25,7 @@ from phi3_pipeline.config.errors import ConfigError, PipelineError, TransientErr
 from phi3_pipeline.config.settings import VM_PRICES_AS_OF, unknown_environment_settings, unknown_setting
 from phi3_pipeline.project import load_flow
 from phi3_pipeline.targets import get_target
-from phi3_pipeline.targets.base import UNPRICED, PlanItem, TeardownReport, raise_if_short
+from phi3_pipeline.targets.base import UNPRICED, PlanItem, TeardownReport
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -68,13 +68,9 @@ def load_settings(argv: list[str], prog: str, model: type[PipelineCommand] = Pip
 
 
 def preflight(settings: PipelineCommand) -> None:
-    """What can be checked before the flow starts (while Prefect's API server loads): the target and its free
-    resources. Prompt flow, which the connection and smoke chat stages use, is loaded meanwhile too."""
+    """Prompt flow, which the connection and smoke chat stages use, is loaded while Prefect's API server loads.
+    Every check of the run itself is a stage of the flow."""
     promptflow_chat.load()
-    target = get_target(settings)
-    raise_if_short(target.check_resources())
-    for note in target.notices():
-        print(f"warning: {note}", file=sys.stderr)
 
 
 def _fail(error: BaseException) -> int:
@@ -120,10 +116,7 @@ def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Cal
         command = load_settings(argv, prog, model)
     except PipelineError as error:
         return _fail(error)
-    try:
-        return _checked_run(command, check, run, report)
-    finally:
-        get_target(command).remove_scratch()  # what the checks prepared
+    return _checked_run(command, check, run, report)
 
 
 def _checked_run(command: PipelineCommand, check: Callable, run: Callable, report: Callable) -> int:

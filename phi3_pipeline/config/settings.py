@@ -37,10 +37,10 @@ VM_PRICES_USD_PER_HOUR = {"Standard_NC24ads_A100_v4": 3.67}
 # Azure's rule for workspace connection names (REST spec 2025-12-01, workspaceRP.json, ConnectionName).
 AZURE_CONNECTION_NAME = r"[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}"
 # The model the Azure target fine-tunes unless told otherwise: the current Phi chat model with managed-compute
-# fine-tuning in the azureml registry (README: "Choosing the model"; checked 2026-11-25).
+# fine-tuning in the azureml registry (docs/azure.md, "Choosing the model"; checked 2026-11-25).
 DEFAULT_CATALOG_MODEL = "Phi-4"
 
-# The two request shapes a chat deployment can answer (README: "Scoring contract").
+# The two request shapes a chat deployment can answer (docs/azure.md, "The scoring contract").
 ScoringContract = Literal["input_data", "chat_completions"]
 SchedulerType = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"

@@ -1,6 +1,6 @@
 """The model catalog on Azure: which model a run fine-tunes, whether it still may, on which VM sizes and with
 which hyperparameters, all read from the model's registry entry at run time (the tutorial's Phi-3-mini and
-its Standard_NC6s_v3 are retired; README "Choosing the model").
+its Standard_NC6s_v3 are retired; docs/azure.md, "Choosing the model").
 
 Registry entries carry their lifecycle in two shapes, and both are read:
 - since mid-2026, `system_metadata` (Azure/azureml-assets #5150, 2026-06-16): `deprecation.finetuneRetirementDate`

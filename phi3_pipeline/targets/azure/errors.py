@@ -22,7 +22,7 @@ STAGES = {
 }
 
 PERMISSION_HELP = ("the signed-in account needs Contributor and User Access Administrator (or Owner) on the "
-                   "resource group; see the README's Azure section")
+                   "resource group; see 'Before the first run' in docs/azure.md")
 
 
 def translated(method):
