@@ -436,17 +436,20 @@ class FakeTemplateDeployments:
 
 
 @contextmanager
-def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_completions")
+def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_completions"), body: object = None
                  ) -> Iterator[tuple[str, list[dict], list]]:
     """A 127.0.0.1 stand-in for the endpoint's scoring URI, behind the key, answering the contracts it `speaks`
     as the catalog's inference server does (input_data on /score, chat_completions on /chat/completions; any
     other route is a 404). Yields (scoring URI, the request bodies it answered, each with the deployment it was
-    addressed to and its contract, refusals: predicates on such a request that make it answer HTTP 400)."""
+    addressed to and its contract, refusals: predicates on such a request that make it answer HTTP 400). With
+    `body`, every answer is that body instead (an inference server's failed answer)."""
     answered: list[dict] = []
     refusals: list[Callable[[dict], bool]] = []
     routes = {"/score": ("input_data", {"output": answer}),
               "/chat/completions": ("chat_completions", {"choices": [{"message": {"role": "assistant",
                                                                                   "content": answer}}]})}
+    if body is not None:  # what a failing inference server answers, with HTTP 200, on either route
+        routes = {path: (contract, body) for path, (contract, _) in routes.items()}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):

@@ -331,6 +331,20 @@ def test_a_deployment_that_does_not_speak_the_contract_stops_the_run_naming_both
     assert not [p for p in azure_cloud.arm.resources if "/onlineEndpoints/" in p], "a failed first run tears down"
 
 
+def test_a_deployment_answering_an_error_body_stops_the_run_naming_the_servers_error(prefect_api, settings,
+                                                                                     azure_cloud):
+    """error_body: HTTP 200 `{"output": null, "error": ...}` (foundation-model-serve) is never taken for an answer."""
+    from flows.full_pipeline import full_pipeline
+
+    refused = {"output": None, "error": {"status_code": 400, "body": {"message": "maximum context length"}}}
+    with scoring_stub(ANSWER, body=refused) as (scoring_uri, _, _):
+        azure_cloud.arm.scoring_uri = scoring_uri
+        azure_cloud.arm.job_states = ["Completed"]
+        with pytest.raises(PipelineError, match="the inference server answered an error: .*maximum context length"):
+            full_pipeline(settings)
+    assert not [p for p in azure_cloud.arm.resources if "/onlineEndpoints/" in p], "a failed first run tears down"
+
+
 def test_a_deprecated_model_runs_with_its_warning_in_the_run_summary(prefect_api, settings, azure_cloud, endpoint):
     from flows.full_pipeline import full_pipeline
 

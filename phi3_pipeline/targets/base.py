@@ -16,7 +16,14 @@ import requests
 from pydantic import BaseModel
 
 from phi3_pipeline.chat_data.split_files import SplitFiles
-from phi3_pipeline.chat_flow.scoring_contract import CONTRACTS, ContractError, answer_from, request_for
+from phi3_pipeline.chat_flow.scoring_contract import (
+    CONTRACTS,
+    ContractError,
+    EmptyAnswer,
+    ServerError,
+    answer_from,
+    request_for,
+)
 from phi3_pipeline.config import naming
 from phi3_pipeline.config.errors import InsufficientResourcesError, PipelineError, TransientError
 from phi3_pipeline.config.settings import PipelineSettings, ScoringContract
@@ -338,6 +345,8 @@ def ask_scoring_uri(deployment: DeploymentRef, key: str, question: str, max_new_
         raise PipelineError(f"deployment {name} answered HTTP {response.status_code}: {response.text[:300]}")
     try:
         return answer_from(contract, payload)
+    except (ServerError, EmptyAnswer) as error:
+        raise PipelineError(f"deployment {name}: {error}") from None
     except ContractError:
         raise PipelineError(f"deployment {name} answered HTTP 200 but not in the {contract} contract: "
                             f"{response.text[:300]}; if it speaks {other}, set the scoring contract to {other}"
