@@ -78,12 +78,20 @@ PHI4_COMPUTES = ["Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4", "Standa
                  "Standard_NC80adis_H100_v5", "Standard_ND96isr_H100_v5"]
 
 
-def phi4_entry() -> dict:
-    """Phi-4 v8 as Azure/azureml-assets describes it since 2026-07 (assets/models/system/Phi-4/spec.yaml at
-    4b41f8cc): lifecycle and computes under system_metadata, defaults in the model_specific_defaults tag."""
-    return {"tags": {"model_specific_defaults": {
-                "apply_deepspeed": "true", "deepspeed_stage": 3, "apply_lora": "true", "num_train_epochs": 1,
-                "per_device_train_batch_size": 1, "learning_rate": "5e-6", "lr_scheduler_type": "cosine"}},
+def phi4_entry(shape: str = "system_metadata") -> dict:
+    """Phi-4 v8. `system_metadata`: as Azure/azureml-assets describes it since 2026-07 (assets/models/system/Phi-4/
+    spec.yaml at 4b41f8cc): lifecycle and computes under system_metadata, no compute tags, defaults in the
+    model_specific_defaults tag. `properties`: the same version as a registry read that returns no system metadata
+    shows it: its tags replaced on publish (no compute lists), its add-only properties from before #5190
+    (finetuning-tasks, finetune-recommended-sku as comma-separated text, SharedComputeCapacityEnabled)."""
+    tags = {"model_specific_defaults": {
+        "apply_deepspeed": "true", "deepspeed_stage": 3, "apply_lora": "true", "num_train_epochs": 1,
+        "per_device_train_batch_size": 1, "learning_rate": "5e-6", "lr_scheduler_type": "cosine"}}
+    if shape == "properties":
+        return {"tags": tags, "properties": {"finetuning-tasks": "chat-completion",
+                                             "finetune-recommended-sku": ", ".join(PHI4_COMPUTES),
+                                             "SharedComputeCapacityEnabled": "True"}}
+    return {"tags": tags,
             "systemMetadata": {"tasks": {"fineTuningTasks": ["chat-completion"], "inferenceTasks": ["chat-completion"]},
                                "supportedComputes": {"finetuneComputes": PHI4_COMPUTES,
                                                      "inferenceComputes": PHI4_COMPUTES},

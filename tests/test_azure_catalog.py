@@ -1,6 +1,7 @@
 """The catalog model, read from the `azureml` registry through the real registry MLClient (its discovery call
-included) against tests/azure_fakes.FakeRegistry, which serves both metadata shapes: a current model
-(Phi-4, system_metadata), a retired and archived one (Phi-3-mini-4k-instruct, both shapes) and a deprecated one."""
+included) against tests/azure_fakes.FakeRegistry, which serves every metadata shape: a current model (Phi-4 v8
+with system_metadata and no compute tags, or with its properties only), a retired and archived one
+(Phi-3-mini-4k-instruct, system_metadata and tags) and a deprecated one (tags)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from azure.ai.ml import MLClient
 from phi3_pipeline.config.errors import ConfigError
 from phi3_pipeline.config.settings import AzureTrainingSettings
 from phi3_pipeline.targets.azure import catalog
-from tests.azure_fakes import AZURE, FakeArm, OfflineCredential, ScriptedTransport
+from tests.azure_fakes import AZURE, PHI4_COMPUTES, FakeArm, OfflineCredential, ScriptedTransport, phi4_entry
 
 warnings.filterwarnings("ignore", message=".*experimental")
 TODAY = date(2026, 11, 25)
@@ -38,7 +39,58 @@ def test_the_default_is_phi4_pinned_to_its_newest_active_version_read_only(regis
     assert "Standard_NC24ads_A100_v4" in model.finetune_computes
     assert "Standard_NC40ads_H100_v5" in model.inference_computes
     assert model.defaults["learning_rate"] == "5e-6" and model.deprecations(TODAY) == []
+    assert model.sources["finetune computes"] == "system metadata (supportedComputes.finetuneComputes)"
     assert {r.method for r in transport.requests} == {"GET"}
+
+
+def test_catalog_properties_phi4_v8_read_without_system_metadata_is_planned_with_its_property_skus(registry, arm):
+    """The likely first-run shape: the registry read returns no system metadata and the compute tags are gone."""
+    arm.registry.add("Phi-4", "8", phi4_entry("properties"))
+    model = resolve(registry[0])
+    assert model.refusal(TODAY) is None and model.finetune_computes == tuple(PHI4_COMPUTES)
+    assert model.finetune_tasks == ("chat-completion",)
+    assert model.inference_computes == tuple(PHI4_COMPUTES)
+    assert model.sources == {"finetune computes": "properties (finetune-recommended-sku)",
+                             "inference computes": "the fine-tuning computes (none named for it)",
+                             "fine-tuning tasks": "properties (finetuning-tasks)", "lifecycle dates": "nowhere"}
+
+
+def entry(**places) -> dict:
+    return {"id": "azureml://registries/azureml/models/M/versions/1", "properties": places}
+
+
+def test_catalog_properties_each_fact_comes_from_the_first_place_that_has_it():
+    model = catalog.read_model(entry(
+        systemMetadata={"supportedComputes": {"inferenceComputes": ["Standard_S"]}},
+        properties={"finetune-recommended-sku": "Standard_P1, Standard_P2", "inference-recommended-sku": "Standard_X",
+                    "finetuning-tasks": "chat-completion"},
+        tags={"finetune_compute_allow_list": "[Standard_T]", "FinetuneRetirementDate": "2099-01-01"}), "azureml")
+    assert (model.finetune_computes, model.inference_computes) == (("Standard_P1", "Standard_P2"), ("Standard_S",))
+    assert model.sources == {"finetune computes": "properties (finetune-recommended-sku)",
+                             "inference computes": "system metadata (supportedComputes.inferenceComputes)",
+                             "fine-tuning tasks": "properties (finetuning-tasks)", "lifecycle dates": "tags"}
+    assert model.dates["finetune_retirement"] == date(2099, 1, 1)
+
+
+def test_catalog_properties_a_model_with_its_facts_nowhere_is_refused_naming_where_it_looked():
+    message = catalog.read_model(entry(properties={"finetuning-tasks": "chat-completion"}), "azureml").refusal(TODAY)
+    assert "M v1 lists no managed compute to fine-tune on" in message
+    assert "system metadata supportedComputes.finetuneComputes; properties finetune-recommended-sku; tags " \
+           "finetune_compute_allow_list" in message
+
+
+@pytest.mark.parametrize("place", ["systemMetadata", "tags"])
+def test_a_model_in_the_legacy_stage_gets_a_warning_as_a_deprecated_one_does(place):
+    dates = ({"deprecation": {"inferenceLegacyDate": "2026-06-09T00:00:00.000000Z",
+                              "inferenceRetirementDate": "2027-03-01T00:00:00.000000Z"}}
+             if place == "systemMetadata" else {"InferenceLegacyDate": "2026-06-09",
+                                                "InferenceRetirementDate": "2027-03-01"})
+    model = catalog.read_model(entry(**{place: dates, "properties": {"finetuning-tasks": "chat-completion",
+                                                                      "finetune-recommended-sku": "Standard_P"}}),
+                               "azureml")
+    assert model.refusal(TODAY) is None
+    assert model.deprecations(TODAY) == ["M v1 is in the Legacy stage for inference since 2026-06-09, retires "
+                                         "2027-03-01"]
 
 
 @pytest.mark.parametrize("version", ["15", "14"], ids=["system_metadata", "tags"])

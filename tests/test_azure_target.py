@@ -25,6 +25,7 @@ from tests.azure_fakes import (
     WORKSPACE,
     WORKSPACES,
     FakeArm,
+    phi4_entry,
     request_json,
     scoring_stub,
     vcpu_usages,
@@ -175,7 +176,12 @@ def test_short_quota_stops_before_anything_is_created(azure_cloud, tmp_path, cap
     assert puts(azure_cloud.transport) == [] and azure_cloud.uploads == []
 
 
-def test_plan_reads_only_and_prices_what_the_run_would_start(azure_cloud, tmp_path, capsys):
+@pytest.mark.parametrize("shape", ["system_metadata", "catalog_properties"])
+def test_plan_reads_only_and_prices_what_the_run_would_start(shape, prefect_api, azure_cloud, tmp_path, capsys):
+    """In either shape of Phi-4 v8's registry entry (catalog_properties: no system metadata in the body, no compute
+    tags), the plan names the model's facts with where each came from."""
+    if shape == "catalog_properties":
+        azure_cloud.arm.registry.add("Phi-4", "8", phi4_entry("properties"))
     code = run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path), "--plan"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -183,6 +189,8 @@ def test_plan_reads_only_and_prices_what_the_run_would_start(azure_cloud, tmp_pa
     lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines() if len(line.split()) > 2}
     assert "create" in lines["managed identity"] and "submit" in lines["fine-tune job"]
     assert "Phi-4 v8" in lines["catalog model"] and "learning_rate 5e-6" in lines["catalog model"]
+    source = "system metadata (supportedComputes" if shape == "system_metadata" else "properties (finetune-recommended"
+    assert f"finetune computes from {source}" in lines["catalog facts"]
     assert "3.67" in lines["fine-tune job"]
     assert "Standard_NC24ads_A100_v4 x1" in lines["deployment (Standard_NC24ads_A100_v4"]
     assert "up to 7.34 USD/hour" in out and "2026-11-25" in out

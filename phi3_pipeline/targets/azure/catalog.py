@@ -2,13 +2,18 @@
 which hyperparameters, all read from the model's registry entry at run time (the tutorial's Phi-3-mini and
 its Standard_NC6s_v3 are retired; docs/azure.md, "Choosing the model").
 
-Registry entries carry their lifecycle in two shapes, and both are read:
-- since mid-2026, `system_metadata` (Azure/azureml-assets #5150, 2026-06-16): `deprecation.finetuneRetirementDate`
-  ..., `supportedComputes.finetuneComputes` / `inferenceComputes`, `tasks.fineTuningTasks`;
-- before, tags (`FinetuneRetirementDate` ..., `finetune_compute_allow_list`) and the `finetuning-tasks` property.
-Where both are present `system_metadata` wins (the assets validator calls it the source of truth). An archived
-version (`isArchived`, the SDK's `stage` "Archived") is refused like a retired one. The fine-tuning defaults stay
-in the `model_specific_defaults` tag in both shapes.
+A model version's facts can live in three places, read in this order, each fact from the first that has it:
+- `system_metadata` (Azure/azureml-assets #5150, 2026-06-16): `deprecation.finetuneRetirementDate` ...,
+  `supportedComputes.finetuneComputes` / `inferenceComputes`, `tasks.fineTuningTasks`. azure-ai-ml 1.35's
+  `Model` has no field for it, and no registry api-version found in the REST specs or the SDK's recordings
+  documents it in the body, so it may well not come back;
+- properties (add-only on the registry, so they survive a republish): `finetune-recommended-sku`,
+  `inference-recommended-sku`, `finetuning-tasks` (what azureml-examples' notebook reads);
+- tags (replaced on every publish: Phi-4's compute allow-lists left with #5190, 2026-07-01):
+  `finetune_compute_allow_list`, `inference_compute_allow_list`, `FinetuneRetirementDate` ...
+`--plan` names where each fact came from. An archived version (`isArchived`, the SDK's `stage` "Archived") is
+refused like a retired one; one past its `inferenceLegacyDate` gets a warning, as a deprecated one does. The
+fine-tuning defaults stay in the `model_specific_defaults` tag in every shape.
 """
 
 from __future__ import annotations
@@ -40,13 +45,23 @@ RETIRED_VM_SIZES = {
                      "Standard_NV8as_v4", "Standard_NV16as_v4", "Standard_NV32as_v4"), "2026-09-30"),
 }
 RETIRED = {size.lower(): retired_on for size, retired_on in RETIRED_VM_SIZES.items()}
-# The lifecycle dates in the two shapes: (system_metadata.deprecation key, tag).
+# The lifecycle dates: (system_metadata.deprecation key, tag). There is no fine-tuning Legacy stage.
 LIFECYCLE_KEYS = {
     "finetune_deprecation": ("finetuneDeprecationDate", "FinetuneDeprecationDate"),
     "finetune_retirement": ("finetuneRetirementDate", "FinetuneRetirementDate"),
     "inference_deprecation": ("inferenceDeprecationDate", "InferenceDeprecationDate"),
+    "inference_legacy": ("inferenceLegacyDate", "InferenceLegacyDate"),
     "inference_retirement": ("inferenceRetirementDate", "InferenceRetirementDate"),
 }
+# Where each list fact may live, in the order read: (place, key in system_metadata / properties / tags).
+FACT_PLACES = {
+    "finetune computes": (("system metadata", "supportedComputes.finetuneComputes"),
+                          ("properties", "finetune-recommended-sku"), ("tags", "finetune_compute_allow_list")),
+    "inference computes": (("system metadata", "supportedComputes.inferenceComputes"),
+                           ("properties", "inference-recommended-sku"), ("tags", "inference_compute_allow_list")),
+    "fine-tuning tasks": (("system metadata", "tasks.fineTuningTasks"), ("properties", "finetuning-tasks")),
+}
+NOWHERE = "nowhere"
 USES = {"finetune": "fine-tuning", "inference": "inference"}
 # The fine-tuning component's input names for the tutorial's advanced settings (azureml-assets,
 # chat_completion_pipeline), keyed by the AzureTrainingSettings field that sets each.
@@ -102,6 +117,7 @@ class CatalogModel:
     inference_computes: tuple[str, ...] = ()
     finetune_tasks: tuple[str, ...] = ()
     defaults: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # fact -> where it was read ("properties (...)")
 
     @property
     def label(self) -> str:
@@ -117,13 +133,18 @@ class CatalogModel:
         return reasons
 
     def deprecations(self, today: date) -> list[str]:
-        """Deprecated but not yet retired: the dates to plan a move by."""
+        """Deprecated or in the Legacy stage, not yet retired: the dates to plan a move by."""
         notes = []
         for use, label in USES.items():
-            since, retires = self.dates.get(f"{use}_deprecation"), self.dates.get(f"{use}_retirement")
-            if since and since <= today and not (retires and retires <= today):
-                until = f", retires {retires.isoformat()}" if retires else ""
-                notes.append(f"{self.label} is deprecated for {label} since {since.isoformat()}{until}")
+            retires = self.dates.get(f"{use}_retirement")
+            if retires and retires <= today:
+                continue
+            until = f", retires {retires.isoformat()}" if retires else ""
+            for stage in ("deprecation", "legacy"):
+                since = self.dates.get(f"{use}_{stage}")
+                if since and since <= today:
+                    state = "deprecated" if stage == "deprecation" else "in the Legacy stage"
+                    notes.append(f"{self.label} is {state} for {label} since {since.isoformat()}{until}")
         return notes
 
     def refusal(self, today: date) -> str | None:
@@ -136,28 +157,49 @@ class CatalogModel:
             return (f"{self.label} cannot be fine-tuned for {CHAT_COMPLETION} "
                     f"(its fine-tuning tasks: {', '.join(self.finetune_tasks) or 'none'})")
         if not self.finetune_computes:
-            return (f"{self.label} lists no managed compute to fine-tune on (serverless fine-tuning is not "
-                    "supported by this pipeline yet)")
+            places = "; ".join(f"{place} {key}" for place, key in FACT_PLACES["finetune computes"])
+            return (f"{self.label} lists no managed compute to fine-tune on (read: {places}; serverless "
+                    "fine-tuning is not supported by this pipeline yet)")
         return None
 
 
+def _dig(mapping: dict, dotted: str):
+    for part in dotted.split("."):
+        mapping = _as_dict(mapping).get(part) if mapping else None
+    return mapping
+
+
+def _first_listed(fact: str, places: dict[str, dict]) -> tuple[tuple[str, ...], str]:
+    """A list fact from the first place that has it, and where that was ("nowhere" if none)."""
+    for place, key in FACT_PLACES[fact]:
+        if items := _as_list(_dig(places[place], key) if place == "system metadata" else places[place].get(key)):
+            return items, f"{place} ({key})"
+    return (), NOWHERE
+
+
 def read_model(raw: dict, registry: str) -> CatalogModel:
-    """Both metadata shapes of a registry model version (its REST body) into one CatalogModel."""
+    """A registry model version (its REST body, in any of its shapes) into one CatalogModel."""
     body = raw.get("properties") or {}
-    tags, properties = dict(body.get("tags") or {}), dict(body.get("properties") or {})
-    system = _as_dict(body.get("systemMetadata") or body.get("system_metadata") or {})
-    deprecation = _as_dict(system.get("deprecation") or {})
-    computes = _as_dict(system.get("supportedComputes") or {})
-    tasks = _as_dict(system.get("tasks") or {})
+    places = {"system metadata": _as_dict(body.get("systemMetadata") or body.get("system_metadata") or {}),
+              "properties": dict(body.get("properties") or {}), "tags": dict(body.get("tags") or {})}
+    deprecation = _as_dict(places["system metadata"].get("deprecation") or {})
+    facts = {fact: _first_listed(fact, places) for fact in FACT_PLACES}
+    inference, inference_source = facts["inference computes"]
+    if not inference and facts["finetune computes"][0]:  # Phi-4's two lists are one set where both are given
+        inference, inference_source = facts["finetune computes"][0], "the fine-tuning computes (none named for it)"
+    dates = {key: _as_date(deprecation.get(new) or places["tags"].get(old))
+             for key, (new, old) in LIFECYCLE_KEYS.items()}
+    lifecycle = ("system metadata (deprecation)" if any(deprecation.get(new) for new, _ in LIFECYCLE_KEYS.values())
+                 else "tags" if any(dates.values()) else NOWHERE)
     name, version = raw["id"].split("/models/", 1)[1].split("/versions/")
     return CatalogModel(
         name=name, version=version, asset_id=f"azureml://registries/{registry}/models/{name}/versions/{version}",
         archived=bool(body.get("isArchived")) or str(body.get("stage") or "").lower() == ARCHIVED,
-        dates={key: _as_date(deprecation.get(new) or tags.get(old)) for key, (new, old) in LIFECYCLE_KEYS.items()},
-        finetune_computes=_as_list(computes.get("finetuneComputes") or tags.get("finetune_compute_allow_list")),
-        inference_computes=_as_list(computes.get("inferenceComputes") or tags.get("inference_compute_allow_list")),
-        finetune_tasks=_as_list(tasks.get("fineTuningTasks") or properties.get("finetuning-tasks")),
-        defaults={str(k): str(v) for k, v in _as_dict(tags.get("model_specific_defaults") or {}).items()},
+        dates=dates, finetune_computes=facts["finetune computes"][0], inference_computes=inference,
+        finetune_tasks=facts["fine-tuning tasks"][0],
+        defaults={str(k): str(v) for k, v in _as_dict(places["tags"].get("model_specific_defaults") or {}).items()},
+        sources={"finetune computes": facts["finetune computes"][1], "inference computes": inference_source,
+                 "fine-tuning tasks": facts["fine-tuning tasks"][1], "lifecycle dates": lifecycle},
     )
 
 

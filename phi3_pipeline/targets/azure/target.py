@@ -312,7 +312,9 @@ class AzureTarget(Target):
 
         hyper = ", ".join(f"{key} {value}" for key, value in self.hyperparameters.items())
         items = [PlanItem(resource=f"catalog model {self.model.label}", action="fine-tune",
-                          detail=f"{self.model.asset_id}; {hyper}")]
+                          detail=f"{self.model.asset_id}; {hyper}"),
+                 PlanItem(resource=f"catalog facts of {self.model.label}", action="read",
+                          detail="; ".join(f"{fact} from {source}" for fact, source in self.model.sources.items()))]
         items += [PlanItem(resource="warning", action="warning", detail=note) for note in self.notices()]
         _, scopes = self._role_scopes()
         identities = self.clients.msi.user_assigned_identities
