@@ -322,7 +322,7 @@ class FakeArm:
         if path.endswith("/usages"):
             return 200, self.usages
         if path.endswith("/providers/Microsoft.Authorization/roleDefinitions"):
-            role = request.url.split("roleName%20eq%20%27")[1].split("%27")[0].replace("%20", " ")
+            role = unquote(request.url).split("roleName eq '")[1].split("'")[0]
             return 200, {"value": [{"id": f"{path}/{role.replace(' ', '-').lower()}", "name": role,
                                     "properties": {"roleName": role, "type": "BuiltInRole"}}]}
         if request.method == "PUT":

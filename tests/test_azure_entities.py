@@ -94,7 +94,8 @@ def test_deployment_is_one_instance_whose_readiness_is_checked_from_the_start():
 
 def test_the_roles_the_endpoint_uses_and_the_tutorials_unused_contributor():
     assert entities.REQUIRED_ROLES == (("Storage Blob Data Reader", "storage_account"),
-                                       ("AcrPull", "container_registry"))
+                                       ("AcrPull", "container_registry"),
+                                       ("AzureML Metrics Writer (preview)", "workspace"))
     assert entities.UNUSED_ROLES == (("Contributor", "resource_group"),)
 
 

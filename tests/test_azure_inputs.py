@@ -3,6 +3,7 @@ the CLI, the real SDK clients and the in-memory Resource Manager and registry)."
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import pytest
@@ -65,21 +66,25 @@ def test_help_shows_no_retired_model_or_vm_size_as_a_default(capsys):
 
 
 def test_a_workspace_without_a_registry_defers_acr_pull_with_a_warning_and_grants_it_once_one_exists(
-        azure_cloud, azure_settings):
+        azure_cloud, azure_settings, monkeypatch):
     arm = azure_cloud.arm
     arm.container_registry = None
     target = AzureTarget(azure_settings)
     identity = target.ensure_identity()
     assert "AcrPull" not in identity.detail and "no container registry yet" in identity.warnings[0]
     roles = [p for p in arm.resources if "/roleAssignments/" in p]
-    assert len(roles) == 1, "Storage Blob Data Reader only"
+    assert len(roles) == 2, "Storage Blob Data Reader and AzureML Metrics Writer only"
     assert any("no container registry" in note for note in target.notices())
     plan_lines = {item.resource: item for item in target.plan(*_split_and_job(target))}
     assert plan_lines["role AcrPull"].action == "deferred"
     assert AzureTarget(azure_settings)._grant_acr_pull_once_registry_exists() is False
     arm.container_registry = "/subscriptions/x/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/late"
-    assert AzureTarget(azure_settings)._grant_acr_pull_once_registry_exists() is True
-    assert len([p for p in arm.resources if "/roleAssignments/" in p]) == 2
+    waited = []
+    monkeypatch.setattr(time, "sleep", waited.append)
+    assert target._grant_acr_pull_once_registry_exists() is True, "the same run's target sees the new registry"
+    assert len([p for p in arm.resources if "/roleAssignments/" in p]) == 3
+    assert waited == [azure_settings.azure.role_propagation_s], "a late grant is given time to take effect"
+    assert target._grant_acr_pull_once_registry_exists() is True and len(waited) == 1, "held: no second wait"
 
 
 def _split_and_job(target: AzureTarget):

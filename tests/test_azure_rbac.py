@@ -19,6 +19,7 @@ from tests.azure_fakes import AZURE, SUB, OfflineCredential, ScriptedTransport, 
 RG = f"/subscriptions/{SUB}/resourceGroups/rg"
 SCOPES = rbac.RoleScopes(
     resource_group=RG,
+    workspace=f"{RG}/providers/Microsoft.MachineLearningServices/workspaces/ws",
     storage_account=f"{RG}/providers/Microsoft.Storage/storageAccounts/wsstorage",
     container_registry=f"{RG}/providers/Microsoft.ContainerRegistry/registries/wsacr",
 )
@@ -73,9 +74,10 @@ def test_the_endpoints_roles_are_assigned_at_their_scopes_with_deterministic_nam
     assert [(g.role, g.scope, g.created) for g in grants] == [
         ("Storage Blob Data Reader", SCOPES.storage_account, True),
         ("AcrPull", SCOPES.container_registry, True),
+        ("AzureML Metrics Writer (preview)", SCOPES.workspace, True),
     ]
     puts = transport.calls("PUT")
-    assert len(puts) == 2
+    assert len(puts) == 3
     for grant, put in zip(grants, puts, strict=True):
         assert f"{grant.scope}/providers/Microsoft.Authorization/roleAssignments/{grant.assignment_name}" in put.url
         assert grant.assignment_name == role_assignment_name(grant.scope, grant.role, "principal-1")
@@ -88,8 +90,8 @@ def test_an_existing_assignment_counts_as_done():
     exists = (409, {"error": {"code": "RoleAssignmentExists", "message": "The role assignment already exists."}})
     client, transport = authorization(lambda r: role_definitions(r) if r.method == "GET" else exists)
     grants = rbac.ensure_roles(client, "principal-1", SCOPES)
-    assert [g.created for g in grants] == [False, False]
-    assert len(transport.calls("PUT")) == 2  # one attempt each, no duplicates
+    assert [g.created for g in grants] == [False, False, False]
+    assert len(transport.calls("PUT")) == 3  # one attempt each, no duplicates
 
 
 def test_a_new_principal_not_yet_replicated_is_retried_until_it_appears():
@@ -103,7 +105,7 @@ def test_a_new_principal_not_yet_replicated_is_retried_until_it_appears():
     client, transport = authorization(handler)
     grants = rbac.ensure_roles(client, "principal-1", SCOPES)
     assert all(g.created for g in grants)
-    assert len(transport.calls("PUT")) == 4  # 2 refusals while replicating, then 2 assignments
+    assert len(transport.calls("PUT")) == 5  # 2 refusals while replicating, then 3 assignments
 
 
 def test_throttling_and_server_errors_are_retried_by_the_client():
@@ -116,8 +118,8 @@ def test_throttling_and_server_errors_are_retried_by_the_client():
         return created_assignment(request)
 
     client, transport = authorization(handler)
-    assert len(rbac.ensure_roles(client, "principal-1", SCOPES)) == 2
-    assert len(transport.calls("GET")) == 4  # 2 faults + 2 lookups
+    assert len(rbac.ensure_roles(client, "principal-1", SCOPES)) == 3
+    assert len(transport.calls("GET")) == 5  # 2 faults + 3 lookups
 
 
 def test_a_permission_error_fails_at_once():

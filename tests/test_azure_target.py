@@ -22,6 +22,7 @@ from tests.azure_fakes import (
     AZURE,
     ENDPOINT_KEY,
     GROUP,
+    REGISTRY,
     WORKSPACE,
     WORKSPACES,
     FakeArm,
@@ -75,7 +76,8 @@ def test_the_pipeline_does_every_step_in_azure_and_a_rerun_creates_nothing(prefe
     grants = sorted((path.split("/providers/Microsoft.Authorization")[0].rsplit("/", 1)[-1],
                      body["properties"]["roleDefinitionId"].rsplit("/", 1)[-1])
                     for path, body in arm.resources.items() if "/roleAssignments/" in path)
-    assert grants == [("wsregistry", "acrpull"), ("wsstorage", "storage-blob-data-reader")]
+    assert grants == [("ws", "azureml-metrics-writer-(preview)"), ("wsregistry", "acrpull"),
+                      ("wsstorage", "storage-blob-data-reader")]
     assert sorted(name for _, name, _ in azure_cloud.uploads) == ["phi3-custom-test", "phi3-custom-train"]
     compute = arm.resources[f"{WORKSPACE}/computes/phi-ft-cluster"]
     cluster = compute["properties"]["properties"]
@@ -380,6 +382,30 @@ def test_an_endpoint_made_while_the_workspace_has_no_registry_runs_as_a_system_i
     assert not [p for p in arm.resources if "/roleAssignments/" in p and "acrpull" in str(arm.resources[p])]
     assert "no container registry yet" in next(row["detail"] for row in result["stages"]
                                                if row["stage"] == "quota check")
+
+
+def test_a_registry_azure_makes_during_the_run_gets_acr_pull_before_the_deployment(prefect_api, settings,
+                                                                                    azure_cloud, endpoint,
+                                                                                    monkeypatch):
+    """The identity stage finds no registry; Azure makes one before the deploy stage, which grants AcrPull then
+    and deploys with the pipeline's identity (the run's one target reads the workspace again for it)."""
+    from flows.full_pipeline import full_pipeline
+    from phi3_pipeline.targets.azure.target import AzureTarget
+
+    arm = azure_cloud.arm
+    arm.container_registry, ensure_identity = None, AzureTarget.ensure_identity
+
+    def identity_then_a_registry(target):
+        made = ensure_identity(target)
+        arm.container_registry = REGISTRY
+        return made
+
+    monkeypatch.setattr(AzureTarget, "ensure_identity", identity_then_a_registry)
+    quick = settings.model_copy(update={"azure": settings.azure.model_copy(update={"role_propagation_s": 0})})
+    assert full_pipeline(quick)["answer"] == ANSWER
+    endpoint_path = next(p for p in arm.resources if "/onlineEndpoints/" in p and "/deployments/" not in p)
+    assert arm.resources[endpoint_path]["identity"]["type"] == "UserAssigned"
+    assert any("/roleAssignments/" in p and p.startswith(REGISTRY) for p in arm.resources)
 
 
 def test_a_failed_runs_clean_up_never_removes_what_another_run_made_live(azure_cloud, settings, monkeypatch):

@@ -23,6 +23,13 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0]
 
 
+def assert_the_run_ends_in_one_error(result, *fragments):
+    """A stage of the flow refused the input: the flow's log, then one `error:` line naming it, no traceback."""
+    assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(fragment in last for fragment in fragments), result.stderr
+
+
 @pytest.fixture
 def workspace_env(tmp_path, session_home):
     return {"PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "ws")}
@@ -48,10 +55,9 @@ def test_malformed_jsonl(tmp_path, workspace_env):
                       '{"role": "assistant", "content": "hello"}]}\n{"prompt": "x", "prompt_id": "2", "messages": '
                       '[{"role": "wizard", "content": "x"}]}\n')
     result = run_cli("flows.full_pipeline", "--dataset.source", str(source), env=workspace_env)
-    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
-    last = result.stderr.strip().splitlines()[-1]  # after the flow's log: the dataset stage found it
-    assert last.startswith("error: ") and f"{source}:2" in last and "messages[0].role" in last
-    assert "Fine-tune" not in result.stderr and "fine-tune-" not in result.stderr  # nothing was submitted
+    assert_the_run_ends_in_one_error(result, f"{source}:2", "messages[0].role")  # the dataset stage found it
+    assert result.returncode == 2  # bad input
+    assert "fine-tune-" not in result.stderr  # nothing was submitted
 
 
 def test_missing_checkpoint_path(workspace_env):
@@ -66,7 +72,8 @@ def test_port_in_use(workspace_env):
         squatter.listen()
         port = squatter.getsockname()[1]
         result = run_cli("flows.full_pipeline", "--local.port", str(port), env=workspace_env)
-    assert_one_line_error(result, f"port {port}", "local.port=0")
+    assert_the_run_ends_in_one_error(result, f"port {port}", "local.port=0")  # the quota check, first of all
+    assert "identity-and-rbac" not in result.stderr
 
 
 def test_azure_target_without_its_workspace_is_refused_before_any_work(workspace_env):

@@ -188,6 +188,12 @@ class AzureSettings(StrictModel):
                     "another machine) removes such a candidate only once its lease has run out. It covers one "
                     "run's deploy, gate and go-live; a killed run's candidate bills until then (or teardown).",
     )
+    role_propagation_s: int = Field(
+        300, ge=0, le=1800,
+        description="Seconds the deploy stage waits after granting AcrPull late (a workspace whose container "
+                    "registry Azure made after the identity stage) before the deployment pulls its image: a role "
+                    "assignment can take minutes to take effect (Azure RBAC troubleshooting: up to 30).",
+    )
     cold_start_s: int = Field(
         600, ge=0, description="Seconds the liveness probe waits before its first check: a large model loads "
                                "slowly (the readiness probe starts at once and fails until the model answers).",

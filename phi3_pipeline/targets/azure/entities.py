@@ -36,6 +36,9 @@ FINETUNE_OUTPUT = "registered_model"
 REQUIRED_ROLES = (
     ("Storage Blob Data Reader", "storage_account"),
     ("AcrPull", "container_registry"),
+    # a system-assigned endpoint identity gets it from Azure, a user-assigned one does not
+    # (azure-ai-docs, concept-endpoints-online-auth.md): the deployment writes its metrics with it
+    ("AzureML Metrics Writer (preview)", "workspace"),
 )
 # SEED.md's third role, Contributor on the resource group: nothing the pipeline runs uses it (a fine-tune job
 # takes no identity), so it is not granted, and one an earlier version granted is removed.

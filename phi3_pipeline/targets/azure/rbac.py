@@ -32,9 +32,10 @@ PRINCIPAL_NOT_REPLICATED = "PrincipalNotFound"
 
 @dataclass(frozen=True)
 class RoleScopes:
-    """The ARM ids SEED.md's roles apply to."""
+    """The ARM ids the roles apply to."""
 
     resource_group: str
+    workspace: str
     storage_account: str
     container_registry: str | None  # a workspace gets its registry lazily: none until first needed
 

@@ -7,6 +7,7 @@ through `clients.connect` (sign-in is checked there, before anything else).
 
 from __future__ import annotations
 
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -118,8 +119,8 @@ class AzureTarget(Target):
     # ---- identity and RBAC -------------------------------------------------------------------
     @cached_property
     def _workspace(self):
-        """The ML workspace, read once per target (a target serves one stage: the deploy stage reads it anew,
-        so a registry Azure made meanwhile is seen)."""
+        """The ML workspace, read once per run (the deploy stage reads it anew, so a registry Azure made
+        meanwhile is seen)."""
         return self.clients.ml.workspaces.get(self.azure.workspace_name)
 
     @translated
@@ -128,14 +129,16 @@ class AzureTarget(Target):
         again under the same name is another one."""
         return self._workspace._workspace_id
 
-    def _role_scopes(self) -> tuple[str, rbac.RoleScopes]:
-        """(the workspace's immutable GUID, the three role scopes): a workspace deleted and made again under
-        the same name has a new GUID, so nothing cached against the old one is reused (azure-ai-ml 1.35
-        keeps the GUID in a private attribute)."""
+    def _role_scopes(self, fresh: bool = False) -> tuple[str, rbac.RoleScopes]:
+        """(the workspace's immutable GUID, the role scopes): a workspace deleted and made again under the same
+        name has a new GUID, so nothing cached against the old one is reused (azure-ai-ml 1.35 keeps the GUID in
+        a private attribute). `fresh`: the workspace read again."""
+        if fresh:
+            self.__dict__.pop("_workspace", None)
         workspace = self._workspace
         group = f"/subscriptions/{self.azure.subscription_id}/resourceGroups/{self.azure.resource_group}"
         return self.workspace_identity(), rbac.RoleScopes(
-            resource_group=group, storage_account=workspace.storage_account,
+            resource_group=group, workspace=workspace.id, storage_account=workspace.storage_account,
             container_registry=workspace.container_registry)
 
     @translated
@@ -151,13 +154,16 @@ class AzureTarget(Target):
                            warnings=warnings)
 
     def _grant_acr_pull_once_registry_exists(self) -> bool:
-        """A workspace made without a registry gets one lazily: grant the deferred AcrPull before deploying.
+        """A workspace made without a registry gets one lazily: grant the deferred AcrPull before deploying, and
+        give a grant made now `azure.role_propagation_s` to take effect before the deployment pulls its image.
         False if there is still no registry (the identity then lacks AcrPull)."""
-        _, scopes = self._role_scopes()
+        _, scopes = self._role_scopes(fresh=True)
         if scopes.container_registry is None:
             return False
         identity = self.clients.msi.user_assigned_identities.get(self.azure.resource_group, self.azure.identity_name)
-        rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes, roles=("AcrPull",))
+        grants = rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes, roles=("AcrPull",))
+        if any(grant.created for grant in grants):
+            time.sleep(self.azure.role_propagation_s)
         return True
 
     # ---- quota ---------------------------------------------------------------------------------
