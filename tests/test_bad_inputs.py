@@ -59,6 +59,8 @@ FLAG_CASES = [
     ("deploy_instance_count 0", ["--azure.deploy_instance_count", "0"], "azure.deploy_instance_count"),
     ("request_timeout 10", ["--azure.request_timeout_ms", "10"], "azure.request_timeout_ms"),
     ("azure lr 5", ["--azure.training.learning_rate", "5"], "azure.training.learning_rate"),
+    ("hub name too long", ["--azure.hub_name", "h" * 34], "azure.hub_name"),
+    ("project name with a dot", ["--azure.project_name", "my.project"], "azure.project_name"),
     ("target", ["--target", "gcp"], "target"),
     ("model_name", ["--model_name", "Bad Name"], "model_name"),
     ("connection_name", ["--connection_name", "bad name!"], "connection_name"),

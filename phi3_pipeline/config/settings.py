@@ -34,8 +34,11 @@ DEFAULT_CONFIG_FILE = Path("phi3-pipeline.toml")
 # missing here is shown as "price unknown" by --plan: add it with azure.vm_prices_usd_per_hour.
 VM_PRICES_AS_OF = "2026-11-25"
 VM_PRICES_USD_PER_HOUR = {"Standard_NC24ads_A100_v4": 3.67}
-# Azure's rule for workspace connection names (REST spec 2025-12-01, workspaceRP.json, ConnectionName).
+# Azure's rule for workspace connection names (REST spec 2025-12-01, workspaceRP.json, ConnectionName), which is
+# also its rule for workspace names, a hub's and a project's included (the ARM schema's
+# `^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$`: 3-33 letters, digits, '_' or '-', starting with a letter or digit).
 AZURE_CONNECTION_NAME = r"[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}"
+AZURE_WORKSPACE_NAME = AZURE_CONNECTION_NAME
 # The model the Azure target fine-tunes unless told otherwise: the current Phi chat model with managed-compute
 # fine-tuning in the azureml registry (docs/azure.md, "Choosing the model"; checked 2026-11-25).
 DEFAULT_CATALOG_MODEL = "Phi-4"
@@ -206,8 +209,10 @@ class AzureSettings(StrictModel):
     )
     training: AzureTrainingSettings = Field(default_factory=AzureTrainingSettings)
     request_timeout_ms: int = Field(90000, ge=1000, le=180000, description="Scoring request timeout.")
-    hub_name: str = Field("phi3-pipeline-hub", description="Azure AI Foundry hub to get or create.")
-    project_name: str = Field("phi3-pipeline-project", description="Azure AI Foundry project in the hub.")
+    hub_name: str = Field("phi3-pipeline-hub", pattern=f"^{AZURE_WORKSPACE_NAME}$",
+                          description="Microsoft Foundry hub to get or create (3-33 letters, digits, '_' or '-').")
+    project_name: str = Field("phi3-pipeline-project", pattern=f"^{AZURE_WORKSPACE_NAME}$",
+                              description="Microsoft Foundry project in the hub (3-33 letters, digits, '_' or '-').")
     teardown_everything: bool = Field(
         False, description="Teardown also deletes the compute cluster, the Foundry connection, project and hub."
     )

@@ -1,4 +1,5 @@
-"""Azure AI Foundry: the hub and project (get-or-create) and the project's Custom keys connection.
+"""Microsoft Foundry (formerly Azure AI Foundry; its hub-based projects are now "classic"): the hub and project
+(get-or-create) and the project's Custom keys connection.
 
 azure-ai-ml 1.35 has public `Hub` and `Project` entities, but no public connection class whose REST
 shape is the tutorial's "Custom keys" (authType CustomKeys, credentials.keys = {endpoint, key});
