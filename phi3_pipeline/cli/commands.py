@@ -1,4 +1,5 @@
-"""Terminal entry points: settings from file/env/flags, checks before any work, one-line errors.
+"""Terminal entry points: settings from file/env/flags (refused before the flow starts), then the flow, whose
+stages make every other check; any failure ends in one `error:` line.
 
     phi3-pipeline run | plan | teardown [--help] [flags]   (the same as the module commands below)
 """
@@ -67,7 +68,7 @@ def load_settings(argv: list[str], prog: str, model: type[PipelineCommand] = Pip
         raise ConfigError(f"invalid configuration: {error}") from None
 
 
-def preflight(settings: PipelineCommand) -> None:
+def preflight(command: PipelineCommand) -> None:
     """Prompt flow, which the connection and smoke chat stages use, is loaded while Prefect's API server loads.
     Every check of the run itself is a stage of the flow."""
     promptflow_chat.load()
