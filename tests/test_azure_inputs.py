@@ -32,7 +32,8 @@ AZURE_ARGS = ["--target", "azure", "--azure.subscription_id", AZURE.subscription
                                              "'chat_completions'"),
     (["--azure.base_model_version", "latest"], "azure.base_model_version: String should match pattern"),
 ])
-def test_bad_azure_input_is_one_error_line_before_any_write(azure_cloud, tmp_path, capsys, flags, expected):
+def test_bad_azure_input_is_one_error_line_before_any_write(prefect_api, azure_cloud, tmp_path, capsys, flags,
+                                                            expected):
     code = run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path), *flags])
     err = capsys.readouterr().err
     assert code == 2, err
@@ -43,8 +44,8 @@ def test_bad_azure_input_is_one_error_line_before_any_write(azure_cloud, tmp_pat
     assert azure_cloud.uploads == []
 
 
-def test_a_size_other_than_the_existing_clusters_is_refused_before_any_write(azure_cloud, azure_settings, capsys,
-                                                                            tmp_path):
+def test_a_size_other_than_the_existing_clusters_is_refused_before_any_write(prefect_api, azure_cloud, azure_settings,
+                                                                            capsys, tmp_path):
     from phi3_pipeline.targets.azure import assets, clients
 
     assets.ensure_cluster(clients.connect(AZURE).ml, AZURE, "Standard_NC24ads_A100_v4", {})
