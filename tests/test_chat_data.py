@@ -76,6 +76,15 @@ def test_bad_record_names_file_line_and_field(tmp_path, bad_line, expected):
         split_and_write(DatasetSettings(source=str(source)), tmp_path / "w")
 
 
+@pytest.mark.parametrize("name", ["chats.jsonl", "chats.json"])
+def test_a_number_too_long_to_read_is_named_by_its_line(tmp_path, name):
+    """Python refuses to read an integer of more than 4,300 digits (a ValueError, not a JSONDecodeError)."""
+    source = tmp_path / name
+    source.write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "extra": 0})[:-2] + "1" * 5000 + "}\n")
+    with pytest.raises(DatasetError, match=f"{name}:2: invalid JSON"):
+        check_json_file(source)
+
+
 def test_json_array_source_and_its_errors_name_the_index(tmp_path):
     source = tmp_path / "chats.json"
     source.write_text(json.dumps(make_sample(200)))

@@ -116,6 +116,8 @@ def check_json_line(line: bytes, where: str) -> None:
         raise DatasetError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
     except RecursionError:
         raise DatasetError(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as error:  # e.g. an integer past Python's 4,300-digit limit for reading one
+        raise DatasetError(f"{where}: invalid JSON ({error})") from None
     validate_record(record, where)
 
 
@@ -138,10 +140,8 @@ def check_json_file(path: Path) -> int:
     if path.suffix == ".json":
         try:
             records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return check_jsonl(path)  # many .json chat files are JSON Lines
-        except UnicodeDecodeError:
-            return check_jsonl(path)  # names the first line that is not UTF-8
+        except ValueError:  # JSON Lines (many .json chat files are), not UTF-8, or a number too long to read:
+            return check_jsonl(path)  # each named by its line
         if not isinstance(records, list) or not records:
             raise DatasetError(f"{path}: expected a JSON array of records or JSON Lines")
         for index, record in enumerate(records):
