@@ -141,7 +141,11 @@ def prefect_api_dying_with_this_process(while_starting: Callable[[], None] = lam
         try:
             wait_until_answering(server, api, settings.server.ephemeral.startup_timeout_seconds, log_file)
         except ServerDidNotStart as error:
-            _warn(str(error))
+            did_not_start = str(error)
+        else:
+            did_not_start = None
+        if did_not_start:  # the run goes on outside the except clause: its own errors are not chained to this
+            _warn(did_not_start)
             yield
             return
         # the environment too: Prefect's threads that do not share this context must not start a temporary
