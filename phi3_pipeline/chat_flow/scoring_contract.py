@@ -53,8 +53,8 @@ def request_for(contract: str, scoring_uri: str, messages: list[dict], temperatu
 
 
 def answer_from(contract: str, payload: object) -> str:
-    """The model's text from an answer in the contract: ServerError for an error body, EmptyAnswer for no text,
-    ContractError if it is not the contract's answer."""
+    """The model's text from an answer in the contract: ServerError for an error body, EmptyAnswer for no text
+    at all (null), ContractError if it is not the contract's answer."""
     if isinstance(payload, dict) and payload.get("error"):
         raise ServerError(f"the inference server answered an error: {_short(payload['error'])}")
     if payload == {}:
@@ -69,7 +69,7 @@ def answer_from(contract: str, payload: object) -> str:
             text = payload["output"]
     except (KeyError, IndexError, TypeError, ValueError):
         raise ContractError(f"the answer is not a {contract} answer") from None
-    if text is None or not str(text).strip():
+    if text is None:  # an empty string is the model's own (empty) answer: the smoke chat refuses that one
         raise EmptyAnswer(f"the inference server answered no text ({_short(payload)})")
     if text == str(None):
         raise ServerError("the inference server answered the text 'None', which the older inference server "
