@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow, get_run_logger  # noqa: E402 (after the server's start)
+from prefect import flow, get_run_logger
 
 from phi3_pipeline.config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from phi3_pipeline.stages import Stage
