@@ -304,7 +304,46 @@ def test_teardown_everything_also_removes_the_cluster_and_the_foundry_resources(
             or p.endswith(("/phi3-pipeline-hub", "/phi3-pipeline-project"))]
     assert left == []
     deletes = [r.url for r in azure_cloud.transport.calls("DELETE", "/workspaces/phi3-pipeline-")]
-    assert deletes and all("forceToPurge=true" in url for url in deletes if "/connections/" not in url)
+    assert deletes and all("forceToPurge=false" in url for url in deletes if "/connections/" not in url), \
+        "soft-deleted: recoverable for 14 days"
+
+
+def test_not_ours_an_adopted_hub_project_cluster_and_connection_are_left_in_place_and_named(
+        prefect_api, settings, azure_cloud, endpoint):
+    """A team's hub, project, cluster and connection that carry the configured names are adopted by the run (it
+    creates nothing over them) and left in place by a teardown of everything, which names each."""
+    from flows.full_pipeline import full_pipeline
+    from flows.teardown import teardown
+
+    full_pipeline(settings)
+    arm = azure_cloud.arm
+    theirs = [path for path in arm.resources if "/computes/" in path or "/connections/" in path
+              or path.endswith(("/phi3-pipeline-hub", "/phi3-pipeline-project"))]
+    assert len(theirs) == 4
+    for path in theirs:  # as a team's resources of those names would be: no managed-by tag
+        body = arm.resources[path]
+        body.pop("tags", None)
+        body.get("properties", {}).pop("metadata", None)
+    report = teardown(settings.model_copy(update={"azure": settings.azure.model_copy(
+        update={"teardown_everything": True, "purge_foundry": True})}))
+    assert sorted(item.split()[0] + " " + item.split()[1] for item in report.kept) == [
+        "Foundry connection", "Foundry hub", "Foundry project", "compute phi-ft-cluster"]
+    assert all(path in arm.resources for path in theirs)
+    assert azure_cloud.transport.calls("DELETE", "/workspaces/phi3-pipeline-") == []
+    assert not [p for p in arm.resources if "/onlineEndpoints/" in p], "the endpoint it made is gone"
+
+
+def test_teardown_purges_the_foundry_resources_it_made_only_when_asked(prefect_api, settings, azure_cloud,
+                                                                        endpoint):
+    from flows.full_pipeline import full_pipeline
+    from flows.teardown import teardown
+
+    full_pipeline(settings)
+    teardown(settings.model_copy(update={"azure": settings.azure.model_copy(
+        update={"teardown_everything": True, "purge_foundry": True})}))
+    deletes = [r.url for r in azure_cloud.transport.calls("DELETE", "/workspaces/phi3-pipeline-")
+               if "/connections/" not in r.url]
+    assert len(deletes) == 2 and all("forceToPurge=true" in url for url in deletes)
 
 
 def test_a_plan_asked_for_from_the_ui_creates_nothing(prefect_api, settings, azure_cloud):

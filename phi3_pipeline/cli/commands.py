@@ -164,7 +164,7 @@ def _print_report(command: TeardownCommand, report: TeardownReport) -> None:
     print(f"removed: {', '.join(report.removed) or 'nothing'}")
     print(f"already gone: {', '.join(report.already_gone) or 'nothing'}")
     if report.kept:
-        print(f"kept (not this workspace's): {', '.join(report.kept)}")
+        print(f"kept (not made by this pipeline, or not this workspace's): {', '.join(report.kept)}")
 
 
 PIPELINE_PROG, TEARDOWN_PROG = "python -m flows.full_pipeline", "python -m flows.teardown"

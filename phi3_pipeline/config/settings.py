@@ -214,7 +214,13 @@ class AzureSettings(StrictModel):
     project_name: str = Field("phi3-pipeline-project", pattern=f"^{AZURE_WORKSPACE_NAME}$",
                               description="Microsoft Foundry project in the hub (3-33 letters, digits, '_' or '-').")
     teardown_everything: bool = Field(
-        False, description="Teardown also deletes the compute cluster, the Foundry connection, project and hub."
+        False, description="Teardown also deletes the compute cluster, the Foundry connection, project and hub: each "
+                           "only if this pipeline made it (its managed-by tag); one it adopted by name is kept.",
+    )
+    purge_foundry: bool = Field(
+        False, description="With teardown_everything: purge the Foundry project and hub this pipeline made instead "
+                           "of soft-deleting them (soft-deleted, they stay recoverable, and their names taken, for 14 "
+                           "days).",
     )
     vm_prices_usd_per_hour: dict[str, float] = Field(
         VM_PRICES_USD_PER_HOUR,

@@ -10,7 +10,7 @@ from azure.ai.ml.entities import AmlCompute, Data, Model
 from azure.core.exceptions import ResourceNotFoundError
 
 from phi3_pipeline.config.settings import AzureSettings
-from phi3_pipeline.targets.azure.clients import found, get_or_create
+from phi3_pipeline.targets.azure.clients import delete_if_made_here, get_or_create
 from phi3_pipeline.targets.azure.entities import FINETUNE_OUTPUT, compute_cluster, data_asset, registered_model
 
 
@@ -78,6 +78,7 @@ def _versions(ml_client: MLClient, model_name: str) -> list[Model]:
         return []
 
 
-def delete_cluster(ml_client: MLClient, name: str) -> bool:
-    """Delete the cluster; False if it was already gone."""
-    return found(lambda: (ml_client.compute.get(name), ml_client.compute.begin_delete(name).result()))
+def delete_cluster(ml_client: MLClient, name: str) -> str:
+    """Delete the cluster if this pipeline made it: 'removed', 'gone' or 'kept' (a team's cluster adopted by
+    name, whose jobs a delete would kill)."""
+    return delete_if_made_here(lambda: ml_client.compute.get(name), lambda: ml_client.compute.begin_delete(name).result())

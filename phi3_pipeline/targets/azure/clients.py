@@ -19,6 +19,7 @@ from azure.mgmt.msi import ManagedServiceIdentityClient
 
 from phi3_pipeline.config.errors import ConfigError
 from phi3_pipeline.config.settings import AzureSettings
+from phi3_pipeline.targets.azure.entities import made_here
 
 T = TypeVar("T")
 ARM_SCOPE = "https://management.azure.com/.default"
@@ -83,6 +84,19 @@ def found(call: Callable[[], object]) -> bool:
     except ResourceNotFoundError:
         return False
     return True
+
+
+def delete_if_made_here(get: Callable[[], object], delete: Callable[[], object],
+                        tags_of: Callable[[object], dict | None] = lambda resource: resource.tags) -> str:
+    """Delete what `get` finds only if this pipeline made it (its `managed-by` tag): 'removed', 'gone' (nothing
+    there) or 'kept' (adopted by name: someone else's)."""
+    try:
+        resource = get()
+    except ResourceNotFoundError:
+        return "gone"
+    if not made_here(tags_of(resource)):
+        return "kept"
+    return "removed" if found(delete) else "gone"
 
 
 def get_or_create(get: Callable[[], T], create: Callable[[], T]) -> tuple[T, bool]:

@@ -51,10 +51,19 @@ PROBE_FAILURE_THRESHOLD = 30
 READINESS_INITIAL_DELAY_S = 10
 
 
+MANAGED_BY_TAG = "managed-by"
+
+
 def resource_tags(run_id: str, created_at: datetime | None = None) -> dict[str, str]:
-    """Tags on everything the pipeline creates, so a sweep can find (and age) what it made."""
+    """Tags on everything the pipeline creates, set as it creates it, so a sweep can find (and age) what it made
+    and a teardown can tell it from what it only adopted by name."""
     created = (created_at or datetime.now(UTC)).isoformat(timespec="seconds")
-    return {"managed-by": MANAGED_BY, "pipeline-run": run_id, "created-at": created}
+    return {MANAGED_BY_TAG: MANAGED_BY, "pipeline-run": run_id, "created-at": created}
+
+
+def made_here(tags: dict[str, str] | None) -> bool:
+    """Whether a resource carries the tag this pipeline sets on what it creates: only those are its to delete."""
+    return (tags or {}).get(MANAGED_BY_TAG) == MANAGED_BY
 
 
 def deployment_lease(run_id: str, minutes: int, now: datetime | None = None) -> dict[str, str]:

@@ -18,7 +18,7 @@ from azure.ai.ml._restclient.arm_ml_service.models import (
 from azure.ai.ml.entities import Hub, Project, Workspace, WorkspaceConnection
 
 from phi3_pipeline.config.settings import AzureSettings
-from phi3_pipeline.targets.azure.clients import found, get_or_create
+from phi3_pipeline.targets.azure.clients import delete_if_made_here, found, get_or_create
 from phi3_pipeline.targets.base import PlanItem
 
 CUSTOM_KEYS = "CustomKeys"
@@ -63,19 +63,24 @@ def upsert_custom_connection(project_ml: MLClient, name: str, endpoint: str, key
 
 
 def delete_all(resource_group_ml: MLClient, project_ml: MLClient, azure: AzureSettings,
-               connection_name: str) -> list[tuple[str, bool]]:
-    """The connection, then the project and the hub (their shared storage and key vault stay)."""
-    def exists(name: str) -> bool:
-        return found(lambda: resource_group_ml.workspaces.get(name))
+               connection_name: str) -> list[tuple[str, str]]:
+    """The connection, then the project and the hub (their shared storage and key vault stay), each only if this
+    pipeline made it: [(what, 'removed' | 'gone' | 'kept')]. A workspace is soft-deleted (recoverable for 14 days,
+    its name taken meanwhile) unless `azure.purge_foundry` asks for a purge."""
+    workspaces = resource_group_ml.workspaces
 
-    def delete_workspace(name: str) -> bool:
-        return exists(name) and found(
-            lambda: resource_group_ml.workspaces.begin_delete(  # a soft-deleted name stays taken for 14 days
-                name, delete_dependent_resources=False, permanently_delete=True).result())
+    def delete_workspace(name: str) -> str:
+        return delete_if_made_here(lambda: workspaces.get(name), lambda: workspaces.begin_delete(
+            name, delete_dependent_resources=False, permanently_delete=azure.purge_foundry).result())
 
-    connection = exists(azure.project_name) and found(lambda: (project_ml.connections.get(connection_name),
-                                                               project_ml.connections.delete(connection_name)))
-    return [(f"Foundry connection {connection_name}", connection),
+    def connection() -> str:
+        if not found(lambda: workspaces.get(azure.project_name)):
+            return "gone"
+        return delete_if_made_here(lambda: project_ml.connections.get(connection_name),
+                                   lambda: project_ml.connections.delete(connection_name),
+                                   tags_of=lambda connection: connection.metadata)  # where its tags are kept
+
+    return [(f"Foundry connection {connection_name}", connection()),
             (f"Foundry project {azure.project_name}", delete_workspace(azure.project_name)),
             (f"Foundry hub {azure.hub_name}", delete_workspace(azure.hub_name))]
 

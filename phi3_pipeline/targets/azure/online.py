@@ -20,7 +20,7 @@ from phi3_pipeline.targets.azure.clients import found, get_or_create
 from phi3_pipeline.targets.azure.entities import (
     LEASE_UNTIL,
     LIVE_SINCE,
-    MANAGED_BY,
+    made_here,
     online_deployment,
     online_endpoint,
     with_full_traffic,
@@ -134,7 +134,7 @@ def _tag_time(value: str | None) -> datetime | None:
 
 def managed_endpoints(ml_client: MLClient) -> list[ManagedOnlineEndpoint]:
     """The workspace's endpoints that this project made (its `managed-by` tag)."""
-    return [e for e in ml_client.online_endpoints.list() if (e.tags or {}).get("managed-by") == MANAGED_BY]
+    return [e for e in ml_client.online_endpoints.list() if made_here(e.tags)]
 
 
 def expired(endpoint: ManagedOnlineEndpoint, older_than_hours: float) -> bool:
