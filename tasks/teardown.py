@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
+from phi3_pipeline.config.errors import PipelineError
 from phi3_pipeline.config.settings import PipelineSettings
 from phi3_pipeline.stages import Stage
 from phi3_pipeline.targets.base import DeploymentRef, TeardownReport
@@ -24,6 +25,11 @@ def tear_down(settings: PipelineSettings, older_than_hours: float | None = None)
     logger = get_run_logger()
     logger.info("removed: %s", ", ".join(report.removed) or "nothing")
     logger.info("already gone: %s", ", ".join(report.already_gone) or "nothing")
+    if report.kept:
+        logger.info("kept: %s", ", ".join(report.kept))
+    if report.failed:  # after the others were removed: the run fails, so a schedule shows it
+        raise PipelineError(f"teardown could not remove {'; '.join(report.failed)}; run it again later "
+                            "(python -m flows.teardown)")
     return report
 
 

@@ -224,6 +224,90 @@ def test_the_sweep_removes_only_this_projects_endpoints_past_their_age(azure_clo
         "ep-fresh", "ep-not-ours", "ep-odd-tag"]
 
 
+BUSY = (409, {"error": {"code": "Conflict", "message": "An operation is in progress on this endpoint"}})
+
+
+@pytest.fixture
+def quick_busy_retries(monkeypatch):
+    monkeypatch.setattr(clients, "BUSY_RETRY", {"first_wait_s": 0.01, "max_wait_s": 0.01, "total_s": 1.0})
+
+
+def test_busy_a_delete_refused_while_an_operation_runs_is_retried_until_it_goes(azure_cloud, quick_busy_retries):
+    from phi3_pipeline.targets.azure import online
+    from phi3_pipeline.targets.azure.entities import resource_tags
+
+    ml_client = clients.connect(AZURE).ml
+    online.ensure_endpoint(ml_client, AZURE, "ep-busy", resource_tags("run-1"))
+    for _ in range(2):
+        azure_cloud.arm.inject("DELETE", "/onlineEndpoints/ep-busy", BUSY)
+    assert online.delete_endpoint(ml_client, "ep-busy") is True
+    assert len(azure_cloud.transport.calls("DELETE", "/onlineEndpoints/ep-busy")) == 3
+    assert [e.name for e in ml_client.online_endpoints.list()] == []
+
+
+def test_busy_past_the_bound_a_delete_names_the_resource_and_what_to_run(azure_cloud, quick_busy_retries):
+    from phi3_pipeline.targets.azure import online
+    from phi3_pipeline.targets.azure.entities import resource_tags
+
+    ml_client = clients.connect(AZURE).ml
+    online.ensure_endpoint(ml_client, AZURE, "ep-stuck", resource_tags("run-1"))
+    for _ in range(500):
+        azure_cloud.arm.inject("DELETE", "/onlineEndpoints/ep-stuck", BUSY)
+    with pytest.raises(PipelineError, match="endpoint ep-stuck is still busy after 1 s .*operation is in progress.*"
+                                            r"run the teardown again later \(python -m flows.teardown\)"):
+        online.delete_endpoint(ml_client, "ep-stuck")
+
+
+def test_busy_an_operation_that_ended_failed_or_canceled_is_tried_again(quick_busy_retries):
+    from azure.core.exceptions import HttpResponseError
+    from azure.core.polling.base_polling import OperationFailed
+
+    answers = iter(["first", "second"])
+
+    def delete():
+        if next(answers) == "first":
+            try:
+                raise OperationFailed("Operation failed or canceled")
+            except OperationFailed as failed:
+                raise HttpResponseError(message="(200) Canceled") from failed
+        return "deleted"
+
+    assert clients.when_not_busy("endpoint ep", delete) == "deleted"
+
+
+def test_busy_one_stuck_endpoint_never_stops_the_sweep_and_the_teardown_then_fails_naming_it(
+        prefect_api, azure_cloud, settings, quick_busy_retries):
+    from flows.teardown import teardown
+    from phi3_pipeline.targets.azure import online
+    from phi3_pipeline.targets.azure.entities import resource_tags
+
+    ml_client = clients.connect(AZURE).ml
+    old = datetime.now(UTC) - timedelta(hours=30)
+    for name in ("ep-a-stuck", "ep-b-old"):
+        online.ensure_endpoint(ml_client, AZURE, name, resource_tags("run-1", old))
+    for _ in range(500):
+        azure_cloud.arm.inject("DELETE", "/onlineEndpoints/ep-a-stuck", BUSY)
+    report = AzureTarget(settings).sweep(older_than_hours=24)
+    assert report.removed == ["endpoint ep-b-old"] and report.failed[0].startswith("endpoint ep-a-stuck: endpoint "
+                                                                                    "ep-a-stuck is still busy")
+    with pytest.raises(PipelineError, match="teardown could not remove endpoint ep-a-stuck"):
+        teardown(settings, older_than_hours=24)
+
+
+def test_busy_a_deployment_already_gone_counts_as_removed(azure_cloud):
+    from phi3_pipeline.targets.azure import online
+    from phi3_pipeline.targets.azure.entities import deployment_lease, resource_tags
+    from tests.azure_fakes import WORKSPACE
+
+    ml_client = clients.connect(AZURE).ml
+    online.ensure_endpoint(ml_client, AZURE, "ep-x", resource_tags("run-1"))
+    online.ensure_deployment(ml_client, AZURE, "Standard_NC24ads_A100_v4", "ep-x", "gone-meanwhile",
+                             f"{WORKSPACE}/models/phi3-custom/versions/1", deployment_lease("run-1", 240))
+    azure_cloud.arm.inject("DELETE", "/deployments/gone-meanwhile",
+                           (404, {"error": {"code": "NotFound", "message": "not found"}}))
+    assert online.remove_other_deployments(ml_client, "ep-x", keep=None, run_id="run-1") == (["gone-meanwhile"], [])
+
+
 def test_azure_errors_that_may_pass_are_retried_and_refusals_say_what_to_do(azure_cloud, settings):
     arm, target = azure_cloud.arm, AzureTarget(settings)
     for _ in range(12):

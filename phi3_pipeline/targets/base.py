@@ -154,6 +154,7 @@ class TeardownReport(BaseModel):
     removed: list[str]
     already_gone: list[str]
     kept: list[str] = []  # not this workspace's to remove, e.g. a connection pointing at another workspace
+    failed: list[str] = []  # could not be removed now (what, and why): the teardown fails after the others
 
     def note(self, what: str, outcome: str | bool) -> None:
         """File `what` under its outcome: removed (True), gone (False) or kept."""

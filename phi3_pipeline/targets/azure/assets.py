@@ -81,4 +81,5 @@ def _versions(ml_client: MLClient, model_name: str) -> list[Model]:
 def delete_cluster(ml_client: MLClient, name: str) -> str:
     """Delete the cluster if this pipeline made it: 'removed', 'gone' or 'kept' (a team's cluster adopted by
     name, whose jobs a delete would kill)."""
-    return delete_if_made_here(lambda: ml_client.compute.get(name), lambda: ml_client.compute.begin_delete(name).result())
+    return delete_if_made_here(f"compute {name}", lambda: ml_client.compute.get(name),
+                               lambda: ml_client.compute.begin_delete(name).result())

@@ -12,12 +12,14 @@ from typing import TypeVar
 
 from azure.ai.ml import MLClient
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+from azure.core.polling.base_polling import OperationFailed
 from azure.identity import DefaultAzureCredential
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from phi3_pipeline.config.errors import ConfigError
+from phi3_pipeline.config.errors import ConfigError, PipelineError
 from phi3_pipeline.config.settings import AzureSettings
 from phi3_pipeline.targets.azure.entities import made_here
 
@@ -86,7 +88,35 @@ def found(call: Callable[[], object]) -> bool:
     return True
 
 
-def delete_if_made_here(get: Callable[[], object], delete: Callable[[], object],
+# How long a write waits out a busy resource, and the backoff between tries (tests shorten them).
+BUSY_RETRY = {"first_wait_s": 5.0, "max_wait_s": 60.0, "total_s": 900.0}
+
+
+def _busy(error: BaseException) -> bool:
+    """409 (an operation in progress: a deployment still Creating, Updating or Deleting) or a long-running
+    operation that ended Failed or Canceled (azure-core raises it from OperationFailed, with the poll's 200):
+    what Azure's troubleshooting guide for online endpoints says to retry later."""
+    return isinstance(error, HttpResponseError) and (error.status_code == 409
+                                                      or isinstance(error.__cause__, OperationFailed))
+
+
+def when_not_busy(what: str, call: Callable[[], T]) -> T:
+    """Make a write (a delete) that a busy resource refuses for now, retrying with backoff for a bounded time;
+    then one PipelineError naming the resource, its state and what to run."""
+    retrying = Retrying(retry=retry_if_exception(_busy), reraise=True,
+                        wait=wait_exponential_jitter(initial=BUSY_RETRY["first_wait_s"], max=BUSY_RETRY["max_wait_s"]),
+                        stop=stop_after_delay(BUSY_RETRY["total_s"]))
+    try:
+        return retrying(call)
+    except HttpResponseError as error:
+        if not _busy(error):
+            raise
+        reason = error.error.message if error.error and error.error.message else str(error.message).splitlines()[0]
+        raise PipelineError(f"{what} is still busy after {BUSY_RETRY['total_s']:g} s ({reason}); it may still "
+                            "bill: run the teardown again later (python -m flows.teardown)") from None
+
+
+def delete_if_made_here(what: str, get: Callable[[], object], delete: Callable[[], object],
                         tags_of: Callable[[object], dict | None] = lambda resource: resource.tags) -> str:
     """Delete what `get` finds only if this pipeline made it (its `managed-by` tag): 'removed', 'gone' (nothing
     there) or 'kept' (adopted by name: someone else's)."""
@@ -96,7 +126,7 @@ def delete_if_made_here(get: Callable[[], object], delete: Callable[[], object],
         return "gone"
     if not made_here(tags_of(resource)):
         return "kept"
-    return "removed" if found(delete) else "gone"
+    return "removed" if when_not_busy(what, lambda: found(delete)) else "gone"
 
 
 def get_or_create(get: Callable[[], T], create: Callable[[], T]) -> tuple[T, bool]:

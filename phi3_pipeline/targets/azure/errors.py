@@ -39,7 +39,7 @@ def translated(method):
             raise TransientError(f"Azure did not answer: {error}") from None
         except HttpResponseError as error:
             status = error.status_code or 0
-            if status in (408, 429) or status >= 500:
+            if status in (408, 409, 429) or status >= 500:  # 409: busy (an operation in progress), retry later
                 raise TransientError(f"Azure answered {status} after retries: {error.message}") from None
             advice = PERMISSION_HELP if status in (401, 403) else "fix the request or the setting it names"
             raise PipelineError(f"Azure refused the request ({status}): {error.message}; {advice}") from None

@@ -70,13 +70,15 @@ def delete_all(resource_group_ml: MLClient, project_ml: MLClient, azure: AzureSe
     workspaces = resource_group_ml.workspaces
 
     def delete_workspace(name: str) -> str:
-        return delete_if_made_here(lambda: workspaces.get(name), lambda: workspaces.begin_delete(
-            name, delete_dependent_resources=False, permanently_delete=azure.purge_foundry).result())
+        return delete_if_made_here(f"Foundry workspace {name}", lambda: workspaces.get(name),
+                                   lambda: workspaces.begin_delete(name, delete_dependent_resources=False,
+                                                                   permanently_delete=azure.purge_foundry).result())
 
     def connection() -> str:
         if not found(lambda: workspaces.get(azure.project_name)):
             return "gone"
-        return delete_if_made_here(lambda: project_ml.connections.get(connection_name),
+        return delete_if_made_here(f"Foundry connection {connection_name}",
+                                   lambda: project_ml.connections.get(connection_name),
                                    lambda: project_ml.connections.delete(connection_name),
                                    tags_of=lambda connection: connection.metadata)  # where its tags are kept
 

@@ -16,7 +16,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from phi3_pipeline.config.errors import PipelineError
 from phi3_pipeline.config.settings import AzureSettings
-from phi3_pipeline.targets.azure.clients import found, get_or_create
+from phi3_pipeline.targets.azure.clients import found, get_or_create, when_not_busy
 from phi3_pipeline.targets.azure.entities import (
     LEASE_UNTIL,
     LIVE_SINCE,
@@ -106,7 +106,8 @@ def remove_other_deployments(ml_client: MLClient, endpoint_name: str, keep: str 
         tags = deployment.tags or {}
         leased = (_tag_time(tags.get(LEASE_UNTIL)) or datetime.min.replace(tzinfo=UTC)) > (now or datetime.now(UTC))
         if tags.get("pipeline-run") == run_id or not only_own and (deployment.name in superseded or not leased):
-            ml_client.online_deployments.begin_delete(deployment.name, endpoint_name).result()
+            when_not_busy(f"deployment {deployment.name} of {endpoint_name}", lambda name=deployment.name: found(
+                lambda: ml_client.online_deployments.begin_delete(name, endpoint_name).result()))  # 404: gone
             removed.append(deployment.name)
         else:
             kept.append(deployment.name)
@@ -120,8 +121,9 @@ def endpoint_key(ml_client: MLClient, endpoint_name: str) -> str:
 def delete_endpoint(ml_client: MLClient, endpoint_name: str) -> bool:
     """Delete the endpoint with its deployments (what costs money); False if it was already gone
     (Resource Manager answers a delete of a missing resource with success, so look first)."""
-    return found(lambda: (ml_client.online_endpoints.get(endpoint_name),
-                          ml_client.online_endpoints.begin_delete(endpoint_name).result()))
+    endpoints = ml_client.online_endpoints
+    return when_not_busy(f"endpoint {endpoint_name}", lambda: found(lambda: (
+        endpoints.get(endpoint_name), endpoints.begin_delete(endpoint_name).result())))
 
 
 def _tag_time(value: str | None) -> datetime | None:

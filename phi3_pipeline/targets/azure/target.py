@@ -11,11 +11,11 @@ import time
 from functools import cached_property
 from pathlib import Path
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from phi3_pipeline.chat_data.split_files import SplitFiles
 from phi3_pipeline.chat_flow import promptflow_chat
-from phi3_pipeline.config.errors import JobFailedError
+from phi3_pipeline.config.errors import JobFailedError, PipelineError
 from phi3_pipeline.config.naming import content_hash
 from phi3_pipeline.config.settings import PipelineSettings
 from phi3_pipeline.targets.azure import assets, catalog, clients, finetune, foundry, online, quota, rbac
@@ -377,9 +377,12 @@ class AzureTarget(Target):
         """Endpoints past their age go whole; from the others, candidates whose lease has ended."""
         ml, report = self.clients.ml, TeardownReport(removed=[], already_gone=[])
         for endpoint in online.managed_endpoints(ml):
-            if online.expired(endpoint, older_than_hours):
-                report.note(f"endpoint {endpoint.name}", online.delete_endpoint(ml, endpoint.name))
-            else:
-                report.removed += [f"deployment {name} of {endpoint.name} (lease ended)"
-                                   for name in online.remove_ended_candidates(ml, endpoint)]
+            try:  # one endpoint that cannot be removed now never stops the sweep of the others
+                if online.expired(endpoint, older_than_hours):
+                    report.note(f"endpoint {endpoint.name}", online.delete_endpoint(ml, endpoint.name))
+                else:
+                    report.removed += [f"deployment {name} of {endpoint.name} (lease ended)"
+                                       for name in online.remove_ended_candidates(ml, endpoint)]
+            except (PipelineError, HttpResponseError) as error:
+                report.failed.append(f"endpoint {endpoint.name}: {getattr(error, 'message', None) or error}")
         return report
