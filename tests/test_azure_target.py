@@ -380,8 +380,7 @@ def test_teardown_everything_also_removes_the_cluster_and_the_foundry_resources(
     from flows.teardown import teardown
 
     full_pipeline(settings)
-    report = teardown(settings.model_copy(update={"azure": settings.azure.model_copy(
-        update={"teardown_everything": True})}))
+    report = teardown(everything(settings))
     assert [item.split()[0] for item in report.removed] == ["endpoint", "local", "compute", "Foundry", "Foundry",
                                                             "Foundry"]
     left = [p for p in azure_cloud.arm.resources if "/computes/" in p or "/connections/" in p
@@ -392,39 +391,40 @@ def test_teardown_everything_also_removes_the_cluster_and_the_foundry_resources(
         "soft-deleted: recoverable for 14 days"
 
 
-def test_not_ours_an_adopted_hub_project_cluster_and_connection_are_left_in_place_and_named(
-        prefect_api, settings, azure_cloud, endpoint):
-    """A team's hub, project, cluster and connection that carry the configured names are adopted by the run (it
-    creates nothing over them) and left in place by a teardown of everything, which names each."""
-    from flows.full_pipeline import full_pipeline
-    from flows.teardown import teardown
+def make_foundry_and_cluster(tags: dict[str, str]):
+    """A cluster, hub, project and Foundry connection of the configured names, made with `tags`."""
+    from phi3_pipeline.targets.azure import assets, foundry
 
-    full_pipeline(settings)
-    arm = azure_cloud.arm
-    theirs = [path for path in arm.resources if "/computes/" in path or "/connections/" in path
-              or path.endswith(("/phi3-pipeline-hub", "/phi3-pipeline-project"))]
-    assert len(theirs) == 4
-    for path in theirs:  # as a team's resources of those names would be: no managed-by tag
-        body = arm.resources[path]
-        body.pop("tags", None)
-        body.get("properties", {}).pop("metadata", None)
-    report = teardown(settings.model_copy(update={"azure": settings.azure.model_copy(
-        update={"teardown_everything": True, "purge_foundry": True})}))
-    assert sorted(item.split()[0] + " " + item.split()[1] for item in report.kept) == [
+    made = clients.connect(AZURE)
+    assets.ensure_cluster(made.ml, AZURE, "Standard_NC24ads_A100_v4", tags)
+    foundry.ensure_project(made.resource_group_ml, AZURE, tags)
+    foundry.upsert_custom_connection(made.project_ml, "phi3_azure_test", "https://x/score", "k", "input_data", tags)
+
+
+def everything(settings: PipelineSettings, **azure) -> PipelineSettings:
+    return settings.model_copy(update={"azure": settings.azure.model_copy(
+        update={"teardown_everything": True, **azure})})
+
+
+def test_not_ours_an_adopted_hub_project_cluster_and_connection_are_left_in_place_and_named(azure_cloud, settings):
+    """A team's cluster, hub, project and connection that carry the configured names (no managed-by tag) are left
+    in place by a teardown of everything, which names each, even when asked to purge."""
+    make_foundry_and_cluster({"owner": "data-science-team"})
+    before = set(azure_cloud.arm.resources)
+    report = AzureTarget(everything(settings, purge_foundry=True)).teardown()
+    assert sorted(" ".join(item.split()[:2]) for item in report.kept) == [
         "Foundry connection", "Foundry hub", "Foundry project", "compute phi-ft-cluster"]
-    assert all(path in arm.resources for path in theirs)
-    assert azure_cloud.transport.calls("DELETE", "/workspaces/phi3-pipeline-") == []
-    assert not [p for p in arm.resources if "/onlineEndpoints/" in p], "the endpoint it made is gone"
+    assert set(azure_cloud.arm.resources) == before
+    assert azure_cloud.transport.calls("DELETE") == [], "nothing of theirs is even asked to go"
 
 
-def test_teardown_purges_the_foundry_resources_it_made_only_when_asked(prefect_api, settings, azure_cloud,
-                                                                        endpoint):
-    from flows.full_pipeline import full_pipeline
-    from flows.teardown import teardown
+def test_teardown_purges_the_foundry_resources_it_made_only_when_asked(azure_cloud, settings):
+    from phi3_pipeline.targets.azure.entities import resource_tags
 
-    full_pipeline(settings)
-    teardown(settings.model_copy(update={"azure": settings.azure.model_copy(
-        update={"teardown_everything": True, "purge_foundry": True})}))
+    make_foundry_and_cluster(resource_tags("run-1"))
+    report = AzureTarget(everything(settings, purge_foundry=True)).teardown()
+    assert sorted(" ".join(item.split()[:2]) for item in report.removed) == [
+        "Foundry connection", "Foundry hub", "Foundry project", "compute phi-ft-cluster"]
     deletes = [r.url for r in azure_cloud.transport.calls("DELETE", "/workspaces/phi3-pipeline-")
                if "/connections/" not in r.url]
     assert len(deletes) == 2 and all("forceToPurge=true" in url for url in deletes)
