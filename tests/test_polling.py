@@ -9,7 +9,6 @@ import pytest
 import requests
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import tasks.finetune as finetune
 from phi3_pipeline.config.errors import ConfigError, JobFailedError, TransientError
@@ -43,20 +42,20 @@ def sleeps(monkeypatch) -> list[float]:
     return recorded
 
 
-def run_poll(prefect_api: str, target: ScriptedJob, timeout_s: float = 3600) -> JobStatus:
+def run_poll(target: ScriptedJob, timeout_s: float = 3600) -> JobStatus:
+    """The poll in a flow, on the session's Prefect test harness (the tests ask for `prefect_api`)."""
     @flow(name="poll-test")
     def poll_flow() -> JobStatus:
         return finetune.poll_job(target, "job-x", timeout_s)
 
-    with temporary_settings({PREFECT_API_URL: prefect_api}):
-        return poll_flow()
+    return poll_flow()
 
 
 def test_poll_backs_off_to_the_cap_and_reports_progress(prefect_api, sleeps):
     running = [JobStatus(state="Running", step=step, total_steps=10, loss=2.0 / step, phase="fine-tune")
                for step in range(1, 10)]
     target = ScriptedJob(running + [JobStatus(state="Completed", step=10, total_steps=10)])
-    assert run_poll(prefect_api, target).state == "Completed"
+    assert run_poll(target).state == "Completed"
     assert target.polls == 10
     assert sleeps[0] == target.first_poll_interval_s
     assert sleeps == sorted(sleeps) and max(sleeps) == target.max_poll_interval_s
@@ -89,7 +88,7 @@ def test_azure_jobs_get_at_most_60_status_calls_an_hour_and_completion_is_seen_w
         prefect_api, monkeypatch):
     job = AzureLengthJob(hours=2.51)
     monkeypatch.setattr(finetune, "time", types.SimpleNamespace(monotonic=lambda: job.now, sleep=job.sleep))
-    assert run_poll(prefect_api, job, timeout_s=6 * 3600).state == "Completed"
+    assert run_poll(job, timeout_s=6 * 3600).state == "Completed"
     calls_per_hour = [sum(1 for t in job.calls if hour * 3600 <= t < (hour + 1) * 3600) for hour in range(3)]
     assert max(calls_per_hour) <= 60
     assert job.calls[-1] - job.ends_at <= 60
@@ -97,14 +96,14 @@ def test_azure_jobs_get_at_most_60_status_calls_an_hour_and_completion_is_seen_w
 
 def test_a_failed_job_ends_the_poll_with_its_state(prefect_api, sleeps):
     target = ScriptedJob([JobStatus(state="Running"), JobStatus(state="Failed", error="CUDA out of memory")])
-    status = run_poll(prefect_api, target)
+    status = run_poll(target)
     assert (status.state, status.error) == ("Failed", "CUDA out of memory")
 
 
 def test_a_job_past_its_time_limit_is_left_running_with_a_clear_error(prefect_api, sleeps):
     target = ScriptedJob([JobStatus(state="Running")])
     with pytest.raises(JobFailedError, match="re-run the pipeline to adopt it"):
-        run_poll(prefect_api, target, timeout_s=0)
+        run_poll(target, timeout_s=0)
 
 
 class JobThatDidNotLearn(ScriptedJob):
@@ -130,7 +129,7 @@ def test_a_job_whose_loss_did_not_go_down_is_not_registered(prefect_api, monkeyp
     def finetune_flow():
         return finetune.fine_tune.with_options(cache_policy=NO_CACHE)(settings, dataset)
 
-    with temporary_settings({PREFECT_API_URL: prefect_api}), pytest.raises(JobFailedError, match="did not learn"):
+    with pytest.raises(JobFailedError, match="did not learn"):
         finetune_flow()
 
 
@@ -150,6 +149,5 @@ def test_prefect_retries_transient_errors_only(prefect_api):
     def retry_flow():
         return flaky("transient"), flaky("permanent", return_state=True).is_failed()
 
-    with temporary_settings({PREFECT_API_URL: prefect_api}):
-        assert retry_flow() == ("ok", True)
+    assert retry_flow() == ("ok", True)
     assert attempts == {"transient": 2, "permanent": 1}

@@ -115,13 +115,6 @@ def _run(argv: list[str], prog: str, check: Callable, run: Callable, report: Cal
     """Settings, checks, then the flow; any failure ends in one `error:` line and a non-zero exit."""
     try:
         command = load_settings(argv, prog, model)
-    except PipelineError as error:
-        return _fail(error)
-    return _checked_run(command, check, run, report)
-
-
-def _checked_run(command: PipelineCommand, check: Callable, run: Callable, report: Callable) -> int:
-    try:
         with _flow_run(command, while_starting=lambda: check(command)):  # checks while Prefect's API loads
             result = run(command)
     except (PipelineError, TransientError, OSError) as error:  # e.g. a folder that cannot be written

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -113,53 +113,55 @@ def _warn(reason: str) -> None:
           file=sys.stderr)
 
 
+def _did_not_start(server: subprocess.Popen, api: str, timeout_s: float, log_file: Path) -> str | None:
+    """Why the server is not answering (its process ended, or the time ran out), or None once it answers."""
+    try:
+        wait_until_answering(server, api, timeout_s, log_file)
+    except ServerDidNotStart as error:
+        return str(error)
+    return None
+
+
+@contextmanager
+def _pointed_at(api: str) -> Iterator[None]:
+    """Prefect pointed at `api` for the block, in this context and in the environment (Prefect's threads that
+    do not share the context must not start a temporary server of their own, one that would outlive a kill);
+    what the run logged and emitted is sent before the block ends."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    os.environ["PREFECT_API_URL"] = api
+    try:
+        # no flow-run heartbeats: nothing watches them on a server that stops with the run, and a sync flow's
+        # end waits for the heartbeat thread's current 1 s sleep (Prefect 3.8: 0.5 s a run on average)
+        with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            try:
+                yield
+            finally:
+                drain_to_the_server(timeout_s=10)
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
 @contextmanager
 def prefect_api_dying_with_this_process(while_starting: Callable[[], None] = lambda: None) -> Iterator[None]:
     """Point Prefect at a server child of this process for the block (see the module's docstring). The server
     takes seconds to load; `while_starting` runs meanwhile (checks), also when Prefect's behaviour is kept."""
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-        get_current_settings,
-        temporary_settings,
-    )
+    from prefect.settings import PREFECT_API_URL, get_current_settings
 
     settings = get_current_settings()
-    if PREFECT_API_URL.value() or not settings.server.ephemeral.enabled:
-        while_starting()
-        yield
-        return
-    if reason := _why_not_ours():
+    wanted = not PREFECT_API_URL.value() and settings.server.ephemeral.enabled
+    if wanted and (reason := _why_not_ours()):
         _warn(reason)
+        wanted = False
+    with ExitStack() as stack:
+        if wanted:
+            log_file = settings.home / SERVER_LOG
+            server, api = _start_ours(_pdeathsig_wrapper(), log_file)
+            stack.callback(stop, server)
         while_starting()
+        if wanted and (problem := _did_not_start(server, api, settings.server.ephemeral.startup_timeout_seconds,
+                                                 log_file)):
+            _warn(problem)  # the run goes on with Prefect's own server
+        elif wanted:
+            stack.enter_context(_pointed_at(api))
         yield
-        return
-    log_file = settings.home / SERVER_LOG
-    server, api = _start_ours(_pdeathsig_wrapper(), log_file)
-    try:
-        while_starting()
-        try:
-            wait_until_answering(server, api, settings.server.ephemeral.startup_timeout_seconds, log_file)
-        except ServerDidNotStart as error:
-            did_not_start = str(error)
-        else:
-            did_not_start = None
-        if did_not_start:  # the run goes on outside the except clause: its own errors are not chained to this
-            _warn(did_not_start)
-            yield
-            return
-        # the environment too: Prefect's threads that do not share this context must not start a temporary
-        # server of their own (one that would outlive a kill)
-        os.environ["PREFECT_API_URL"] = api
-        try:
-            # no flow-run heartbeats: nothing watches them on a server that stops with the run, and a sync flow's
-            # end waits for the heartbeat thread's current 1 s sleep (Prefect 3.8: 0.5 s a run on average)
-            with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                try:
-                    yield
-                finally:
-                    drain_to_the_server(timeout_s=10)
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
-    finally:
-        stop(server)
