@@ -119,6 +119,14 @@ def phi3_mini_entry(shape: str) -> dict:
             "properties": {"finetuning-tasks": "chat-completion"}}
 
 
+def phi4_mini_entry() -> dict:
+    """Phi-4-mini-instruct as far as Microsoft's serverless notebook reads it (Azure/azureml-examples,
+    model-as-a-service chat-completion): offered for serverless fine-tuning, its deploy regions in a tag; no
+    managed compute named anywhere, and no fine-tuning tasks either (not known to be listed)."""
+    return {"tags": {"maas-finetuning-deploy-regions": '["eastus2", "eastus", "northcentralus", "southcentralus", '
+                                                      '"westus", "westus3", "swedencentral"]'}}
+
+
 def deprecated_entry() -> dict:
     """A model deprecated but not yet retired, in the older tag shape (a test model, not a real catalog entry)."""
     return {"tags": {"FinetuneDeprecationDate": "2026-01-15", "FinetuneRetirementDate": "2099-01-15",
@@ -146,6 +154,7 @@ class FakeRegistry:
         self.add("Phi-3-mini-4k-instruct", "14", phi3_mini_entry("tags"))
         self.add("Phi-3-mini-4k-instruct", "15", phi3_mini_entry("system_metadata"))
         self.add("Phi-legacy-test", "2", deprecated_entry())
+        self.add("Phi-4-mini-instruct", "1", phi4_mini_entry())
         self.add("Llama-test", "1", phi4_entry())  # another family: never suggested for a Phi model
 
     def add(self, model: str, version: str, entry: dict) -> None:
@@ -261,7 +270,10 @@ class FakeArm:
     """
 
     BASE = "https://management.azure.com"
-    COLLECTIONS = {"deployments", "versions", "computes", "jobs", "onlineEndpoints"}
+    COLLECTIONS = {"deployments", "versions", "computes", "jobs", "onlineEndpoints", "serverlessEndpoints"}
+    # Where serverless fine-tuning runs (the dated table the pipeline checks against; the service's own refusal
+    # elsewhere, as recorded in azure-sdk-assets d0dbcead, 2026-03-04).
+    SERVERLESS_FINETUNE_REGIONS = ("eastus2", "eastus", "northcentralus", "southcentralus", "westus", "westus3")
 
     def __init__(self, workspace_id: str, location: str = "eastus2"):
         self.workspace_id = workspace_id
@@ -276,6 +288,7 @@ class FakeArm:
         self.job_states: list[str] = []  # e.g. ["Running", "Completed"]; empty: jobs keep their status
         self.workspace_guid = str(uuid.uuid4())  # a new workspace: nothing cached against an older one applies
         self.scoring_uri = "http://127.0.0.1:9/score"  # where endpoints say they score: nothing listens there
+        self.serverless_uri = "http://127.0.0.1:9"  # a serverless endpoint's inference URI (chat at /v1/...)
         datastore = f"{workspace_id}/datastores/workspaceblobstore"
         self.resources[datastore] = {"id": datastore, "name": "workspaceblobstore", "properties": {
             "datastoreType": "AzureBlob", "accountName": "wsstorage", "containerName": "azureml-blobstore",
@@ -317,6 +330,8 @@ class FakeArm:
             return 200, {"id": path, "name": path.rsplit("/", 1)[1], "location": self.location, "kind": "Default",
                          "properties": {"storageAccount": STORAGE, "containerRegistry": self.container_registry,
                                         "keyVault": KEY_VAULT, "workspaceId": self.workspace_guid}}
+        if path.endswith("/datastores/workspaceblobstore") and path not in self.resources:
+            return 200, {**self.resources[f"{self.workspace_id}/datastores/workspaceblobstore"], "id": path}
         if path.endswith("/vmSizes"):
             return 200, {"value": VM_SIZES}
         if path.endswith("/usages"):
@@ -345,7 +360,7 @@ class FakeArm:
             return 202, {}, headers
         if path in self.resources:
             if "/jobs/" in path and request.method == "GET" and self.job_states:
-                self._advance_job(self.resources[path])
+                self._advance_job(path)
             return 200, self.resources[path]
         if request.method == "GET" and path.rsplit("/", 1)[1] in self.COLLECTIONS:
             items = [r for key, r in self.resources.items() if key.rsplit("/", 1)[0] == path]
@@ -355,22 +370,25 @@ class FakeArm:
             return 200, {"value": items}
         return 404, {"error": {"code": "ResourceNotFound", "message": f"{path} not found"}}
 
-    def _advance_job(self, job: dict) -> None:
+    def _advance_job(self, path: str) -> None:
+        job = self.resources[path]
         properties = job["properties"]
         states = self.job_states
         current = properties.get("status")
         properties["status"] = states[0] if current not in states else states[min(states.index(current) + 1,
                                                                                     len(states) - 1)]
         if properties["status"] == "Completed" and current != "Completed":
-            self._register_output(job)
+            self._register_output(path)
 
-    def _register_output(self, job: dict) -> None:
-        """What the fine-tuning service does when a job completes: register its output as the next version of
-        the model named by `output_model_name_prefix`, with the job as its lineage (`jobName`)."""
+    def _register_output(self, job_path: str) -> None:
+        """What the fine-tuning service does when a job completes: register its output, in the job's workspace,
+        as the next version of the model named by `output_model_name_prefix`, with the job as its lineage
+        (`jobName`)."""
+        job = self.resources[job_path]
         output = (job["properties"].get("outputs") or {}).get("registered_model")
         if not output or not output.get("assetName"):
             return
-        container = f"{self.workspace_id}/models/{output['assetName']}/versions"
+        container = f"{job_path.split('/jobs/')[0]}/models/{output['assetName']}/versions"
         version = 1 + max((int(key.rsplit("/", 1)[1]) for key in self.resources if key.startswith(container + "/")),
                           default=0)
         path = f"{container}/{version}"
@@ -393,6 +411,8 @@ class FakeArm:
         if "/roleAssignments/" in path or "/userAssignedIdentities/" in path:
             self.resources[path] = body  # not long-running operations
             return (201 if "/roleAssignments/" in path else 200), body
+        if refusal := self._serverless_refusal(path, properties):
+            return 400, refusal
         if "/jobs/" in path or "/models/" in path:  # recorded: 201 with only a Location header, not an LRO
             if "/jobs/" in path:
                 properties["status"] = "NotStarted"
@@ -406,11 +426,28 @@ class FakeArm:
             properties.setdefault("scaleSettings", {"scaleType": "Default"})
         elif "/onlineEndpoints/" in path:
             properties["scoringUri"] = self.scoring_uri
+        elif "/serverlessEndpoints/" in path:
+            properties["inferenceEndpoint"] = {"uri": self.serverless_uri, "headers": {}}
+            properties["authMode"] = "Key"
         failure = next((message for fragment, message in self.failing.items() if fragment in path), None)
         properties["provisioningState"] = "Failed" if failure else "Succeeded"
         self.resources[path] = body
         creating = {**body, "properties": {**properties, "provisioningState": "Creating"}}
         return 201, creating, self._operation("Failed" if failure else "Succeeded", failure, resource=path)
+
+
+    def _serverless_refusal(self, path: str, properties: dict) -> dict | None:
+        """The service's answer to a serverless fine-tune (a FineTuning job without a compute) submitted in a
+        workspace whose region does not offer it: HTTP 400 as recorded (azure-sdk-assets d0dbcead)."""
+        details = properties.get("fineTuningDetails")
+        if "/jobs/" not in path or not details or properties.get("computeId"):
+            return None
+        region = self.resources.get(path.split("/jobs/")[0], {}).get("location", self.location)
+        if region in self.SERVERLESS_FINETUNE_REGIONS:
+            return None
+        model = details["model"]["uri"].split("/models/")[1].split("/")[0]
+        return {"error": {"code": "UserError", "message": f"{model} : Serverless FineTuning not supported in {region}.",
+                          "innerError": {"code": "ModelNotSupportedByMaaS"}}}
 
 
 def offline_ml_client(handler: Callable[[object], Answer]) -> tuple[MLClient, ScriptedTransport]:
@@ -436,6 +473,7 @@ class FakeTemplateDeployments:
         name, kind = values["workspaceName"], values["kind"]
         properties = ({"hubResourceId": values["workspace_hub"]} if kind == "project"
                       else {"storageAccount": STORAGE, "keyVault": KEY_VAULT})
+        properties["workspaceId"] = str(uuid.uuid4())
         self.arm.resources[f"{WORKSPACES}/{name}"] = {
             "id": f"{WORKSPACES}/{name}", "name": name, "location": values["location"], "kind": kind,
             "tags": values.get("tagValues") or {}, "properties": properties}
@@ -447,15 +485,16 @@ class FakeTemplateDeployments:
 def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_completions"), body: object = None
                  ) -> Iterator[tuple[str, list[dict], list]]:
     """A 127.0.0.1 stand-in for the endpoint's scoring URI, behind the key, answering the contracts it `speaks`
-    as the catalog's inference server does (input_data on /score, chat_completions on /chat/completions; any
-    other route is a 404). Yields (scoring URI, the request bodies it answered, each with the deployment it was
+    as the catalog's inference server does (input_data on /score, chat_completions on /chat/completions, and on
+    /v1/chat/completions as a serverless endpoint does; any other route is a 404). Yields (scoring URI, the request bodies it answered, each with the deployment it was
     addressed to and its contract, refusals: predicates on such a request that make it answer HTTP 400). With
     `body`, every answer is that body instead (an inference server's failed answer)."""
     answered: list[dict] = []
     refusals: list[Callable[[dict], bool]] = []
-    routes = {"/score": ("input_data", {"output": answer}),
-              "/chat/completions": ("chat_completions", {"choices": [{"message": {"role": "assistant",
-                                                                                  "content": answer}}]})}
+    chat = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+    # a serverless endpoint answers chat completions under /v1 of its inference URI
+    routes = {"/score": ("input_data", {"output": answer}), "/chat/completions": ("chat_completions", chat),
+              "/v1/chat/completions": ("chat_completions", chat)}
     if body is not None:  # what a failing inference server answers, with HTTP 200, on either route
         routes = {path: (contract, body) for path, (contract, _) in routes.items()}
 

@@ -18,7 +18,7 @@ PHI4 = "azureml://registries/azureml/models/Phi-4/versions/8"
 
 
 def submit(ml_client: MLClient) -> bool:
-    return finetune.submit(ml_client, finetune_job(AZURE, PHI4, {"learning_rate": "5e-6"}, JOB,
+    return finetune.submit(ml_client, finetune_job(AZURE.compute_name, PHI4, {"learning_rate": "5e-6"}, JOB,
                                                    "azureml:phi3-train:0123", "azureml:phi3-test:0123", "phi3-custom",
                                                    resource_tags("run-1")))
 

@@ -67,7 +67,7 @@ def driven(cloud, arm):
     online.endpoint_key(ml_client, "ep-recorded")
     assets.ensure_cluster(ml_client, AZURE, "Standard_NC24ads_A100_v4", TAGS)
     foundry.upsert_custom_connection(ml_client, "phi3-custom", "https://x/score", "secret-key", "input_data", TAGS)
-    finetune.submit(ml_client, finetune_job(AZURE, "azureml://registries/azureml/models/Phi-4/versions/8", {},
+    finetune.submit(ml_client, finetune_job(AZURE.compute_name, "azureml://registries/azureml/models/Phi-4/versions/8", {},
                                             "phi3-custom-ft-recorded", "azureml:t:1", "azureml:v:1", "phi3-custom",
                                             TAGS))
     assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-recorded", {}, TAGS)

@@ -39,9 +39,17 @@ VM_PRICES_USD_PER_HOUR = {"Standard_NC24ads_A100_v4": 3.67}
 # `^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$`: 3-33 letters, digits, '_' or '-', starting with a letter or digit).
 AZURE_CONNECTION_NAME = r"[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}"
 AZURE_WORKSPACE_NAME = AZURE_CONNECTION_NAME
-# The model the Azure target fine-tunes unless told otherwise: the current Phi chat model with managed-compute
-# fine-tuning in the azureml registry (docs/azure.md, "Choosing the model"; checked 2026-11-25).
-DEFAULT_CATALOG_MODEL = "Phi-4"
+# How the Azure target fine-tunes and serves (docs/azure.md, "Two modes"): on VMs of the user's (a compute
+# cluster, a managed online endpoint) or serverless (pay per token to train, an hourly fee to host, no VM quota).
+AzureMode = Literal["managed", "serverless"]
+# The model each mode fine-tunes unless told otherwise: the current Phi chat model with managed-compute fine-tuning
+# in the azureml registry, and Microsoft's serverless successor of the tutorial's Phi-3-mini (docs/azure.md,
+# "Choosing the model"; checked 2026-12-02).
+DEFAULT_CATALOG_MODELS: dict[str, str] = {"managed": "Phi-4", "serverless": "Phi-4-mini-instruct"}
+# What only a VM of the user's has: changed in serverless mode, each is refused (it would silently do nothing).
+MANAGED_ONLY_SETTINGS = ("compute_name", "finetune_vm_size", "compute_min_nodes", "compute_max_nodes",
+                         "compute_idle_seconds", "deploy_vm_size", "deploy_instance_count", "cold_start_s",
+                         "role_propagation_s", "scoring_contract")
 
 # The two request shapes a chat deployment can answer (docs/azure.md, "The scoring contract").
 ScoringContract = Literal["input_data", "chat_completions"]
@@ -165,9 +173,14 @@ class AzureSettings(StrictModel):
     location: str | None = Field(None, description="Azure region, e.g. eastus2.")
     identity_name: str = Field("phi3-pipeline-identity", description="User-assigned managed identity to use.")
     registry_name: str = Field("azureml", min_length=1, description="Model-catalog registry holding base_model.")
+    mode: AzureMode = Field(
+        "managed", description="managed: fine-tune on a compute cluster and serve from a managed online endpoint "
+                               "(VM quota, billed per VM hour); serverless: Azure's own capacity (no VM quota, "
+                               "training billed per token, hosting per hour).",
+    )
     base_model: str = Field(
-        DEFAULT_CATALOG_MODEL, min_length=1,
-        description="Catalog model to fine-tune (chat completion, managed compute); its lifecycle is checked first.",
+        "", description="Catalog model to fine-tune (chat completion); its lifecycle is checked first. Empty: "
+                        + " or ".join(f"{model} ({mode})" for mode, model in DEFAULT_CATALOG_MODELS.items()) + ".",
     )
     base_model_version: str = Field(
         "", pattern=r"^[0-9]*$", description="Version of base_model; empty: the newest. The job is pinned to it."
@@ -226,6 +239,25 @@ class AzureSettings(StrictModel):
         VM_PRICES_USD_PER_HOUR,
         description=f"VM list prices `--plan` estimates with (USD/hour, eastus2, as of {VM_PRICES_AS_OF}).",
     )
+
+    @model_validator(mode="after")
+    def _mode_fits(self) -> AzureSettings:
+        """The mode's default model; a VM setting changed in serverless mode is refused, not silently ignored."""
+        if not self.base_model:
+            self.base_model = DEFAULT_CATALOG_MODELS[self.mode]
+        # changed from its default (not merely present: a run's settings come back whole from Prefect and JSON)
+        given = [name for name in MANAGED_ONLY_SETTINGS if getattr(self, name) != type(self).model_fields[name].default]
+        if self.mode == "serverless" and given:
+            them = "it" if len(given) == 1 else "them"
+            raise ValueError(f"{', '.join(f'azure.{name}' for name in given)}: only managed mode has {them} "
+                             f"(serverless runs on no VM of yours and answers chat_completions); remove {them} or "
+                             "set azure.mode=managed")
+        return self
+
+    @property
+    def contract(self) -> ScoringContract:
+        """The request shape the deployed model answers: a serverless endpoint speaks chat completions only."""
+        return "chat_completions" if self.mode == "serverless" else self.scoring_contract
 
 
 # A flow's `settings` when a run gives none. The deployment's form then opens on the settings, each with its

@@ -9,6 +9,10 @@ from phi3_pipeline.targets.base import PlanItem, Target
 
 def get_target(settings: PipelineSettings, run_id: str = "cli") -> Target:
     """The target the settings name; `run_id` is tagged on what it creates."""
+    if settings.target == "azure" and settings.azure.mode == "serverless":
+        from phi3_pipeline.targets.azure.serverless_target import ServerlessAzureTarget
+
+        return ServerlessAzureTarget(settings, run_id)
     if settings.target == "azure":
         from phi3_pipeline.targets.azure.target import AzureTarget
 

@@ -147,19 +147,22 @@ class CatalogModel:
                     notes.append(f"{self.label} is {state} for {label} since {since.isoformat()}{until}")
         return notes
 
-    def refusal(self, today: date) -> str | None:
-        """Why this version cannot be fine-tuned (chat completion, managed compute) today; None if it can."""
+    def refusal(self, today: date, serverless: bool = False) -> str | None:
+        """Why this version cannot be fine-tuned (chat completion; on managed compute unless `serverless`) today;
+        None if it can. Serverless, a model that names its fine-tuning tasks nowhere is not refused for it (the
+        serverless offer is checked by region, `serverless.offer_refusal`)."""
         if reasons := self.retired(today):
             dates = ", ".join(f"{key.replace('_', ' ')} {value.isoformat()}" for key, value in self.dates.items()
                               if value) or "no lifecycle dates"
             return f"{self.label} is {' and '.join(reasons)} (lifecycle: {dates})"
-        if CHAT_COMPLETION not in self.finetune_tasks:
+        tasks_known = not serverless or self.sources.get("fine-tuning tasks", NOWHERE) != NOWHERE
+        if tasks_known and CHAT_COMPLETION not in self.finetune_tasks:
             return (f"{self.label} cannot be fine-tuned for {CHAT_COMPLETION} "
                     f"(its fine-tuning tasks: {', '.join(self.finetune_tasks) or 'none'})")
-        if not self.finetune_computes:
+        if not serverless and not self.finetune_computes:
             places = "; ".join(f"{place} {key}" for place, key in FACT_PLACES["finetune computes"])
-            return (f"{self.label} lists no managed compute to fine-tune on (read: {places}; serverless "
-                    "fine-tuning is not supported by this pipeline yet)")
+            return (f"{self.label} lists no managed compute to fine-tune on (read: {places}); if it is offered for "
+                    "serverless fine-tuning, set azure.mode=serverless")
         return None
 
 
@@ -218,16 +221,17 @@ def _newest(versions: Iterable[Model]) -> Model | None:
     return ranked[-1] if ranked else None
 
 
-def replacements(registry_ml: MLClient, registry: str, family_of: str, today: date) -> list[str]:
-    """Chat-completion models of the same family (name prefix) that can still be fine-tuned on managed
-    compute, newest version each: what a refused model's error suggests instead."""
+def replacements(registry_ml: MLClient, registry: str, family_of: str, today: date,
+                 serverless: bool = False) -> list[str]:
+    """Chat-completion models of the same family (name prefix) that can still be fine-tuned (in the mode), newest
+    version each: what a refused model's error suggests instead."""
     family = family_of.split("-")[0].lower()
     names = [c.name for c in registry_ml.models.list() if c.name.lower().startswith(family)]
     found = []
     for name in sorted(names)[:FAMILY_CANDIDATES_CHECKED]:
         newest = _newest(registry_ml.models.list(name=name))
         if newest is not None and read_model(registry_entry(registry_ml, name, str(newest.version)),
-                                             registry).refusal(today) is None:
+                                             registry).refusal(today, serverless) is None:
             found.append(f"{name} (v{newest.version})")
     return found
 
@@ -239,13 +243,14 @@ def utc_today() -> date:
 
 def resolve(registry_ml: MLClient, azure: AzureSettings, today: date | None = None) -> CatalogModel:
     """The exact model version a run fine-tunes, refused before any write when it is unknown, archived, retired
-    or not a chat-completion model that can be fine-tuned on managed compute."""
+    or not a chat-completion model that can be fine-tuned (on managed compute, in managed mode)."""
     today = today or utc_today()
     registry, name, wanted = azure.registry_name, azure.base_model, azure.base_model_version
+    serverless = azure.mode == "serverless"
 
     def refuse(reason: str) -> ConfigError:
         try:
-            others = replacements(registry_ml, registry, name, today)
+            others = replacements(registry_ml, registry, name, today, serverless)
             suggestion = (f"models of that family that can be fine-tuned now: {', '.join(others)}" if others
                           else "no model of that family can be fine-tuned now")
         except HttpResponseError as error:  # the refusal matters more than the suggestions
@@ -266,7 +271,7 @@ def resolve(registry_ml: MLClient, azure: AzureSettings, today: date | None = No
         raise ConfigError(f"azure.base_model_version {wanted} of {name} does not exist in registry {registry}; "
                           f"versions: {', '.join(numbers)} (leave it empty for the newest)")
     model = read_model(registry_entry(registry_ml, name, wanted or str(_newest(versions).version)), registry)
-    if reason := model.refusal(today):
+    if reason := model.refusal(today, serverless):
         raise refuse(reason)
     return model
 

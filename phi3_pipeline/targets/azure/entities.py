@@ -20,6 +20,7 @@ from azure.ai.ml.entities import (
     Model,
     OnlineRequestSettings,
     ProbeSettings,
+    ServerlessEndpoint,
 )
 from azure.ai.ml.finetuning import FineTuningTaskType, create_finetuning_job
 from azure.mgmt.authorization.models import RoleAssignmentCreateParameters
@@ -118,17 +119,19 @@ def data_asset(name: str, local_path: str, content_hash: str, tags: dict[str, st
     return Data(name=name, version=content_hash[:16], path=local_path, type=AssetTypes.URI_FILE, tags=tags)
 
 
-def finetune_job(azure: AzureSettings, model_asset_id: str, hyperparameters: dict[str, str], job_name: str,
+def finetune_job(compute: str | None, model_asset_id: str, hyperparameters: dict[str, str], job_name: str,
                  train_asset: str, test_asset: str, model_name: str, tags: dict[str, str]):
-    """Model-catalog fine-tune, chat completion, of the exact (version-pinned) catalog model on the cluster;
-    validation data = the test split; the service registers the output as `model_name` itself."""
+    """Model-catalog fine-tune, chat completion, of the exact (version-pinned) catalog model on the cluster, or
+    serverless without one (`compute` None: the SDK then sends a serverless FineTuning job, as Microsoft's
+    serverless notebook does); validation data = the test split (azure-ai-ml 1.35 fails without one); the service
+    registers the output as `model_name` itself."""
     return create_finetuning_job(
         model=model_asset_id,
         task=FineTuningTaskType.CHAT_COMPLETION,
         training_data=train_asset,
         validation_data=test_asset,
         hyperparameters=hyperparameters,
-        compute=azure.compute_name,
+        compute=compute,
         output_model_name_prefix=model_name,
         name=job_name,
         display_name=job_name,
@@ -175,10 +178,28 @@ def online_deployment(azure: AzureSettings, vm_size: str, endpoint_name: str, de
     )
 
 
+def serverless_endpoint(name: str, model_id: str, location: str, tags: dict[str, str]) -> ServerlessEndpoint:
+    """A serverless endpoint for the fine-tuned model (key auth is the service's only mode for one; azure-ai-ml
+    1.35 sends the model id, the Consumption sku, the location and the tags, nothing else)."""
+    return ServerlessEndpoint(name=name, model_id=model_id, location=location, tags=tags)
+
+
+def workspace_model_id(location: str, workspace_guid: str, name: str, version: int) -> str:
+    """The id a serverless endpoint names a fine-tuned model by (Azure/azureml-examples, model-as-a-service
+    chat-completion notebook: `azureml://locations/<region>/workspaces/<workspace GUID>/models/<name>/versions/<n>`)."""
+    return f"azureml://locations/{location}/workspaces/{workspace_guid}/models/{name}/versions/{version}"
+
+
+def live_now(tags: dict[str, str] | None, now: datetime | None = None) -> dict[str, str]:
+    """The tags with `live-since` set to now: the time the model now serving took the traffic (what the reaper
+    ages)."""
+    return {**(tags or {}), LIVE_SINCE: (now or datetime.now(UTC)).isoformat(timespec="seconds")}
+
+
 def with_full_traffic(endpoint: ManagedOnlineEndpoint, deployment_name: str,
                       now: datetime | None = None) -> ManagedOnlineEndpoint:
     """SEED.md: live traffic must be 100 % on the deployment, or it cannot be tested. The `live-since` tag
     is what the reaper ages: the time the model now serving took the traffic."""
     endpoint.traffic = {deployment_name: 100}
-    endpoint.tags = {**(endpoint.tags or {}), LIVE_SINCE: (now or datetime.now(UTC)).isoformat(timespec="seconds")}
+    endpoint.tags = live_now(endpoint.tags, now)
     return endpoint

@@ -103,15 +103,22 @@ def remove_other_deployments(ml_client: MLClient, endpoint_name: str, keep: str 
     for deployment in deployments:
         if deployment.name == keep:
             continue
-        tags = deployment.tags or {}
-        leased = (_tag_time(tags.get(LEASE_UNTIL)) or datetime.min.replace(tzinfo=UTC)) > (now or datetime.now(UTC))
-        if tags.get("pipeline-run") == run_id or not only_own and (deployment.name in superseded or not leased):
+        if removable(deployment, run_id, only_own, superseded, now):
             when_not_busy(f"deployment {deployment.name} of {endpoint_name}", lambda name=deployment.name: found(
                 lambda: ml_client.online_deployments.begin_delete(name, endpoint_name).result()))  # 404: gone
             removed.append(deployment.name)
         else:
             kept.append(deployment.name)
     return removed, kept
+
+
+def removable(candidate, run_id: str, only_own: bool, superseded: tuple[str, ...] = (),
+              now: datetime | None = None) -> bool:
+    """Whether a model's deployment (or serverless endpoint) that is not to be kept may go: this run's; or, unless
+    `only_own`, one just replaced or one whose lease has run out (a killed run's, or one from before leases)."""
+    tags = candidate.tags or {}
+    leased = (tag_time(tags.get(LEASE_UNTIL)) or datetime.min.replace(tzinfo=UTC)) > (now or datetime.now(UTC))
+    return tags.get("pipeline-run") == run_id or not only_own and (candidate.name in superseded or not leased)
 
 
 def endpoint_key(ml_client: MLClient, endpoint_name: str) -> str:
@@ -126,7 +133,7 @@ def delete_endpoint(ml_client: MLClient, endpoint_name: str) -> bool:
         endpoints.get(endpoint_name), endpoints.begin_delete(endpoint_name).result())))
 
 
-def _tag_time(value: str | None) -> datetime | None:
+def tag_time(value: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value) if value else None
     except ValueError:
@@ -143,7 +150,7 @@ def expired(endpoint: ManagedOnlineEndpoint, older_than_hours: float) -> bool:
     """Whether its model has served (or, never routed, the endpoint has existed) longer than the limit; an
     endpoint without a readable time is left alone."""
     tags = endpoint.tags or {}
-    since = _tag_time(tags.get(LIVE_SINCE) or tags.get("created-at"))
+    since = tag_time(tags.get(LIVE_SINCE) or tags.get("created-at"))
     return since is not None and since < datetime.now(UTC) - timedelta(hours=older_than_hours)
 
 

@@ -11,6 +11,7 @@ import time
 from functools import cached_property
 from pathlib import Path
 
+from azure.ai.ml import MLClient
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from phi3_pipeline.chat_data.split_files import SplitFiles
@@ -58,6 +59,11 @@ class AzureTarget(Target):
     @cached_property
     def clients(self) -> clients.AzureClients:
         return clients.connect(self.azure)
+
+    @property
+    def ml(self) -> MLClient:
+        """The workspace the data, the job and the model live in: the ML workspace (azure.workspace_name)."""
+        return self.clients.ml
 
     @property
     def tags(self) -> dict[str, str]:
@@ -180,7 +186,7 @@ class AzureTarget(Target):
         created = False
         uris = {}
         for part, path in (("train", split.train_file), ("test", split.test_file)):
-            asset, uploaded = assets.ensure_data_asset(self.clients.ml, self.asset_name(part), path,
+            asset, uploaded = assets.ensure_data_asset(self.ml, self.asset_name(part), path,
                                                        split.content_hash, self.tags)
             uris[part] = f"azureml:{asset.name}:{asset.version}"
             created = created or uploaded
@@ -190,22 +196,22 @@ class AzureTarget(Target):
     # ---- fine-tune -----------------------------------------------------------------------------
     @translated
     def find_or_submit_job(self, job_name: str, dataset: DatasetRef) -> bool:
-        if finetune.job_status(self.clients.ml, job_name).state != "Missing":
+        if finetune.job_status(self.ml, job_name).state != "Missing":
             return False  # adopt it in whatever state: never a second paid job for the same inputs
         assets.ensure_cluster(self.clients.ml, self.azure, self.sizes.finetune_vm_size, self.tags)
-        return finetune.submit(self.clients.ml, finetune_job(
-            self.azure, self.model.asset_id, self.hyperparameters, job_name, dataset.train_uri, dataset.test_uri,
+        return finetune.submit(self.ml, finetune_job(
+            self.azure.compute_name, self.model.asset_id, self.hyperparameters, job_name, dataset.train_uri, dataset.test_uri,
             self.settings.model_name, self.tags))
 
     @translated
     def job_status(self, job_name: str) -> JobStatus:
-        return finetune.job_status(self.clients.ml, job_name)
+        return finetune.job_status(self.ml, job_name)
 
     @translated
     def job_result(self, job_name: str) -> JobRef:
         """Azure keeps the job's loss curve in its run history; the studio link points there."""
         return JobRef(name=job_name, created=False,
-                      metrics={"studio_url": self.clients.ml.jobs.get(job_name).studio_url})
+                      metrics={"studio_url": self.ml.jobs.get(job_name).studio_url})
 
     def job_failure(self, job_name: str, status: JobStatus) -> JobFailedError:
         return JobFailedError(
@@ -219,9 +225,9 @@ class AzureTarget(Target):
     def register_model(self, job: JobRef, dataset: DatasetRef) -> ModelRef:
         """The service registers the job's output itself: adopt that version and tag it with the lineage (the
         base model as the job itself names it)."""
-        base_model = getattr(getattr(self.clients.ml.jobs.get(job.name), "model", None), "path", None)
+        base_model = getattr(getattr(self.ml.jobs.get(job.name), "model", None), "path", None)
         lineage = {"train-data": dataset.train_uri, "test-data": dataset.test_uri, "base-model": str(base_model)}
-        model, created = assets.adopt_job_model(self.clients.ml, self.settings.model_name, job.name, lineage,
+        model, created = assets.adopt_job_model(self.ml, self.settings.model_name, job.name, lineage,
                                                 self.tags)
         return ModelRef(name=model.name, version=int(model.version), uri=model.id, job_name=job.name,
                         created=created)
@@ -232,7 +238,7 @@ class AzureTarget(Target):
         return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment.name,
                              scoring_uri=endpoint.scoring_uri, traffic=online.live_traffic(endpoint),
                              model_version=int(tags.get("model-version", 0)), job_name=tags.get("job", ""),
-                             created=created, contract=self.azure.scoring_contract, run_id=tags.get("pipeline-run", ""))
+                             created=created, contract=self.azure.contract, run_id=tags.get("pipeline-run", ""))
 
     @translated
     def deploy(self, model: ModelRef) -> DeploymentRef:

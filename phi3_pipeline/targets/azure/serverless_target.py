@@ -1,0 +1,256 @@
+"""The Azure target in serverless mode (`azure.mode = "serverless"`): the same stages on Azure's own capacity.
+
+Microsoft's serverless fine-tuning runs in hub-based projects only, so the data, the job, the model and the
+endpoints live in the pipeline's Foundry project (`azure.project_name` in `azure.hub_name`, made on the ML
+workspace's storage and key vault), not in `azure.workspace_name`. The job is submitted without a compute; each
+model version gets its own serverless endpoint (there is no traffic split), and going live moves the record of
+what serves (the endpoint's `live-since` tag) and the connection to the new one, after the gate, before the old
+endpoint goes. No identity or role is needed: Azure runs the endpoint.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from azure.ai.ml import MLClient
+from azure.ai.ml.entities import Project
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+from phi3_pipeline.chat_data.split_files import SplitFiles
+from phi3_pipeline.chat_flow import promptflow_chat
+from phi3_pipeline.config.errors import ConfigError, PipelineError
+from phi3_pipeline.config.naming import content_hash
+from phi3_pipeline.targets.azure import catalog, finetune, foundry, online, serverless
+from phi3_pipeline.targets.azure.clients import found
+from phi3_pipeline.targets.azure.entities import LIVE_SINCE, deployment_lease, finetune_job, workspace_model_id
+from phi3_pipeline.targets.azure.errors import translated
+from phi3_pipeline.targets.azure.target import AzureTarget
+from phi3_pipeline.targets.base import (
+    SMOKE_PROBE,
+    UNPRICED,
+    DeploymentRef,
+    IdentityRef,
+    ModelRef,
+    PlanItem,
+    ResourceCheck,
+    TeardownReport,
+    plan_resource_checks,
+)
+
+SCORING_PATH = "/v1"  # the fine-tuned model's chat completions are at <inference URI>/v1/chat/completions
+
+
+class ServerlessAzureTarget(AzureTarget):
+    @property
+    def ml(self) -> MLClient:
+        """The Foundry project: where serverless fine-tuning and its endpoints live."""
+        return self.clients.project_ml
+
+    @cached_property
+    def _workspace(self):
+        return self.clients.resource_group_ml.workspaces.get(self.azure.project_name)
+
+    @property
+    def endpoint_name(self) -> str:
+        """The prefix of the model's endpoints, `<prefix>-v<version>` each (32 characters at most)."""
+        owner = content_hash([self.azure.subscription_id, self.azure.resource_group, self.azure.project_name,
+                              self.settings.model_name])
+        return f"sl-{self.settings.model_name[:14]}-{owner[:6]}"
+
+    @translated
+    def notices(self) -> list[str]:
+        return self.model.deprecations(catalog.utc_today())
+
+    @translated
+    def job_inputs(self) -> dict:
+        return {"catalog_model": self.model.asset_id, "hyperparameters": self.hyperparameters, "mode": "serverless"}
+
+    # ---- quota: no VM quota, but the offer in the project's region ----------------------------------
+    def _project(self) -> Project | None:
+        """The Foundry project the stages run in, None until it exists; refused if `azure.project_name` names a
+        workspace that is not a hub-based project."""
+        try:
+            project = self._workspace
+        except ResourceNotFoundError:
+            return None
+        if not isinstance(project, Project):
+            raise ConfigError(f"azure.project_name {self.azure.project_name} is a workspace of kind "
+                              f"{type(project).__name__.lower()}, not a hub-based project; serverless fine-tuning "
+                              "runs only in one (deploy-models-serverless-availability): name another")
+        return project
+
+    def _region(self) -> str:
+        """Where the jobs and endpoints run: the project's region (azure.location, where it is made, until then)."""
+        project = self._project()
+        return project.location if project else self.azure.location
+
+    @translated
+    def check_resources(self) -> list[ResourceCheck]:
+        """The catalog model (lifecycle, hyperparameters) and the serverless offer in the region: read calls only."""
+        self.hyperparameters  # noqa: B018 - refuses a learning rate outside the model's range
+        region = self._region()
+        if refusal := serverless.offer_refusal(self.model.name, region):
+            raise ConfigError(refusal)
+        return [ResourceCheck(resource=f"serverless fine-tuning of {self.model.name} in {region}", needed=1,
+                              available=1, unit="offer (no VM quota needed)")]
+
+    # ---- identity: the hub-based project the stages run in --------------------------------------------
+    @translated
+    def ensure_identity(self) -> IdentityRef:
+        existed = self._project() is not None
+        foundry.ensure_project(self.clients.resource_group_ml, self.azure, self.tags)
+        self.__dict__.pop("_workspace", None)  # read again: the project made now
+        detail = (f"Foundry project {self.azure.project_name} in hub {self.azure.hub_name} "
+                  f"({'reused' if existed else 'created'}); no identity or role needed: Azure runs serverless "
+                  "endpoints")
+        return IdentityRef(workspace_id=self.workspace_identity(), detail=detail, created=not existed)
+
+    # ---- fine-tune: no compute ------------------------------------------------------------------
+    @translated
+    def find_or_submit_job(self, job_name: str, dataset) -> bool:
+        if finetune.job_status(self.ml, job_name).state != "Missing":
+            return False  # adopt it in whatever state: never a second paid job for the same inputs
+        try:
+            return finetune.submit(self.ml, finetune_job(
+                None, self.model.asset_id, self.hyperparameters, job_name, dataset.train_uri, dataset.test_uri,
+                self.settings.model_name, self.tags))
+        except HttpResponseError as error:
+            if serverless.region_refused(error):
+                raise ConfigError(f"Azure refused the serverless fine-tune: {error.message.splitlines()[0]} "
+                                  f"({serverless.offer_refusal(self.model.name, 'that region') or ''})") from None
+            raise
+
+    # ---- deploy: one serverless endpoint per model version -----------------------------------------
+    def _family(self):
+        return serverless.endpoints(self.ml, self.endpoint_name)
+
+    def _deployment_ref(self, endpoint, live: bool, created: bool) -> DeploymentRef:
+        tags = endpoint.tags or {}
+        return DeploymentRef(endpoint_name=endpoint.name, deployment_name=endpoint.name,
+                             scoring_uri=str(endpoint.scoring_uri or "").rstrip("/") + SCORING_PATH,
+                             traffic={endpoint.name: 100} if live else {},
+                             model_version=int(tags.get("model-version", 0)), job_name=tags.get("job", ""),
+                             created=created, contract=self.azure.contract, run_id=tags.get("pipeline-run", ""))
+
+    @translated
+    def deploy(self, model: ModelRef) -> DeploymentRef:
+        name = serverless.endpoint_name(self.endpoint_name, model.version)
+        project = self._workspace
+        model_id = workspace_model_id(project.location, self.workspace_identity(), model.name, model.version)
+        tags = {**self.tags, "job": model.job_name, "model-version": str(model.version),
+                **deployment_lease(self.run_id, self.azure.deployment_lease_minutes)}
+        current = serverless.live(self._family())
+        is_live = current is not None and current.name == name
+        endpoint, created = serverless.ensure_endpoint(self.ml, name, model_id, project.location, tags,
+                                                       claim=not is_live)
+        return self._deployment_ref(endpoint, is_live, created)
+
+    @translated
+    def live_deployment(self) -> DeploymentRef | None:
+        current = serverless.live(self._family())
+        return None if current is None else self._deployment_ref(current, live=True, created=False)
+
+    @translated
+    def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
+        """Record the endpoint as the one serving, prove it answers, and move the connections to it; the
+        endpoints it replaces are named (the go-live stage then deletes them)."""
+        family = self._family()
+        endpoint = self.ml.serverless_endpoints.get(deployment.endpoint_name)
+        current = serverless.live(family)
+        if current is None or current.name != endpoint.name:
+            endpoint = serverless.mark_live(self.ml, endpoint)
+        now = serverless.live(self._family())
+        if now is None or now.name != endpoint.name:
+            raise PipelineError(f"serverless endpoint {endpoint.name} is not recorded as live after going live "
+                                f"(the newest live-since is {now.name if now else 'on none'})")
+        live = self._deployment_ref(endpoint, live=True, created=not deployment.live)
+        self.ask(live, SMOKE_PROBE, 16)  # the endpoint on record answers, authenticated
+        self.create_connection(live)
+        superseded = [e.name for e in family if e.name != endpoint.name and LIVE_SINCE in (e.tags or {})]
+        return live.model_copy(update={"superseded": superseded})
+
+    @translated
+    def remove_deployments(self, keep: DeploymentRef | None, only_own: bool = False) -> TeardownReport:
+        removed, kept = serverless.remove_others(
+            self.ml, self._family(), keep.endpoint_name if keep else None, self.run_id, only_own,
+            superseded=tuple(keep.superseded) if keep else ())
+        return TeardownReport(removed=[f"serverless endpoint {name}" for name in removed], already_gone=[],
+                              kept=kept)
+
+    @translated
+    def _endpoint_key(self, deployment: DeploymentRef) -> str:
+        return serverless.key(self.ml, deployment.endpoint_name)
+
+    # ---- plan ----------------------------------------------------------------------------------
+    @translated
+    def plan(self, split: SplitFiles, job_name: str) -> list[PlanItem]:
+        """Read calls only: the catalog model, the offer in the region, what exists, what a run would create, and
+        what it bills: per token to train, per hour to host (from the dated table, or "price unknown")."""
+        training, hosting = serverless.prices(self.model.name)
+        hyper = ", ".join(f"{key} {value}" for key, value in self.hyperparameters.items())
+        items = [PlanItem(resource=f"catalog model {self.model.label}", action="fine-tune (serverless)",
+                          detail=f"{self.model.asset_id}; {hyper}"),
+                 PlanItem(resource=f"catalog facts of {self.model.label}", action="read",
+                          detail="; ".join(f"{fact} from {source}" for fact, source in self.model.sources.items()
+                                           if "computes" not in fact))]  # no VM of the user's to choose
+        items += [PlanItem(resource="warning", action="warning", detail=note) for note in self.notices()]
+        items += foundry.plan(self.clients.resource_group_ml, self.azure, self.settings.connection_name)
+        items += plan_resource_checks(self.check_resources())
+        version = split.content_hash[:16]
+        items += [PlanItem(resource=f"data asset {self.asset_name(part)}:{version} (in the project)",
+                           action="reuse" if found(lambda part=part: self.ml.data.get(self.asset_name(part), version))
+                           else "create") for part in ("train", "test")]
+        job = finetune.job_status(self.ml, job_name)
+        per_token = (f"{training:g} USD per 1M training tokens" if training is not None
+                     else f"training per token: {UNPRICED} ({serverless.PRICE_SOURCE})")
+        items.append(PlanItem(resource=f"serverless fine-tune job {job_name}",
+                              action="submit" if job.state == "Missing" else f"adopt ({job.phase})",
+                              detail=f"{per_token}; no VM quota"))
+        live = self.live_deployment()
+        beside = f"beside live {live.endpoint_name} until the gate decides, which then goes; " if live else ""
+        hourly = ({"usd_per_hour": hosting, "detail": f"{beside}hosting billed hourly until teardown"}
+                  if hosting is not None else
+                  {"detail": f"{beside}hosting billed hourly until teardown: {UNPRICED} ({serverless.PRICE_SOURCE})"})
+        items.append(PlanItem(resource=f"serverless endpoint {self.endpoint_name}-v<new model version>",
+                              action="create", **hourly))
+        return items
+
+    # ---- teardown ------------------------------------------------------------------------------
+    @translated
+    def teardown(self) -> TeardownReport:
+        """Every endpoint of the model (what bills by the hour), the local Prompt flow connection if it is
+        theirs; with azure.teardown_everything also the Foundry connection, project and hub this pipeline made."""
+        report = TeardownReport(removed=[], already_gone=[])
+        family = self._family()
+        for endpoint in family:
+            report.note(f"serverless endpoint {endpoint.name}", serverless.delete(self.ml, endpoint.name))
+        if not family:
+            report.note(f"serverless endpoints {self.endpoint_name}-v*", False)
+        name = self.settings.connection_name
+        report.note(f"local connection {name}", promptflow_chat.delete_connection(name, owner=self.endpoint_name))
+        if self.azure.teardown_everything:
+            for what, outcome in foundry.delete_all(self.clients.resource_group_ml, self.clients.project_ml,
+                                                    self.azure, name):
+                report.note(what, outcome)
+        return report
+
+    @translated
+    def sweep(self, older_than_hours: float) -> TeardownReport:
+        """In the project: a model's live endpoint past its age goes, and endpoints that are not live go once
+        their lease has ended (a killed run's candidate)."""
+        report = TeardownReport(removed=[], already_gone=[])
+        every = serverless.endpoints(self.ml)
+        families = {e.name.rsplit(serverless.VERSION_SEPARATOR, 1)[0] for e in every}
+        for prefix in sorted(families):
+            family = [e for e in every if e.name.rsplit(serverless.VERSION_SEPARATOR, 1)[0] == prefix]
+            current = serverless.live(family)
+            for endpoint in family:
+                try:  # one endpoint that cannot be removed now never stops the sweep of the others
+                    if endpoint is current and online.expired(endpoint, older_than_hours) or (
+                            endpoint is not current and online.removable(endpoint, "", only_own=False)):
+                        report.note(f"serverless endpoint {endpoint.name}", serverless.delete(self.ml, endpoint.name))
+                except (PipelineError, HttpResponseError) as error:
+                    report.failed.append(f"serverless endpoint {endpoint.name}: "
+                                         f"{getattr(error, 'message', None) or error}")
+        return report
+
