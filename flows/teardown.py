@@ -15,8 +15,17 @@ from tasks.teardown import tear_down
 from tasks.workspace_lock import one_run_per_workspace
 
 
+def _sweep_skipped(settings: PipelineSettings, older_than_hours: float | None = None) -> TeardownReport | None:
+    """A sweep (the reaper) never waits behind a run, which may train for hours: it skips the workspace and says
+    so; the next sweep tries again. A plain teardown waits (it is what stops the bill)."""
+    if older_than_hours is None:
+        return None
+    return TeardownReport(removed=[], already_gone=[], skipped="a run holds this workspace: the sweep skipped it; "
+                                                               "the next one tries again")
+
+
 @flow(name="phi3-teardown")
-@one_run_per_workspace(makes_workspace=False)
+@one_run_per_workspace(makes_workspace=False, when_busy=_sweep_skipped)
 def teardown(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS,
              older_than_hours: float | None = None) -> TeardownReport:
     """Delete the endpoint with its deployments and the connection; idempotent. With `older_than_hours`:

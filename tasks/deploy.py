@@ -3,9 +3,10 @@
 
 from prefect import get_run_logger, task
 
+from phi3_pipeline.config.errors import PipelineError, TransientError
 from phi3_pipeline.config.settings import PipelineSettings
 from phi3_pipeline.stages import Stage
-from phi3_pipeline.targets.base import DeploymentRef, ModelRef
+from phi3_pipeline.targets.base import DeploymentRef, ModelRef, TeardownReport
 from tasks.retries import stage_retries
 from tasks.run_target import stage_target
 
@@ -26,8 +27,14 @@ def deploy(settings: PipelineSettings, model: ModelRef) -> DeploymentRef:
 def go_live(settings: PipelineSettings, deployment: DeploymentRef) -> DeploymentRef:
     target = stage_target(settings)
     live = target.go_live(deployment)
-    retired = target.remove_deployments(keep=live)  # only once the new one answers live
     logger = get_run_logger()
+    try:  # only once the new one answers live; a removal that fails leaves the good go-live in place
+        retired = target.remove_deployments(keep=live)
+    except (PipelineError, TransientError) as error:
+        logger.warning("%s is live, but the deployments it replaced could not be removed now (%s): they stay "
+                       "(billed) until the next go-live, the reaper or teardown removes them", live.deployment_name,
+                       error)
+        retired = TeardownReport(removed=[], already_gone=[], failed=[str(error)])
     logger.info("deployment %s live at %s with 100 %% of traffic; removed: %s", live.deployment_name,
                 live.scoring_uri, ", ".join(retired.removed) or "nothing")
     if retired.kept:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from contextlib import ExitStack
 
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
 
 from phi3_pipeline.config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
-from phi3_pipeline.locks import run_lock
+from phi3_pipeline.locks import WorkspaceBusyError, run_lock
 from tasks.run_target import stage_target
 
 
@@ -31,10 +33,12 @@ def _from_a_deployment() -> bool:
     return run is not None and run.flow_run is not None and run.flow_run.deployment_id is not None
 
 
-def one_run_per_workspace(makes_workspace: bool):
+def one_run_per_workspace(makes_workspace: bool, when_busy: Callable[..., object] | None = None):
     """Decorate a flow so it holds its workspace's run lock from start to end (a second run waits, naming the
     holder, or with `wait` off fails at once) and removes its own scratch folder when it ends. A plan only
-    reads and takes no lock; without `makes_workspace` a workspace that does not exist is not made."""
+    reads and takes no lock; without `makes_workspace` a workspace that does not exist is not made. `when_busy`,
+    given the flow's arguments, returns what the flow returns, instead of waiting, when another run holds the
+    workspace: a report whose `skipped` says why (None: wait as usual)."""
     def decorate(flow_function):
         @functools.wraps(flow_function)
         def holding_the_workspace(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS, *args, **kwargs):
@@ -42,11 +46,20 @@ def one_run_per_workspace(makes_workspace: bool):
             target = stage_target(settings)
             lock_file = None if settings.plan else target.run_lock_file(create=makes_workspace)
             logger = get_run_logger()
+            skipped = when_busy(settings, *args, **kwargs) if when_busy else None
             try:
                 if lock_file is None:
                     return flow_function(settings, *args, **kwargs)
-                with run_lock(lock_file, settings.wait, lambda holder: logger.info(
-                        "another run holds this workspace (%s): waiting", holder)) as taken_now:
+                with ExitStack() as held:
+                    try:
+                        taken_now = held.enter_context(run_lock(
+                            lock_file, settings.wait and skipped is None,
+                            lambda holder: logger.info("another run holds this workspace (%s): waiting", holder)))
+                    except WorkspaceBusyError as busy:
+                        if skipped is None:
+                            raise
+                        logger.info("%s (%s)", skipped.skipped, busy)
+                        return skipped
                     if taken_now:  # no other run of this workspace is active: what killed runs left can go
                         target.remove_scratch(others_too=True)
                     return flow_function(settings, *args, **kwargs)

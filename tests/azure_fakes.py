@@ -486,9 +486,10 @@ def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_com
                  ) -> Iterator[tuple[str, list[dict], list]]:
     """A 127.0.0.1 stand-in for the endpoint's scoring URI, behind the key, answering the contracts it `speaks`
     as the catalog's inference server does (input_data on /score, chat_completions on /chat/completions, and on
-    /v1/chat/completions as a serverless endpoint does; any other route is a 404). Yields (scoring URI, the request bodies it answered, each with the deployment it was
-    addressed to and its contract, refusals: predicates on such a request that make it answer HTTP 400). With
-    `body`, every answer is that body instead (an inference server's failed answer)."""
+    /v1/chat/completions as a serverless endpoint does; any other route is a 404). Yields (scoring URI, the request
+    bodies it answered, each with the deployment it was addressed to and its contract, refusals: predicates on such
+    a request that make it answer HTTP 400). With `body`, every answer is that body instead (an inference server's
+    failed answer)."""
     answered: list[dict] = []
     refusals: list[Callable[[dict], bool]] = []
     chat = {"choices": [{"message": {"role": "assistant", "content": answer}}]}

@@ -89,6 +89,7 @@ def test_deployment_is_one_instance_whose_readiness_is_checked_from_the_start():
     assert props["readinessProbe"]["initialDelay"] == "PT10S", "ready as soon as the model answers"
     assert props["livenessProbe"]["failureThreshold"] == props["readinessProbe"]["failureThreshold"] == 30
     assert props["requestSettings"]["requestTimeout"] == "PT1M30S"
+    assert props["requestSettings"]["maxConcurrentRequestsPerInstance"] == 128, "vLLM batches: not Azure's 1"
     assert props["endpointComputeType"] == "Managed"
 
 

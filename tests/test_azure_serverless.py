@@ -71,7 +71,8 @@ def test_serverless_pipeline_runs_in_the_foundry_project_and_a_rerun_creates_not
     assert job_put.url.split("?")[0].startswith(f"{FakeArm.BASE}{PROJECT}/jobs/"), "in the hub-based project"
     job = request_json(job_put)["properties"]
     assert "computeId" not in job and job["jobType"] == "FineTuning"
-    assert job["fineTuningDetails"]["model"]["uri"] == "azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1"
+    assert job["fineTuningDetails"]["model"]["uri"] == \
+        "azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1"
     (name, body), = serverless_endpoints(arm).items()
     assert name.startswith("sl-phi3-custom-") and name.endswith("-v1") and len(name) <= 32
     guid = arm.resources[PROJECT]["properties"]["workspaceId"]
@@ -167,7 +168,8 @@ def test_serverless_teardown_removes_every_version_and_the_sweep_only_what_has_e
     prefix, model_id = target.endpoint_name, "azureml://locations/eastus2/workspaces/g/models/phi3-custom/versions/1"
     old_live = live_now(resource_tags("run-1", now - timedelta(hours=50)), now - timedelta(hours=40))
     serverless.ensure_endpoint(ml, f"{prefix}-v1", model_id, "eastus2", old_live, claim=False)
-    ended = {**resource_tags("run-2", now - timedelta(days=2)), **deployment_lease("run-2", 30, now - timedelta(days=1))}
+    ended = {**resource_tags("run-2", now - timedelta(days=2)),
+             **deployment_lease("run-2", 30, now - timedelta(days=1))}
     serverless.ensure_endpoint(ml, f"{prefix}-v2", model_id, "eastus2", ended, claim=False)
     leased = {**resource_tags("run-3", now), **deployment_lease("run-3", 240, now)}
     serverless.ensure_endpoint(ml, f"{prefix}-v3", model_id, "eastus2", leased, claim=False)

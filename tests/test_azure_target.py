@@ -356,22 +356,39 @@ def test_a_new_model_that_fails_going_live_hands_the_traffic_back_to_the_old_one
         prefect_api, settings, azure_cloud, scoring):
     from flows.full_pipeline import full_pipeline
 
+    """The old model is restored by the traffic map alone (verified), with its own live-since, and the candidate
+    goes even though the old model does not answer a probe now: that is reported, never a reason to keep it."""
     answered, refusals = scoring
     full_pipeline(settings)
-    retrained = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"sample_size": 210})})
-    going_live_probe = 16  # max_new_tokens of the request that proves traffic after it moved
-    refusals.append(lambda request: request["deployment"] == "deploy-v2"
-                    and request["input_data"]["parameters"]["max_new_tokens"] == going_live_probe)
-    with pytest.raises(PipelineError, match="deploy-v2 answered HTTP 400"):
-        full_pipeline(retrained)
     arm = azure_cloud.arm
     endpoint_path = next(p for p in arm.resources if "/onlineEndpoints/" in p and "/deployments/" not in p)
+    live_since = arm.resources[endpoint_path]["tags"]["live-since"]
+    retrained = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"sample_size": 210})})
+    going_live_probe = 16  # max_new_tokens of the request that proves traffic after it moved
+    refusals.append(lambda request: request["input_data"]["parameters"]["max_new_tokens"] == going_live_probe)
+    with pytest.raises(PipelineError, match="deploy-v2 answered HTTP 400"):
+        full_pipeline(retrained)
     assert arm.resources[endpoint_path]["properties"]["traffic"] == {"deploy-v1": 100}
+    assert arm.resources[endpoint_path]["tags"]["live-since"] == live_since, "the model that served keeps its age"
     assert [p.rsplit("/", 1)[1] for p in arm.resources if "/deployments/" in p] == ["deploy-v1"]
     notice = requests.post(f"{prefect_api}/artifacts/filter", timeout=10, json={
         "artifacts": {"key": {"any_": ["failure-notice"]}}, "sort": "CREATED_DESC", "limit": 1}).json()[0]["data"]
     assert "failed at stage: go live" in notice and "Still running: deployment deploy-v1" in notice
     assert "Cleaned up: deploy-v2" in notice
+
+
+def test_a_good_go_live_stays_when_the_old_deployment_cannot_be_removed(prefect_api, settings, azure_cloud,
+                                                                         endpoint):
+    from flows.full_pipeline import full_pipeline
+
+    full_pipeline(settings)
+    arm = azure_cloud.arm
+    arm.inject("DELETE", "/deployments/deploy-v1", (400, {"error": {"code": "BadRequest", "message": "refused"}}))
+    retrained = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"sample_size": 210})})
+    assert full_pipeline(retrained)["model_version"] == 2, "the run succeeds: its model serves, verified"
+    endpoint_path = next(p for p in arm.resources if "/onlineEndpoints/" in p and "/deployments/" not in p)
+    assert arm.resources[endpoint_path]["properties"]["traffic"] == {"deploy-v2": 100}
+    assert sorted(p.rsplit("/", 1)[1] for p in arm.resources if "/deployments/" in p) == ["deploy-v1", "deploy-v2"]
 
 
 def test_teardown_everything_also_removes_the_cluster_and_the_foundry_resources(prefect_api, settings,

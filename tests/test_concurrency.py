@@ -112,3 +112,34 @@ def test_a_teardown_of_a_workspace_that_never_existed_makes_nothing(prefect_serv
     done = run_cli("flows.teardown", env={"PHI3_LOCAL__WORKSPACE_DIR": str(workspace)})
     assert done.returncode == 0, done.stderr
     assert not workspace.exists()
+
+
+def test_the_reaper_skips_a_workspace_a_run_holds_and_says_so_while_a_plain_teardown_does_not(prefect_api,
+                                                                                             tmp_path):
+    """A run may train for hours: the sweep never waits behind it (the next one tries again)."""
+    import threading
+
+    from flows.teardown import teardown
+    from phi3_pipeline.config.settings import PipelineSettings
+    from phi3_pipeline.targets import get_target
+
+    settings = PipelineSettings(local={"workspace_dir": tmp_path / "ws"}, wait=False)
+    lock_file = get_target(settings).run_lock_file(create=True)
+    held, release = threading.Event(), threading.Event()
+
+    def a_long_run():
+        with run_lock(lock_file, wait=False, on_wait=print):
+            held.set()
+            release.wait(60)
+
+    other = threading.Thread(target=a_long_run)
+    other.start()
+    try:
+        assert held.wait(10)
+        report = teardown(settings.model_copy(update={"wait": True}), older_than_hours=24)
+        assert "the sweep skipped it" in report.skipped and report.removed == []
+        with pytest.raises(WorkspaceBusyError):  # a plain teardown is not skipped (with wait, it waits)
+            teardown(settings)
+    finally:
+        release.set()
+        other.join()

@@ -154,6 +154,8 @@ def _print_result(command: PipelineCommand, result: dict) -> None:
 
 
 def _print_report(command: TeardownCommand, report: TeardownReport) -> None:
+    if report.skipped:
+        print(f"skipped: {report.skipped}")
     print(f"removed: {', '.join(report.removed) or 'nothing'}")
     print(f"already gone: {', '.join(report.already_gone) or 'nothing'}")
     if report.kept:

@@ -49,7 +49,7 @@ DEFAULT_CATALOG_MODELS: dict[str, str] = {"managed": "Phi-4", "serverless": "Phi
 # What only a VM of the user's has: changed in serverless mode, each is refused (it would silently do nothing).
 MANAGED_ONLY_SETTINGS = ("compute_name", "finetune_vm_size", "compute_min_nodes", "compute_max_nodes",
                          "compute_idle_seconds", "deploy_vm_size", "deploy_instance_count", "cold_start_s",
-                         "role_propagation_s", "scoring_contract")
+                         "role_propagation_s", "scoring_contract", "max_concurrent_requests_per_instance")
 
 # The two request shapes a chat deployment can answer (docs/azure.md, "The scoring contract").
 ScoringContract = Literal["input_data", "chat_completions"]
@@ -222,6 +222,14 @@ class AzureSettings(StrictModel):
     )
     training: AzureTrainingSettings = Field(default_factory=AzureTrainingSettings)
     request_timeout_ms: int = Field(90000, ge=1000, le=180000, description="Scoring request timeout.")
+    # Azure's default is 1, for a model that answers one request at a time; the catalog's chat models are served by
+    # vLLM (Phi-4's inferenceSupportedEnvs: [vllm]), which batches up to its max_num_seqs (256 by default) in one
+    # worker. Microsoft's vLLM example for a catalog LLM uses 128 (azureml-examples, llama-safe-online-deployment).
+    max_concurrent_requests_per_instance: int = Field(
+        128, ge=1, le=1024,
+        description="Requests one deployment instance takes at once (Azure queues twice that many per instance and "
+                    "answers 429 beyond): the catalog's vLLM server batches them.",
+    )
     hub_name: str = Field("phi3-pipeline-hub", pattern=f"^{AZURE_WORKSPACE_NAME}$",
                           description="Microsoft Foundry hub to get or create (3-33 letters, digits, '_' or '-').")
     project_name: str = Field("phi3-pipeline-project", pattern=f"^{AZURE_WORKSPACE_NAME}$",

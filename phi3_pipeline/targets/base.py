@@ -116,6 +116,7 @@ class DeploymentRef(BaseModel):
     run_id: str = ""  # the pipeline run that made the deployment: a failed run removes only its own
     warnings: list[str] = []  # e.g. an endpoint that could not run as the pipeline's identity
     superseded: list[str] = []  # after going live: the deployments that served until then
+    live_since: str = ""  # when it took the traffic (ISO 8601), for a live one: what the reaper ages
 
     @property
     def live(self) -> bool:
@@ -155,6 +156,7 @@ class TeardownReport(BaseModel):
     already_gone: list[str]
     kept: list[str] = []  # not this workspace's to remove, e.g. a connection pointing at another workspace
     failed: list[str] = []  # could not be removed now (what, and why): the teardown fails after the others
+    skipped: str = ""  # why nothing was looked at (a sweep while a run holds the workspace)
 
     def note(self, what: str, outcome: str | bool) -> None:
         """File `what` under its outcome: removed (True), gone (False) or kept."""
@@ -273,8 +275,10 @@ class Target(ABC):
                                timeout_s=self.scoring_timeout_s)
 
     @abstractmethod
-    def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
-        """Move 100 % of traffic to the deployment and prove it with a request (the others stay, idle)."""
+    def go_live(self, deployment: DeploymentRef, restore: bool = False) -> DeploymentRef:
+        """Move 100 % of traffic to the deployment and prove it with a request (the others stay, idle). With
+        `restore` (after a failed run, back to the model that served before): the traffic map is verified but no
+        request is made (a probe's failure must not keep the candidate up), and `live-since` keeps its time."""
 
     @abstractmethod
     def remove_deployments(self, keep: DeploymentRef | None, only_own: bool = False) -> TeardownReport:

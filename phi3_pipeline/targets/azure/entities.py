@@ -173,7 +173,9 @@ def online_deployment(azure: AzureSettings, vm_size: str, endpoint_name: str, de
                                      failure_threshold=PROBE_FAILURE_THRESHOLD),
         readiness_probe=ProbeSettings(initial_delay=READINESS_INITIAL_DELAY_S, period=PROBE_PERIOD_S,
                                       failure_threshold=PROBE_FAILURE_THRESHOLD),
-        request_settings=OnlineRequestSettings(request_timeout_ms=azure.request_timeout_ms),
+        request_settings=OnlineRequestSettings(
+            request_timeout_ms=azure.request_timeout_ms,
+            max_concurrent_requests_per_instance=azure.max_concurrent_requests_per_instance),
         tags=tags,
     )
 
@@ -190,16 +192,16 @@ def workspace_model_id(location: str, workspace_guid: str, name: str, version: i
     return f"azureml://locations/{location}/workspaces/{workspace_guid}/models/{name}/versions/{version}"
 
 
-def live_now(tags: dict[str, str] | None, now: datetime | None = None) -> dict[str, str]:
-    """The tags with `live-since` set to now: the time the model now serving took the traffic (what the reaper
-    ages)."""
-    return {**(tags or {}), LIVE_SINCE: (now or datetime.now(UTC)).isoformat(timespec="seconds")}
+def live_now(tags: dict[str, str] | None, now: datetime | None = None, since: str = "") -> dict[str, str]:
+    """The tags with `live-since` set to now (or to `since`, the time of a model that served before and serves
+    again): the time the model now serving took the traffic (what the reaper ages)."""
+    return {**(tags or {}), LIVE_SINCE: since or (now or datetime.now(UTC)).isoformat(timespec="seconds")}
 
 
-def with_full_traffic(endpoint: ManagedOnlineEndpoint, deployment_name: str,
-                      now: datetime | None = None) -> ManagedOnlineEndpoint:
+def with_full_traffic(endpoint: ManagedOnlineEndpoint, deployment_name: str, now: datetime | None = None,
+                      since: str = "") -> ManagedOnlineEndpoint:
     """SEED.md: live traffic must be 100 % on the deployment, or it cannot be tested. The `live-since` tag
     is what the reaper ages: the time the model now serving took the traffic."""
     endpoint.traffic = {deployment_name: 100}
-    endpoint.tags = live_now(endpoint.tags, now)
+    endpoint.tags = live_now(endpoint.tags, now, since)
     return endpoint

@@ -75,13 +75,15 @@ def live_traffic(endpoint: ManagedOnlineEndpoint) -> dict[str, int]:
     return {name: share for name, share in (endpoint.traffic or {}).items() if share}
 
 
-def route_all_traffic(ml_client: MLClient, endpoint_name: str, deployment_name: str) -> tuple[list[str], dict]:
-    """Put 100 % of live traffic on the deployment, then read it back (at 0 % it cannot be tested);
-    (the deployments that served until now, the traffic now)."""
+def route_all_traffic(ml_client: MLClient, endpoint_name: str, deployment_name: str,
+                      since: str = "") -> tuple[list[str], dict]:
+    """Put 100 % of live traffic on the deployment (`live-since` now, or `since`), then read it back (at 0 % it
+    cannot be tested); (the deployments that served until now, the traffic now)."""
     endpoint = ml_client.online_endpoints.get(endpoint_name)
     superseded = [name for name in live_traffic(endpoint) if name != deployment_name]
     if (endpoint.traffic or {}).get(deployment_name) != 100:
-        ml_client.online_endpoints.begin_create_or_update(with_full_traffic(endpoint, deployment_name)).result()
+        ml_client.online_endpoints.begin_create_or_update(with_full_traffic(endpoint, deployment_name,
+                                                                            since=since)).result()
     traffic = live_traffic(ml_client.online_endpoints.get(endpoint_name))
     if traffic.get(deployment_name) != 100:
         raise PipelineError(f"endpoint {endpoint_name} reports traffic {traffic}, not 100 % on {deployment_name}")

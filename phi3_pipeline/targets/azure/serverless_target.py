@@ -130,7 +130,8 @@ class ServerlessAzureTarget(AzureTarget):
                              scoring_uri=str(endpoint.scoring_uri or "").rstrip("/") + SCORING_PATH,
                              traffic={endpoint.name: 100} if live else {},
                              model_version=int(tags.get("model-version", 0)), job_name=tags.get("job", ""),
-                             created=created, contract=self.azure.contract, run_id=tags.get("pipeline-run", ""))
+                             created=created, contract=self.azure.contract, run_id=tags.get("pipeline-run", ""),
+                             live_since=tags.get(LIVE_SINCE, "") if live else "")
 
     @translated
     def deploy(self, model: ModelRef) -> DeploymentRef:
@@ -151,9 +152,14 @@ class ServerlessAzureTarget(AzureTarget):
         return None if current is None else self._deployment_ref(current, live=True, created=False)
 
     @translated
-    def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
+    def go_live(self, deployment: DeploymentRef, restore: bool = False) -> DeploymentRef:
         """Record the endpoint as the one serving, prove it answers, and move the connections to it; the
-        endpoints it replaces are named (the go-live stage then deletes them)."""
+        endpoints it replaces are named (the go-live stage then deletes them). With `restore` only the connections
+        move back: the record is the newest `live-since`, which again names this endpoint once the failed run's
+        candidate is deleted (its own time kept)."""
+        if restore:
+            self.create_connection(deployment)
+            return deployment
         family = self._family()
         endpoint = self.ml.serverless_endpoints.get(deployment.endpoint_name)
         current = serverless.live(family)

@@ -20,7 +20,7 @@ from phi3_pipeline.config.errors import JobFailedError, PipelineError
 from phi3_pipeline.config.naming import content_hash
 from phi3_pipeline.config.settings import PipelineSettings
 from phi3_pipeline.targets.azure import assets, catalog, clients, finetune, foundry, online, quota, rbac
-from phi3_pipeline.targets.azure.entities import deployment_lease, finetune_job, resource_tags
+from phi3_pipeline.targets.azure.entities import LIVE_SINCE, deployment_lease, finetune_job, resource_tags
 from phi3_pipeline.targets.azure.errors import translated
 from phi3_pipeline.targets.base import (
     SMOKE_PROBE,
@@ -200,8 +200,8 @@ class AzureTarget(Target):
             return False  # adopt it in whatever state: never a second paid job for the same inputs
         assets.ensure_cluster(self.clients.ml, self.azure, self.sizes.finetune_vm_size, self.tags)
         return finetune.submit(self.ml, finetune_job(
-            self.azure.compute_name, self.model.asset_id, self.hyperparameters, job_name, dataset.train_uri, dataset.test_uri,
-            self.settings.model_name, self.tags))
+            self.azure.compute_name, self.model.asset_id, self.hyperparameters, job_name, dataset.train_uri,
+            dataset.test_uri, self.settings.model_name, self.tags))
 
     @translated
     def job_status(self, job_name: str) -> JobStatus:
@@ -238,7 +238,9 @@ class AzureTarget(Target):
         return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment.name,
                              scoring_uri=endpoint.scoring_uri, traffic=online.live_traffic(endpoint),
                              model_version=int(tags.get("model-version", 0)), job_name=tags.get("job", ""),
-                             created=created, contract=self.azure.contract, run_id=tags.get("pipeline-run", ""))
+                             created=created, contract=self.azure.contract, run_id=tags.get("pipeline-run", ""),
+                             live_since=(endpoint.tags or {}).get(LIVE_SINCE, "")
+                             if online.live_traffic(endpoint).get(deployment.name) == 100 else "")
 
     @translated
     def deploy(self, model: ModelRef) -> DeploymentRef:
@@ -269,10 +271,12 @@ class AzureTarget(Target):
         return self._deployment_ref(endpoint, ml.online_deployments.get(live, self.endpoint_name), created=False)
 
     @translated
-    def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
+    def go_live(self, deployment: DeploymentRef, restore: bool = False) -> DeploymentRef:
         superseded, traffic = online.route_all_traffic(self.clients.ml, self.endpoint_name,
-                                                       deployment.deployment_name)
-        self.ask(deployment, SMOKE_PROBE, 16)  # 100 % of traffic, proven by an authenticated answer
+                                                       deployment.deployment_name,
+                                                       since=deployment.live_since if restore else "")
+        if not restore:
+            self.ask(deployment, SMOKE_PROBE, 16)  # 100 % of traffic, proven by an authenticated answer
         return deployment.model_copy(update={"traffic": traffic, "created": not deployment.live,
                                              "superseded": superseded})
 

@@ -44,14 +44,18 @@ class LocalEndpoint:
     def traffic(self) -> dict[str, int]:
         return (read_json(self.file) or {}).get("traffic", {})
 
-    def route_all_to(self, deployment_name: str, scoring_uri: str) -> bool:
-        """All traffic to one deployment; whether it moved (the live-since time is kept when it did not)."""
+    def route_all_to(self, deployment_name: str, scoring_uri: str, since: float | None = None) -> bool:
+        """All traffic to one deployment; whether it moved. The live-since time is kept when it did not, and is
+        `since` when given (traffic restored to the model that served before)."""
         endpoint = read_json(self.file) or {}
         traffic = {deployment_name: 100}
         moved = endpoint.get("traffic") != traffic
-        write_json_atomic(self.file, {"scoring_uri": scoring_uri, "traffic": traffic,
-                                      "live_since": time.time() if moved else endpoint["live_since"]})
+        live_since = since if since is not None else time.time() if moved else endpoint["live_since"]
+        write_json_atomic(self.file, {"scoring_uri": scoring_uri, "traffic": traffic, "live_since": live_since})
         return moved
+
+    def live_since(self) -> float | None:
+        return (read_json(self.file) or {}).get("live_since")
 
     @staticmethod
     def server_state(deployment_dir: Path) -> dict | None:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -214,11 +215,14 @@ class LocalTarget(Target):
 
     def _deployment_ref(self, deployment_dir: Path, state: dict, created: bool) -> DeploymentRef:
         spec = read_json(deployment_dir / "spec.json") or {}
+        traffic, since = self.endpoint.traffic(), self.endpoint.live_since()
+        live = traffic.get(deployment_dir.name) == 100 and since is not None
         return DeploymentRef(endpoint_name=self.endpoint_name, deployment_name=deployment_dir.name,
                              scoring_uri=f"http://{state['host']}:{state['port']}/score",
-                             traffic=self.endpoint.traffic(), model_version=spec.get("model_version", 0),
+                             traffic=traffic, model_version=spec.get("model_version", 0),
                              job_name=spec.get("job_name", ""), created=created,
-                             contract=self.settings.local.scoring_contract, run_id=spec.get("run_id", ""))
+                             contract=self.settings.local.scoring_contract, run_id=spec.get("run_id", ""),
+                             live_since=datetime.fromtimestamp(since, UTC).isoformat() if live else "")
 
     def _serving_limits(self) -> dict:
         local = self.settings.local
@@ -254,11 +258,13 @@ class LocalTarget(Target):
         state = endpoint.server_state(endpoint.deployment_dir(live)) if live else None
         return self._deployment_ref(endpoint.deployment_dir(live), state, created=False) if state else None
 
-    def go_live(self, deployment: DeploymentRef) -> DeploymentRef:
+    def go_live(self, deployment: DeploymentRef, restore: bool = False) -> DeploymentRef:
         endpoint = self.endpoint
+        since = datetime.fromisoformat(deployment.live_since).timestamp() if restore and deployment.live_since else None
         with endpoint.lock():
-            moved = endpoint.route_all_to(deployment.deployment_name, deployment.scoring_uri)
-            self.ask(deployment, SMOKE_PROBE, 16)  # traffic is proven by an authenticated answer
+            moved = endpoint.route_all_to(deployment.deployment_name, deployment.scoring_uri, since)
+            if not restore:
+                self.ask(deployment, SMOKE_PROBE, 16)  # traffic is proven by an authenticated answer
         return deployment.model_copy(update={"traffic": {deployment.deployment_name: 100}, "created": moved})
 
     def remove_deployments(self, keep: DeploymentRef | None, only_own: bool = False) -> TeardownReport:
