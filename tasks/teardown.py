@@ -50,7 +50,7 @@ def clean_up_after_failure(settings: PipelineSettings, live_before: DeploymentRe
         left = target.remove_deployments(keep=live_now)
         if left.kept:  # another run's candidate: the endpoint stays for it
             return CleanUp(removed=left.removed, still_serving=live_now.deployment_name if live_now else None)
-        return CleanUp(removed=left.removed + target.teardown().removed, still_serving=None)
+        return CleanUp(removed=left.removed + target.teardown(cancel_jobs=False).removed, still_serving=None)
     if went_live:  # this run's model serves: the older ones take no traffic and go
         return CleanUp(removed=target.remove_deployments(keep=live_now).removed,
                        still_serving=live_now.deployment_name)

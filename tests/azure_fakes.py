@@ -344,6 +344,9 @@ class FakeArm:
             return self._put(path, request_json(request))
         if request.method == "POST" and path.endswith("/listKeys"):
             return 200, {"primaryKey": ENDPOINT_KEY, "secondaryKey": "secondary-key-1"}
+        if request.method == "POST" and "/jobs/" in path and path.endswith("/cancel"):  # 202, then an operation
+            self.resources[path.removesuffix("/cancel")]["properties"]["status"] = "Canceled"
+            return 202, {}, {"Location": self._operation("Succeeded")["Location"]}
         if request.method == "DELETE":  # a resource goes with its children (an endpoint's deployments)
             gone = self.resources.pop(path, None)
             if gone is None:

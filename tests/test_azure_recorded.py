@@ -67,12 +67,12 @@ def driven(cloud, arm):
     online.endpoint_key(ml_client, "ep-recorded")
     assets.ensure_cluster(ml_client, AZURE, "Standard_NC24ads_A100_v4", TAGS)
     foundry.upsert_custom_connection(ml_client, "phi3-custom", "https://x/score", "secret-key", "input_data", TAGS)
-    finetune.submit(ml_client, finetune_job(AZURE.compute_name, "azureml://registries/azureml/models/Phi-4/versions/8", {},
-                                            "phi3-custom-ft-recorded", "azureml:t:1", "azureml:v:1", "phi3-custom",
-                                            TAGS))
+    finetune.submit(ml_client, finetune_job(AZURE.compute_name, "azureml://registries/azureml/models/Phi-4/versions/8",
+                                            {}, "phi3-custom-ft-recorded", "azureml:t:1", "azureml:v:1",
+                                            "phi3-custom", TAGS))
     assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-recorded", {}, TAGS)
     online.delete_endpoint(ml_client, "ep-recorded")
-    assets.delete_cluster(ml_client, AZURE.compute_name)
+    assets.delete_idle_cluster(ml_client, AZURE.compute_name, other_jobs=[])
     project = f"{WORKSPACES}/phi3-pipeline-project"
     arm.resources[project] = {"id": project, "name": "phi3-pipeline-project", "location": "eastus2", "kind": "project",
                               "properties": {"hubResourceId": f"{WORKSPACES}/phi3-pipeline-hub"}}

@@ -398,8 +398,9 @@ def test_teardown_everything_also_removes_the_cluster_and_the_foundry_resources(
 
     full_pipeline(settings)
     report = teardown(everything(settings))
-    assert [item.split()[0] for item in report.removed] == ["endpoint", "local", "compute", "Foundry", "Foundry",
-                                                            "Foundry"]
+    assert [" ".join(item.split()[:2]) for item in report.removed] == [
+        "endpoint ep-phi3-custom-c157d689", "compute phi-ft-cluster", "Foundry connection", "local connection",
+        "Foundry project", "Foundry hub"]
     left = [p for p in azure_cloud.arm.resources if "/computes/" in p or "/connections/" in p
             or p.endswith(("/phi3-pipeline-hub", "/phi3-pipeline-project"))]
     assert left == []
@@ -593,3 +594,45 @@ def test_a_failed_run_with_nothing_live_leaves_the_endpoint_to_another_machines_
     result = teardown_tasks.clean_up_after_failure.fn(settings, None, False)
     assert (result.removed, result.still_serving) == (["deploy-v2"], None)
     assert [d.name for d in ml_client.online_deployments.list(target_a.endpoint_name)] == ["deploy-v1"]
+
+
+def test_stops_the_bill_teardown_cancels_the_models_running_job_and_keeps_a_cluster_another_job_uses(
+        azure_cloud, settings):
+    from phi3_pipeline.targets.azure import assets, finetune
+    from phi3_pipeline.targets.azure.entities import finetune_job, resource_tags
+
+    arm, made, ours = azure_cloud.arm, clients.connect(AZURE), resource_tags("run-1")
+    assets.ensure_cluster(made.ml, AZURE, "Standard_NC24ads_A100_v4", ours)
+
+    def running_job(name: str, experiment: str, tags: dict[str, str]) -> dict:
+        finetune.submit(made.ml, finetune_job(AZURE.compute_name, "azureml://registries/azureml/models/Phi-4/versions/8",
+                                              {}, name, "azureml:t:1", "azureml:v:1", experiment, tags))
+        properties = arm.resources[f"{WORKSPACE}/jobs/{name}"]["properties"]
+        properties["status"] = "Running"
+        return properties
+
+    mine = running_job("phi3-custom-ft-a", "phi3-custom", ours)
+    theirs = running_job("team-job", "team-model", {"owner": "team"})
+    report = AzureTarget(settings).teardown()
+    assert "fine-tune job phi3-custom-ft-a (cancelled)" in report.removed
+    assert (mine["status"], theirs["status"]) == ("Canceled", "Running"), "only this model's job of this project"
+    (cluster,) = [item for item in report.kept if item.startswith("compute")]
+    assert "in use by job team-job" in cluster and "0.33 USD a day" in cluster
+    theirs["status"] = "Completed"
+    assert "compute phi-ft-cluster" in AzureTarget(settings).teardown().removed, "idle and ours: deleted"
+
+
+def test_stops_the_bill_an_adopted_cluster_with_nodes_always_on_is_named_in_the_plan_and_kept(azure_cloud, settings,
+                                                                                              tmp_path, capsys):
+    from azure.ai.ml.entities import AmlCompute
+
+    made = clients.connect(AZURE)
+    made.ml.compute.begin_create_or_update(AmlCompute(name=AZURE.compute_name, size="Standard_NC24ads_A100_v4",
+                                                      min_instances=2, max_instances=2, tags={"owner": "team"})).result()
+    assert run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path), "--plan"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("compute phi-ft-cluster")]
+    assert "min 2 nodes: Standard_NC24ads_A100_v4 x2 bills all the time" in line and "7.34" in line
+    assert "not made by this pipeline: kept" in line
+    report = AzureTarget(settings).teardown()
+    assert any(item.startswith("compute phi-ft-cluster (not made by this pipeline; min 2 nodes") for item in report.kept)
+    assert f"{WORKSPACE}/computes/phi-ft-cluster" in azure_cloud.arm.resources

@@ -299,8 +299,10 @@ class Target(ABC):
         """What a run would create or reuse, found with read calls only."""
 
     @abstractmethod
-    def teardown(self) -> TeardownReport:
-        """Remove the deployments and the connection; what is already gone is reported, not an error."""
+    def teardown(self, cancel_jobs: bool = True) -> TeardownReport:
+        """Remove the deployments and the connection; what is already gone is reported, not an error. With
+        `cancel_jobs` (not in a failed run's clean-up, where another run's job may be running) also the model's
+        fine-tune jobs still running, where a job bills apart from its run (Azure)."""
 
     @abstractmethod
     def sweep(self, older_than_hours: float) -> TeardownReport:

@@ -11,7 +11,13 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from phi3_pipeline.config.settings import AzureSettings
 from phi3_pipeline.targets.azure.clients import delete_if_made_here, get_or_create
-from phi3_pipeline.targets.azure.entities import FINETUNE_OUTPUT, compute_cluster, data_asset, registered_model
+from phi3_pipeline.targets.azure.entities import (
+    FINETUNE_OUTPUT,
+    compute_cluster,
+    data_asset,
+    made_here,
+    registered_model,
+)
 
 
 def ensure_data_asset(ml_client: MLClient, name: str, local_file: Path, content_hash: str,
@@ -78,8 +84,29 @@ def _versions(ml_client: MLClient, model_name: str) -> list[Model]:
         return []
 
 
-def delete_cluster(ml_client: MLClient, name: str) -> str:
-    """Delete the cluster if this pipeline made it: 'removed', 'gone' or 'kept' (a team's cluster adopted by
-    name, whose jobs a delete would kill)."""
-    return delete_if_made_here(f"compute {name}", lambda: ml_client.compute.get(name),
-                               lambda: ml_client.compute.begin_delete(name).result())
+# Microsoft's cost guide (azure-ai-docs, articles/machine-learning/concept-plan-manage-cost.md): each compute
+# cluster has a load balancer billed, about 0.33 USD a day, until the cluster is deleted, even at 0 nodes.
+CLUSTER_IDLE_COST = "its load balancer bills about 0.33 USD a day until it is deleted, even at 0 nodes"
+
+
+def cluster_note(cluster: AmlCompute) -> str:
+    """What a kept cluster costs while nothing runs on it: its minimum nodes bill all the time."""
+    if cluster.min_instances:
+        return f"min {cluster.min_instances} nodes: {cluster.size} x{cluster.min_instances} bills all the time"
+    return f"min 0 nodes; {CLUSTER_IDLE_COST}"
+
+
+def delete_idle_cluster(ml_client: MLClient, name: str, other_jobs: list) -> tuple[str, str]:
+    """Delete the cluster if this pipeline made it and no other job runs on it: ('removed' | 'gone' | 'kept', why
+    kept and what it costs). A team's cluster adopted by name is kept (a delete would kill its jobs)."""
+    try:
+        cluster = ml_client.compute.get(name)
+    except ResourceNotFoundError:
+        return "gone", ""
+    if not made_here(cluster.tags):
+        return "kept", f"not made by this pipeline; {cluster_note(cluster)}"
+    users = [job.name for job in other_jobs if str(job.compute or "").rsplit("/", 1)[-1] == name]
+    if users:
+        return "kept", f"in use by job {', '.join(users)}; {cluster_note(cluster)}"
+    return delete_if_made_here(f"compute {name}", lambda: cluster,
+                               lambda: ml_client.compute.begin_delete(name).result()), ""

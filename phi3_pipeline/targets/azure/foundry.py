@@ -62,11 +62,22 @@ def upsert_custom_connection(project_ml: MLClient, name: str, endpoint: str, key
         name=name, target=endpoint, keys={"endpoint": endpoint, "key": key}, tags={**tags, "contract": contract}))
 
 
-def delete_all(resource_group_ml: MLClient, project_ml: MLClient, azure: AzureSettings,
-               connection_name: str) -> list[tuple[str, str]]:
-    """The connection, then the project and the hub (their shared storage and key vault stay), each only if this
-    pipeline made it: [(what, 'removed' | 'gone' | 'kept')]. A workspace is soft-deleted (recoverable for 14 days,
-    its name taken meanwhile) unless `azure.purge_foundry` asks for a purge."""
+def delete_connection(resource_group_ml: MLClient, project_ml: MLClient, azure: AzureSettings,
+                      connection_name: str) -> str:
+    """The project's connection, if this pipeline made it: once the endpoint is gone its key is dead. 'removed',
+    'gone' or 'kept'."""
+    if not found(lambda: resource_group_ml.workspaces.get(azure.project_name)):
+        return "gone"
+    return delete_if_made_here(f"Foundry connection {connection_name}",
+                               lambda: project_ml.connections.get(connection_name),
+                               lambda: project_ml.connections.delete(connection_name),
+                               tags_of=lambda connection: connection.metadata)  # where its tags are kept
+
+
+def delete_project_and_hub(resource_group_ml: MLClient, azure: AzureSettings) -> list[tuple[str, str]]:
+    """The project, then the hub (their shared storage and key vault stay), each only if this pipeline made it:
+    [(what, 'removed' | 'gone' | 'kept')]. A workspace is soft-deleted (recoverable for 14 days, its name taken
+    meanwhile) unless `azure.purge_foundry` asks for a purge."""
     workspaces = resource_group_ml.workspaces
 
     def delete_workspace(name: str) -> str:
@@ -74,16 +85,7 @@ def delete_all(resource_group_ml: MLClient, project_ml: MLClient, azure: AzureSe
                                    lambda: workspaces.begin_delete(name, delete_dependent_resources=False,
                                                                    permanently_delete=azure.purge_foundry).result())
 
-    def connection() -> str:
-        if not found(lambda: workspaces.get(azure.project_name)):
-            return "gone"
-        return delete_if_made_here(f"Foundry connection {connection_name}",
-                                   lambda: project_ml.connections.get(connection_name),
-                                   lambda: project_ml.connections.delete(connection_name),
-                                   tags_of=lambda connection: connection.metadata)  # where its tags are kept
-
-    return [(f"Foundry connection {connection_name}", connection()),
-            (f"Foundry project {azure.project_name}", delete_workspace(azure.project_name)),
+    return [(f"Foundry project {azure.project_name}", delete_workspace(azure.project_name)),
             (f"Foundry hub {azure.hub_name}", delete_workspace(azure.hub_name))]
 
 

@@ -17,7 +17,6 @@ from azure.ai.ml.entities import Project
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from phi3_pipeline.chat_data.split_files import SplitFiles
-from phi3_pipeline.chat_flow import promptflow_chat
 from phi3_pipeline.config.errors import ConfigError, PipelineError
 from phi3_pipeline.config.naming import content_hash
 from phi3_pipeline.targets.azure import catalog, finetune, foundry, online, serverless
@@ -219,25 +218,21 @@ class ServerlessAzureTarget(AzureTarget):
                   {"detail": f"{beside}hosting billed hourly until teardown: {UNPRICED} ({serverless.PRICE_SOURCE})"})
         items.append(PlanItem(resource=f"serverless endpoint {self.endpoint_name}-v<new model version>",
                               action="create", **hourly))
-        return items
+        return items + self._plan_teardown(f"every serverless endpoint {self.endpoint_name}-v*")
 
     # ---- teardown ------------------------------------------------------------------------------
     @translated
-    def teardown(self) -> TeardownReport:
-        """Every endpoint of the model (what bills by the hour), the local Prompt flow connection if it is
-        theirs; with azure.teardown_everything also the Foundry connection, project and hub this pipeline made."""
-        report = TeardownReport(removed=[], already_gone=[])
+    def teardown(self, cancel_jobs: bool = True) -> TeardownReport:
+        """Everything that bills: the model's running fine-tune jobs and every endpoint of the model (the hourly
+        fee); and the connections, whose key is dead then. With azure.teardown_everything also the Foundry project
+        and hub this pipeline made."""
+        report = self._cancel_jobs(cancel_jobs)
         family = self._family()
         for endpoint in family:
             report.note(f"serverless endpoint {endpoint.name}", serverless.delete(self.ml, endpoint.name))
         if not family:
             report.note(f"serverless endpoints {self.endpoint_name}-v*", False)
-        name = self.settings.connection_name
-        report.note(f"local connection {name}", promptflow_chat.delete_connection(name, owner=self.endpoint_name))
-        if self.azure.teardown_everything:
-            for what, outcome in foundry.delete_all(self.clients.resource_group_ml, self.clients.project_ml,
-                                                    self.azure, name):
-                report.note(what, outcome)
+        self._remove_connections(report)
         return report
 
     @translated

@@ -20,7 +20,13 @@ from phi3_pipeline.config.errors import JobFailedError, PipelineError
 from phi3_pipeline.config.naming import content_hash
 from phi3_pipeline.config.settings import PipelineSettings
 from phi3_pipeline.targets.azure import assets, catalog, clients, finetune, foundry, online, quota, rbac
-from phi3_pipeline.targets.azure.entities import LIVE_SINCE, deployment_lease, finetune_job, resource_tags
+from phi3_pipeline.targets.azure.entities import (
+    LIVE_SINCE,
+    deployment_lease,
+    finetune_job,
+    made_here,
+    resource_tags,
+)
 from phi3_pipeline.targets.azure.errors import translated
 from phi3_pipeline.targets.base import (
     SMOKE_PROBE,
@@ -344,10 +350,7 @@ class AzureTarget(Target):
         items += [get_or_create(f"data asset {self.asset_name(part)}:{version}",
                                 lambda part=part: ml.data.get(self.asset_name(part), version))
                   for part in ("train", "test")]
-        items.append(get_or_create(f"compute {azure.compute_name} ({sizes.finetune_vm_size})",
-                                   lambda: ml.compute.get(azure.compute_name),
-                                   detail=f"scales to {azure.compute_min_nodes} nodes after "
-                                          f"{azure.compute_idle_seconds} s idle"))
+        items.append(self._plan_cluster(sizes.finetune_vm_size))
         job = finetune.job_status(ml, job_name)
         running = job.state in ("Missing", "Queued", "Running")
         items.append(PlanItem(resource=f"fine-tune job {job_name}",
@@ -363,24 +366,65 @@ class AzureTarget(Target):
                               **self._priced(sizes.deploy_vm_size, azure.deploy_instance_count,
                                              f"{beside}billed until teardown")))
         items += foundry.plan(self.clients.resource_group_ml, azure, self.settings.connection_name)
-        return items
+        return items + self._plan_teardown(f"endpoint {self.endpoint_name} with its deployments, the cluster if "
+                                           "this pipeline made it and no other job uses it")
+
+    def _plan_cluster(self, vm_size: str) -> PlanItem:
+        """The cluster: made with min 0 nodes, or the existing one with its own minimum (a minimum above 0 bills all
+        the time, and a cluster this pipeline did not make stays after teardown)."""
+        azure = self.azure
+        try:
+            cluster = self.clients.ml.compute.get(azure.compute_name)
+        except ResourceNotFoundError:
+            return PlanItem(resource=f"compute {azure.compute_name} ({vm_size})", action="create",
+                            detail=f"scales to {azure.compute_min_nodes} nodes after {azure.compute_idle_seconds} s "
+                                   f"idle; {assets.CLUSTER_IDLE_COST}; teardown deletes it")
+        ours = "teardown deletes it when idle" if made_here(cluster.tags) else "not made by this pipeline: kept"
+        note = f"{assets.cluster_note(cluster)}; {ours}"
+        return PlanItem(resource=f"compute {azure.compute_name} ({cluster.size})", action="reuse",
+                        **(self._priced(cluster.size, cluster.min_instances, note) if cluster.min_instances
+                           else {"detail": note}))
+
+    def _plan_teardown(self, bills: str) -> list[PlanItem]:
+        """What teardown removes and what it leaves (with what that still costs)."""
+        return [PlanItem(resource="teardown", action="removes",
+                         detail=f"the model's running fine-tune jobs, {bills}, the Foundry and local connections"),
+                PlanItem(resource="teardown", action="leaves",
+                         detail="storage (data assets, job outputs, registered models), the workspace's container "
+                                "registry, key vault and Application Insights, and the Foundry project and hub "
+                                "(azure.teardown_everything removes those two): see docs/azure.md, "
+                                "'What still bills after teardown'")]
 
     # ---- teardown ------------------------------------------------------------------------------
     @translated
-    def teardown(self) -> TeardownReport:
-        """The endpoint and its deployments (what bills by the hour); with azure.teardown_everything also
-        the cluster and the Foundry connection, project and hub. The local Prompt flow connection goes only if
-        it is this endpoint's."""
-        report = TeardownReport(removed=[], already_gone=[])
-        ml, name = self.clients.ml, self.settings.connection_name
+    def teardown(self, cancel_jobs: bool = True) -> TeardownReport:
+        """Everything that bills: the model's running fine-tune jobs, the endpoint with its deployments, the
+        cluster this pipeline made when no other job uses it; and the connections, whose key is dead then (the
+        local one only if it is this endpoint's). With azure.teardown_everything also the Foundry project and hub.
+        Each only if this pipeline made it."""
+        ml = self.clients.ml
+        report = self._cancel_jobs(cancel_jobs)
         report.note(f"endpoint {self.endpoint_name}", online.delete_endpoint(ml, self.endpoint_name))
+        outcome, why = assets.delete_idle_cluster(ml, self.azure.compute_name, finetune.active_jobs(ml))
+        report.note(f"compute {self.azure.compute_name}" + (f" ({why})" if why else ""), outcome)
+        self._remove_connections(report)
+        return report
+
+    def _cancel_jobs(self, cancel_jobs: bool) -> TeardownReport:
+        """A teardown report that starts with the model's fine-tune jobs cancelled (with `cancel_jobs`)."""
+        cancelled = finetune.cancel_running(self.ml, self.settings.model_name) if cancel_jobs else []
+        return TeardownReport(removed=[f"fine-tune job {name} (cancelled)" for name in cancelled], already_gone=[])
+
+    def _remove_connections(self, report: TeardownReport) -> None:
+        """The Foundry and local connections (once the endpoint is gone their key is dead); with
+        azure.teardown_everything the Foundry project and hub too."""
+        name = self.settings.connection_name
+        report.note(f"Foundry connection {name}", foundry.delete_connection(
+            self.clients.resource_group_ml, self.clients.project_ml, self.azure, name))
         report.note(f"local connection {name}", promptflow_chat.delete_connection(name, owner=self.endpoint_name))
         if self.azure.teardown_everything:
-            report.note(f"compute {self.azure.compute_name}", assets.delete_cluster(ml, self.azure.compute_name))
-            for what, existed in foundry.delete_all(self.clients.resource_group_ml, self.clients.project_ml,
-                                                    self.azure, name):
-                report.note(what, existed)
-        return report
+            for what, outcome in foundry.delete_project_and_hub(self.clients.resource_group_ml, self.azure):
+                report.note(what, outcome)
 
     @translated
     def sweep(self, older_than_hours: float) -> TeardownReport:

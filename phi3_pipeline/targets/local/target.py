@@ -310,10 +310,10 @@ class LocalTarget(Target):
         return items
 
     # ---- teardown ------------------------------------------------------------------------------
-    def teardown(self) -> TeardownReport:
+    def teardown(self, cancel_jobs: bool = True) -> TeardownReport:
         """The servers and the endpoint, and the Prompt flow connection if it points at this workspace's
         endpoint (one HOME's connections are shared by every workspace). A workspace that never existed
-        is left unmade."""
+        is left unmade. A local job bills nothing and is its run's: `cancel_jobs` has nothing to cancel."""
         if not self.ws.root.is_dir():
             return TeardownReport(removed=[], already_gone=[f"workspace {self.ws.root}"])
         report, endpoint = TeardownReport(removed=[], already_gone=[]), self.endpoint
