@@ -26,8 +26,9 @@ def test_the_cluster_is_created_once_with_the_tutorials_settings_and_the_chosen_
 
 def completed_job(arm, ml_client, name: str) -> None:
     """A fine-tune job of that name, completed: the fake service registers its output as it does."""
-    ml_client.jobs.create_or_update(finetune_job(AZURE.compute_name, "azureml://registries/azureml/models/Phi-4/versions/8", {},
-                                                 name, "azureml:t:1", "azureml:v:1", "phi3-custom", TAGS))
+    phi4 = "azureml://registries/azureml/models/Phi-4/versions/8"
+    ml_client.jobs.create_or_update(finetune_job(AZURE.compute_name, phi4, {}, name, "azureml:t:1", "azureml:v:1",
+                                                 "phi3-custom", TAGS))
     arm.job_states = ["Completed"]
     ml_client.jobs.get(name)
 

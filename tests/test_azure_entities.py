@@ -37,8 +37,8 @@ def test_compute_cluster_is_the_tutorials_cluster_on_the_chosen_size():
 def test_finetune_job_is_a_chat_completion_of_the_pinned_catalog_model_with_validation_data():
     hyperparameters = {"learning_rate": "5e-6", "lr_scheduler_type": "cosine", "num_train_epochs": "1",
                        "per_device_train_batch_size": "1"}
-    job = entities.finetune_job(AZURE.compute_name, PHI4, hyperparameters, "phi3-custom-ft-abc", "azureml:phi3-train:0123",
-                                "azureml:phi3-test:0123", "phi3-custom", TAGS)
+    job = entities.finetune_job(AZURE.compute_name, PHI4, hyperparameters, "phi3-custom-ft-abc",
+                                "azureml:phi3-train:0123", "azureml:phi3-test:0123", "phi3-custom", TAGS)
     rest = job._to_rest_object().as_dict()["properties"]
     details = rest["fineTuningDetails"]
     assert rest["jobType"] == "FineTuning"

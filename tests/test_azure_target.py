@@ -605,8 +605,9 @@ def test_stops_the_bill_teardown_cancels_the_models_running_job_and_keeps_a_clus
     assets.ensure_cluster(made.ml, AZURE, "Standard_NC24ads_A100_v4", ours)
 
     def running_job(name: str, experiment: str, tags: dict[str, str]) -> dict:
-        finetune.submit(made.ml, finetune_job(AZURE.compute_name, "azureml://registries/azureml/models/Phi-4/versions/8",
-                                              {}, name, "azureml:t:1", "azureml:v:1", experiment, tags))
+        phi4 = "azureml://registries/azureml/models/Phi-4/versions/8"
+        finetune.submit(made.ml, finetune_job(AZURE.compute_name, phi4, {}, name, "azureml:t:1", "azureml:v:1",
+                                              experiment, tags))
         properties = arm.resources[f"{WORKSPACE}/jobs/{name}"]["properties"]
         properties["status"] = "Running"
         return properties
@@ -627,12 +628,14 @@ def test_stops_the_bill_an_adopted_cluster_with_nodes_always_on_is_named_in_the_
     from azure.ai.ml.entities import AmlCompute
 
     made = clients.connect(AZURE)
-    made.ml.compute.begin_create_or_update(AmlCompute(name=AZURE.compute_name, size="Standard_NC24ads_A100_v4",
-                                                      min_instances=2, max_instances=2, tags={"owner": "team"})).result()
+    made.ml.compute.begin_create_or_update(AmlCompute(
+        name=AZURE.compute_name, size="Standard_NC24ads_A100_v4", min_instances=2, max_instances=2,
+        tags={"owner": "team"})).result()
     assert run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path), "--plan"]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("compute phi-ft-cluster")]
     assert "min 2 nodes: Standard_NC24ads_A100_v4 x2 bills all the time" in line and "7.34" in line
     assert "not made by this pipeline: kept" in line
     report = AzureTarget(settings).teardown()
-    assert any(item.startswith("compute phi-ft-cluster (not made by this pipeline; min 2 nodes") for item in report.kept)
+    kept = "compute phi-ft-cluster (not made by this pipeline; min 2 nodes"
+    assert any(item.startswith(kept) for item in report.kept)
     assert f"{WORKSPACE}/computes/phi-ft-cluster" in azure_cloud.arm.resources
