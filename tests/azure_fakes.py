@@ -29,6 +29,12 @@ REGISTRY = f"{GROUP}/providers/Microsoft.ContainerRegistry/registries/wsregistry
 KEY_VAULT = f"{GROUP}/providers/Microsoft.KeyVault/vaults/wsvault"
 AZURE = AzureSettings(subscription_id=SUB, resource_group="rg", workspace_name="ws", location="eastus2")
 ENDPOINT_KEY = "primary-key-1"
+BUSY_STATES = ("Creating", "Updating", "Deleting")
+# Azure's answer to a write while an operation runs on the resource (troubleshooting guide: retry later)
+BUSY_ANSWER = (409, {"error": {"code": "Conflict", "message": "An operation is in progress on this resource"}})
+# Azure refuses to delete a deployment that takes traffic (the wording is ours: no recording of it was found)
+TRAFFIC_ANSWER = (400, {"error": {"code": "BadArgument", "message": "A deployment with traffic cannot be deleted: "
+                                                                     "set its traffic to 0 first"}})
 A100, H100, V100 = "standardNCADSA100v4Family", "standardNCadsH100v5Family", "standardNCSv3Family"
 # What the region offers (vmSizes): Phi-4's smallest A100 and H100 sizes, and the retired NC6s_v3 a region may
 # still list.
@@ -264,6 +270,10 @@ class FakeArm:
     long-running-operation poller runs), GET reads an item or lists a collection, DELETE removes,
     POST .../listKeys returns keys. `inject(method, fragment, answer)` queues a one-off fault;
     `fail_provisioning(fragment, message)` makes the next matching PUT end in a failed operation.
+    Busy like the service: with `operation_ticks` above 0 an operation runs for that many requests, its resource
+    `Creating`, `Updating` or `Deleting` meanwhile (as the recordings show), and a write to it then is answered
+    409; `end_next(method, fragment, status)` makes the next such operation end Canceled or Failed; a deployment
+    that has traffic is never deleted (400), as Azure refuses it.
     Around the workspace: its storage, registry and key vault, the default datastore, built-in role
     definitions, VM sizes and quota (`usages`), and fine-tune jobs that move through `job_states`,
     one state per status read.
@@ -282,6 +292,10 @@ class FakeArm:
         self.faults: list[tuple[str, str, Answer]] = []
         self.failing: dict[str, str] = {}
         self.operations: dict[str, dict] = {}
+        self.operation_ticks = 0  # requests an operation takes to end (0: it has ended when the write answers)
+        self.endings: list[tuple[str, str, str]] = []  # (method, fragment, Canceled | Failed) for the next operation
+        self.polled_in_progress = 0  # operation polls answered InProgress
+        self.conflicts: list[str] = []  # "METHOD path" of each write refused (409) while an operation ran
         self.usages = vcpu_usages()
         self.registry = FakeRegistry()
         self.container_registry: str | None = REGISTRY  # None: a workspace whose registry Azure has not made yet
@@ -301,13 +315,47 @@ class FakeArm:
     def fail_provisioning(self, fragment: str, message: str) -> None:
         self.failing[fragment] = message
 
-    def _operation(self, status: str, error: str | None = None, resource: str | None = None) -> dict:
+    def end_next(self, method: str, fragment: str, status: str) -> None:
+        self.endings.append((method, fragment, status))
+
+    def _ending(self, method: str, path: str) -> str:
+        """How the operation of this write ends: Succeeded, or what `end_next` asked for."""
+        for index, (wanted, fragment, status) in enumerate(self.endings):
+            if wanted == method and fragment in path:
+                del self.endings[index]
+                return status
+        return "Succeeded"
+
+    def _tick(self) -> None:
+        """One request's worth of time: operations in progress move on, and those done apply their outcome."""
+        for operation in self.operations.values():
+            if operation["status"] == "InProgress":
+                operation["left"] -= 1
+                if operation["left"] <= 0:
+                    operation["status"] = operation.pop("final")
+                    operation.pop("finish")(operation["status"])
+
+    def _busy(self, path: str, children_too: bool) -> bool:
+        """An operation runs on the resource (or, for a delete, which takes them along, on one of its children)."""
+        return any((resource.get("properties") or {}).get("provisioningState") in BUSY_STATES
+                   for key, resource in self.resources.items()
+                   if key == path or children_too and key.startswith(path + "/"))
+
+    def _operation(self, status: str, error: str | None = None, resource: str | None = None,
+                   finish: Callable[[str], None] | None = None) -> dict:
         """Long-running-operation headers as recorded (tests/fixtures/recorded/): an online endpoint or deployment
         PUT points Location at the resource itself and gives a 30-minute operation time-out; a compute PUT has
-        only Azure-AsyncOperation; neither sends Retry-After."""
+        only Azure-AsyncOperation; neither sends Retry-After. `finish(status)` applies the outcome to the
+        resource: at once, or when the operation ends (`operation_ticks`)."""
         operation_id = f"op{len(self.operations)}"
-        self.operations[operation_id] = {"status": status, **({"error": {"code": "DeploymentFailed",
-                                                                          "message": error}} if error else {})}
+        operation = {"status": status, **({"error": {"code": "DeploymentFailed", "message": error}} if error else {})}
+        if status != "Succeeded" and not error:
+            operation["error"] = {"code": status, "message": f"The operation was {status.lower()}."}
+        if finish and self.operation_ticks:
+            operation.update(status="InProgress", left=self.operation_ticks, final=status, finish=finish)
+        elif finish:
+            finish(status)
+        self.operations[operation_id] = operation
         url = f"{self.BASE}{self.workspace_id}/operations/{operation_id}?api-version=2024-10-01"
         if resource and "/onlineEndpoints/" in resource:
             return {"Azure-AsyncOperation": url, "Location": f"{self.BASE}{resource}",
@@ -324,8 +372,11 @@ class FakeArm:
             if request.method == method and fragment in path:
                 del self.faults[index]
                 return answer
+        self._tick()
         if "/operations/" in path:
-            return 200, self.operations[path.rsplit("/", 1)[1]]
+            operation = self.operations[path.rsplit("/", 1)[1]]
+            self.polled_in_progress += operation["status"] == "InProgress"
+            return 200, {key: operation[key] for key in ("status", "error") if key in operation}
         if path == self.workspace_id:
             return 200, {"id": path, "name": path.rsplit("/", 1)[1], "location": self.location, "kind": "Default",
                          "properties": {"storageAccount": STORAGE, "containerRegistry": self.container_registry,
@@ -347,17 +398,30 @@ class FakeArm:
         if request.method == "POST" and "/jobs/" in path and path.endswith("/cancel"):  # 202, then an operation
             self.resources[path.removesuffix("/cancel")]["properties"]["status"] = "Canceled"
             return 202, {}, {"Location": self._operation("Succeeded")["Location"]}
+        if request.method in ("PUT", "DELETE") and self._busy(path, children_too=request.method == "DELETE"):
+            self.conflicts.append(f"{request.method} {path}")
+            return BUSY_ANSWER
+        if request.method == "DELETE" and "/deployments/" in path and path in self.resources:
+            endpoint = self.resources.get(path.split("/deployments/")[0], {})
+            if (endpoint.get("properties", {}).get("traffic") or {}).get(path.rsplit("/", 1)[1]):
+                return TRAFFIC_ANSWER
         if request.method == "DELETE":  # a resource goes with its children (an endpoint's deployments)
-            gone = self.resources.pop(path, None)
+            gone = self.resources.get(path)
             if gone is None:
                 return 204, {}
-            if "/roleAssignments/" in path:  # not a long-running operation: the deleted assignment comes back
-                return 200, gone
-            for child in [key for key in self.resources if key.startswith(path + "/")]:
-                del self.resources[child]
-            if "/connections/" in path:  # not a long-running operation
-                return 200, {}
-            headers = self._operation("Succeeded", resource=path)
+            if "/roleAssignments/" in path or "/connections/" in path:  # not long-running operations
+                self._remove(path)
+                return (200, gone) if "/roleAssignments/" in path else (200, {})  # an assignment comes back
+            gone.setdefault("properties", {})["provisioningState"] = "Deleting" if self.operation_ticks else (
+                gone.get("properties", {}).get("provisioningState"))
+
+            def finish(status: str) -> None:
+                if status == "Succeeded":
+                    self._remove(path)
+                elif path in self.resources:
+                    self.resources[path]["properties"]["provisioningState"] = "Succeeded"
+
+            headers = self._operation(self._ending("DELETE", path), resource=path, finish=finish)
             if "Location" in headers:  # recorded: a delete's Location is an operation result, not the resource
                 headers["Location"] = headers["Azure-AsyncOperation"]
             return 202, {}, headers
@@ -433,10 +497,22 @@ class FakeArm:
             properties["inferenceEndpoint"] = {"uri": self.serverless_uri, "headers": {}}
             properties["authMode"] = "Key"
         failure = next((message for fragment, message in self.failing.items() if fragment in path), None)
-        properties["provisioningState"] = "Failed" if failure else "Succeeded"
+        existed = path in self.resources
+        properties["provisioningState"] = ("Updating" if existed else "Creating") if self.operation_ticks else None
         self.resources[path] = body
+
+        def finish(status: str) -> None:
+            if path in self.resources:
+                self.resources[path]["properties"]["provisioningState"] = status
+
         creating = {**body, "properties": {**properties, "provisioningState": "Creating"}}
-        return 201, creating, self._operation("Failed" if failure else "Succeeded", failure, resource=path)
+        status = "Failed" if failure else self._ending("PUT", path)
+        return 201, creating, self._operation(status, failure, resource=path, finish=finish)
+
+    def _remove(self, path: str) -> None:
+        """A resource goes with its children (an endpoint's deployments)."""
+        for key in [key for key in self.resources if key == path or key.startswith(path + "/")]:
+            del self.resources[key]
 
 
     def _serverless_refusal(self, path: str, properties: dict) -> dict | None:

@@ -99,6 +99,7 @@ def test_serverless_retraining_gets_its_own_endpoint_moves_the_connection_and_re
     from flows.full_pipeline import full_pipeline
 
     arm = azure_cloud.arm
+    arm.operation_ticks = 2  # busy like the service: every operation runs a while
     full_pipeline(settings)
     (first,) = serverless_endpoints(arm)
     retrained = settings.model_copy(update={"azure": settings.azure.model_copy(update={
@@ -111,6 +112,7 @@ def test_serverless_retraining_gets_its_own_endpoint_moves_the_connection_and_re
     live = get_target(retrained).live_deployment()
     assert live.endpoint_name == second and live.model_version == 2
     assert endpoint[-2]["deployment"] == second, "the go-live proof asked the new endpoint"
+    assert arm.conflicts == [] and arm.polled_in_progress > 0
 
 
 def test_serverless_region_without_the_offer_is_refused_before_any_write(azure_cloud, tmp_path, capsys):

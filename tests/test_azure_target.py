@@ -639,3 +639,67 @@ def test_stops_the_bill_an_adopted_cluster_with_nodes_always_on_is_named_in_the_
     kept = "compute phi-ft-cluster (not made by this pipeline; min 2 nodes"
     assert any(item.startswith(kept) for item in report.kept)
     assert f"{WORKSPACE}/computes/phi-ft-cluster" in azure_cloud.arm.resources
+
+
+def test_busy_a_whole_run_and_its_teardown_wait_out_operations_in_progress(prefect_api, settings, azure_cloud,
+                                                                           endpoint):
+    """Every write's operation runs for a while (the resource Creating, Updating or Deleting, writes to it 409):
+    the SDK's pollers wait it out, and nothing writes to a resource while its operation runs."""
+    from flows.full_pipeline import full_pipeline
+    from flows.teardown import teardown
+
+    arm = azure_cloud.arm
+    arm.operation_ticks = 3
+    assert full_pipeline(settings)["answer"] == ANSWER
+    report = teardown(settings)
+    assert any(item.startswith("endpoint ep-phi3-custom-") for item in report.removed)
+    assert not [p for p in arm.resources if "/onlineEndpoints/" in p or "/computes/" in p]
+    assert arm.polled_in_progress >= len(arm.operations), "the operations were waited on while in progress"
+    assert arm.conflicts == [], "nothing wrote to a resource while its operation ran"
+
+
+def test_busy_a_teardown_right_after_a_crash_waits_for_the_deployment_still_creating(azure_cloud,
+                                                                                     quick_busy_retries):
+    from phi3_pipeline.targets.azure import online
+    from phi3_pipeline.targets.azure.entities import online_deployment, resource_tags
+
+    arm, ml_client = azure_cloud.arm, clients.connect(AZURE).ml
+    online.ensure_endpoint(ml_client, AZURE, "ep-crash", resource_tags("run-1"))
+    arm.operation_ticks = 6  # the run is killed while its deployment is still Creating: nobody polls it
+    ml_client.online_deployments.begin_create_or_update(online_deployment(
+        AZURE, "Standard_NC24ads_A100_v4", "ep-crash", "deploy-v1", f"{WORKSPACE}/models/m/versions/1", {}))
+    assert arm.resources[f"{WORKSPACE}/onlineEndpoints/ep-crash/deployments/deploy-v1"]["properties"][
+        "provisioningState"] == "Creating"
+    assert online.delete_endpoint(ml_client, "ep-crash") is True
+    assert arm.conflicts[0] == f"DELETE {WORKSPACE}/onlineEndpoints/ep-crash", "refused while Creating, retried"
+    assert not [p for p in arm.resources if "/onlineEndpoints/" in p]
+
+
+def test_busy_a_delete_whose_operation_ends_canceled_or_failed_is_tried_again(azure_cloud, quick_busy_retries):
+    from phi3_pipeline.targets.azure import online
+    from phi3_pipeline.targets.azure.entities import resource_tags
+
+    arm, ml_client = azure_cloud.arm, clients.connect(AZURE).ml
+    for status in ("Canceled", "Failed"):
+        online.ensure_endpoint(ml_client, AZURE, f"ep-{status.lower()}", resource_tags("run-1"))
+        arm.end_next("DELETE", f"/onlineEndpoints/ep-{status.lower()}", status)
+        assert online.delete_endpoint(ml_client, f"ep-{status.lower()}") is True
+        assert len(azure_cloud.transport.calls("DELETE", f"/onlineEndpoints/ep-{status.lower()}")) == 2
+    assert not [p for p in arm.resources if "/onlineEndpoints/" in p]
+
+
+def test_busy_a_deployment_that_takes_traffic_is_never_asked_to_go(azure_cloud):
+    from azure.core.exceptions import HttpResponseError
+
+    from phi3_pipeline.targets.azure import online
+    from phi3_pipeline.targets.azure.entities import deployment_lease, resource_tags
+
+    ml_client = clients.connect(AZURE).ml
+    online.ensure_endpoint(ml_client, AZURE, "ep-live", resource_tags("run-1"))
+    online.ensure_deployment(ml_client, AZURE, "Standard_NC24ads_A100_v4", "ep-live", "deploy-v1",
+                             f"{WORKSPACE}/models/m/versions/1", deployment_lease("run-1", 240))
+    online.route_all_traffic(ml_client, "ep-live", "deploy-v1")
+    assert online.remove_other_deployments(ml_client, "ep-live", keep=None, run_id="run-1") == ([], ["deploy-v1"])
+    assert azure_cloud.transport.calls("DELETE") == []
+    with pytest.raises(HttpResponseError, match="traffic cannot be deleted"):  # as Azure refuses it
+        ml_client.online_deployments.begin_delete("deploy-v1", "ep-live").result()

@@ -96,16 +96,17 @@ def remove_other_deployments(ml_client: MLClient, endpoint_name: str, keep: str 
     """Delete the endpoint's deployments other than `keep` (they take no traffic but bill by the hour): this
     run's, those `keep` has just replaced, and those whose lease has run out (a killed run's candidate, or one
     from before leases); with `only_own`, only this run's. Another run's leased candidate stays, whichever
-    machine that run is on. (removed, kept)."""
+    machine that run is on, and so does one that takes traffic (Azure refuses to delete it). (removed, kept)."""
     removed, kept = [], []
     try:
+        routed = live_traffic(ml_client.online_endpoints.get(endpoint_name))
         deployments = list(ml_client.online_deployments.list(endpoint_name))
     except ResourceNotFoundError:  # no endpoint yet: nothing to remove
         return removed, kept
     for deployment in deployments:
         if deployment.name == keep:
             continue
-        if removable(deployment, run_id, only_own, superseded, now):
+        if deployment.name not in routed and removable(deployment, run_id, only_own, superseded, now):
             when_not_busy(f"deployment {deployment.name} of {endpoint_name}", lambda name=deployment.name: found(
                 lambda: ml_client.online_deployments.begin_delete(name, endpoint_name).result()))  # 404: gone
             removed.append(deployment.name)
