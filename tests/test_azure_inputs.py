@@ -31,6 +31,12 @@ AZURE_ARGS = ["--target", "azure", "--azure.subscription_id", AZURE.subscription
     (["--azure.scoring_contract", "openai"], "azure.scoring_contract: Input should be 'input_data' or "
                                              "'chat_completions'"),
     (["--azure.base_model_version", "latest"], "azure.base_model_version: String should match pattern"),
+    (["--azure.mode", "serverless", "--azure.deploy_vm_size", "Standard_NC24ads_A100_v4"],
+     "azure.deploy_vm_size: only managed mode has it (serverless runs on no VM of yours"),
+    (["--azure.mode", "serverless", "--azure.base_model", "Phi-legacy-test"],
+     "Phi-legacy-test is not offered for serverless fine-tuning (offered: phi-4, phi-4-mini-instruct"),
+    (["--azure.mode", "serverless", "--azure.location", "westus2"],
+     "serverless fine-tuning of Phi-4-mini-instruct is not offered in westus2; it is in eastus2, eastus"),
 ])
 def test_bad_azure_input_is_one_error_line_before_any_write(prefect_api, azure_cloud, tmp_path, capsys, flags,
                                                             expected):

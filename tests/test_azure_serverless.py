@@ -156,6 +156,7 @@ def test_serverless_plan_shows_token_and_hourly_prices_or_says_unknown_and_no_vm
     assert code == 0, out
     assert {r.method for r in azure_cloud.transport.requests} == {"GET"}
     assert "Phi-4-mini-instruct v1" in out and "serverless fine-tune job" in out
+    assert "catalog facts of Phi-4-mini-instruct v1" in out and "fine-tuning tasks from nowhere" in out
     assert "training per token: price unknown" in out and "hosting billed hourly until teardown: price unknown" in out
     assert "serverless fine-tuning of Phi-4-mini-instruct in eastus2" in out
     assert "Standard_" not in out and "compute" not in out.lower(), "no VM, cluster or VM list in serverless mode"
