@@ -17,6 +17,7 @@ from azure.core.rest._http_response_impl import HttpResponseImpl
 from azure.core.utils import CaseInsensitiveDict
 
 from phi3_pipeline.config.settings import AzureSettings
+from phi3_pipeline.targets.azure.serverless import FINETUNE_REGIONS
 from tests.conftest import served_in_a_thread
 
 Answer = tuple[int, dict] | tuple[int, dict, dict]
@@ -281,9 +282,6 @@ class FakeArm:
 
     BASE = "https://management.azure.com"
     COLLECTIONS = {"deployments", "versions", "computes", "jobs", "onlineEndpoints", "serverlessEndpoints"}
-    # Where serverless fine-tuning runs (the dated table the pipeline checks against; the service's own refusal
-    # elsewhere, as recorded in azure-sdk-assets d0dbcead, 2026-03-04).
-    SERVERLESS_FINETUNE_REGIONS = ("eastus2", "eastus", "northcentralus", "southcentralus", "westus", "westus3")
 
     def __init__(self, workspace_id: str, location: str = "eastus2"):
         self.workspace_id = workspace_id
@@ -302,7 +300,7 @@ class FakeArm:
         self.job_states: list[str] = []  # e.g. ["Running", "Completed"]; empty: jobs keep their status
         self.workspace_guid = str(uuid.uuid4())  # a new workspace: nothing cached against an older one applies
         self.scoring_uri = "http://127.0.0.1:9/score"  # where endpoints say they score: nothing listens there
-        self.serverless_uri = "http://127.0.0.1:9"  # a serverless endpoint's inference URI (chat at /v1/...)
+        self.serverless_uri = "http://127.0.0.1:9"  # serverless endpoint X's inference URI is <this>/X (chat at /v1/...)
         datastore = f"{workspace_id}/datastores/workspaceblobstore"
         self.resources[datastore] = {"id": datastore, "name": "workspaceblobstore", "properties": {
             "datastoreType": "AzureBlob", "accountName": "wsstorage", "containerName": "azureml-blobstore",
@@ -317,6 +315,18 @@ class FakeArm:
 
     def end_next(self, method: str, fragment: str, status: str) -> None:
         self.endings.append((method, fragment, status))
+
+    def left_running(self, path: str, ticks: int, state: str = "Creating") -> None:
+        """The resource as a killed run leaves it: its operation still running for `ticks` requests, nobody
+        polling it."""
+        self.resources[path]["properties"]["provisioningState"] = state
+
+        def finish(status: str) -> None:
+            if path in self.resources:
+                self.resources[path]["properties"]["provisioningState"] = status
+
+        self.operations[f"op{len(self.operations)}"] = {"status": "InProgress", "left": ticks, "final": "Succeeded",
+                                                       "finish": finish}
 
     def _ending(self, method: str, path: str) -> str:
         """How the operation of this write ends: Succeeded, or what `end_next` asked for."""
@@ -430,6 +440,9 @@ class FakeArm:
                 self._advance_job(path)
             return 200, self.resources[path]
         if request.method == "GET" and path.rsplit("/", 1)[1] in self.COLLECTIONS:
+            workspace = "/".join(path.split("/")[:9])  # /subscriptions/s/resourceGroups/g/providers/p/workspaces/w
+            if "/workspaces/" in path and workspace != self.workspace_id and workspace not in self.resources:
+                return 404, {"error": {"code": "ResourceNotFound", "message": f"{workspace} not found"}}
             items = [r for key, r in self.resources.items() if key.rsplit("/", 1)[0] == path]
             if "/models/" in path and not items:  # recorded: a model name with no versions yet is a 404
                 return 404, {"error": {"code": "UserError", "message": "The specified resource was not found.",
@@ -494,7 +507,7 @@ class FakeArm:
         elif "/onlineEndpoints/" in path:
             properties["scoringUri"] = self.scoring_uri
         elif "/serverlessEndpoints/" in path:
-            properties["inferenceEndpoint"] = {"uri": self.serverless_uri, "headers": {}}
+            properties["inferenceEndpoint"] = {"uri": f"{self.serverless_uri}/{body['name']}", "headers": {}}
             properties["authMode"] = "Key"
         failure = next((message for fragment, message in self.failing.items() if fragment in path), None)
         existed = path in self.resources
@@ -522,9 +535,9 @@ class FakeArm:
         if "/jobs/" not in path or not details or properties.get("computeId"):
             return None
         region = self.resources.get(path.split("/jobs/")[0], {}).get("location", self.location)
-        if region in self.SERVERLESS_FINETUNE_REGIONS:
-            return None
         model = details["model"]["uri"].split("/models/")[1].split("/")[0]
+        if region in FINETUNE_REGIONS.get(model.lower(), ()):  # where Microsoft's table says it runs
+            return None
         return {"error": {"code": "UserError", "message": f"{model} : Serverless FineTuning not supported in {region}.",
                           "innerError": {"code": "ModelNotSupportedByMaaS"}}}
 
@@ -565,9 +578,10 @@ def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_com
                  ) -> Iterator[tuple[str, list[dict], list]]:
     """A 127.0.0.1 stand-in for the endpoint's scoring URI, behind the key, answering the contracts it `speaks`
     as the catalog's inference server does (input_data on /score, chat_completions on /chat/completions, and on
-    /v1/chat/completions as a serverless endpoint does; any other route is a 404). Yields (scoring URI, the request
-    bodies it answered, each with the deployment it was addressed to and its contract, refusals: predicates on such
-    a request that make it answer HTTP 400). With `body`, every answer is that body instead (an inference server's
+    /<endpoint>/v1/chat/completions as serverless endpoint <endpoint> does; any other route is a 404). Yields
+    (scoring URI, the request bodies it answered, each with the deployment it was addressed to, the serverless
+    endpoint whose URI it came in on and its contract, refusals: predicates on such a request that make it answer
+    HTTP 400). With `body`, every answer is that body instead (an inference server's
     failed answer)."""
     answered: list[dict] = []
     refusals: list[Callable[[dict], bool]] = []
@@ -582,7 +596,9 @@ def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_com
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             body["deployment"] = self.headers.get("azureml-model-deployment")
-            contract, reply = routes.get(self.path, (None, None))
+            endpoint, _, route = self.path.rpartition("/v1/")  # a serverless endpoint's: /<its name>/v1/...
+            body["endpoint"] = endpoint.strip("/") if route else None
+            contract, reply = routes.get(f"/v1/{route}" if endpoint else self.path, (None, None))
             body["contract"] = contract
             authorised = self.headers.get("Authorization") == f"Bearer {ENDPOINT_KEY}"
             status, reply = (200, reply) if authorised else (401, {"error": "bad key"})

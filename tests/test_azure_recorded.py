@@ -66,7 +66,8 @@ def driven(cloud, arm):
     online.route_all_traffic(ml_client, "ep-recorded", "deploy-v1")
     online.endpoint_key(ml_client, "ep-recorded")
     assets.ensure_cluster(ml_client, AZURE, "Standard_NC24ads_A100_v4", TAGS)
-    foundry.upsert_custom_connection(ml_client, "phi3-custom", "https://x/score", "secret-key", "input_data", TAGS)
+    foundry.upsert_custom_connection(ml_client, "phi3-custom", "https://x/score", "secret-key", "input_data", TAGS,
+                                     owner="ep-recorded")
     finetune.submit(ml_client, finetune_job(AZURE.compute_name, "azureml://registries/azureml/models/Phi-4/versions/8",
                                             {}, "phi3-custom-ft-recorded", "azureml:t:1", "azureml:v:1",
                                             "phi3-custom", TAGS))
@@ -172,7 +173,8 @@ def test_a_recorded_cluster_creation_runs_through_the_stage_code():
 
 def test_a_recorded_connection_upsert_and_first_model_registration_run_through_the_stage_code():
     ml_client, _ = offline_ml_client(replay("connection_crud"))
-    foundry.upsert_custom_connection(ml_client, "phi3-custom", "https://x/score", "secret-key", "input_data", TAGS)
+    foundry.upsert_custom_connection(ml_client, "phi3-custom", "https://x/score", "secret-key", "input_data", TAGS,
+                                     owner="ep-recorded")
     ml_client, transport = offline_ml_client(replay("model_crud"))
     model, created = assets.adopt_job_model(ml_client, "phi3-custom", "phi3-custom-ft-recorded", {}, TAGS)
     assert created, "the recorded 404 on a new name means: no version yet, register one"

@@ -12,7 +12,7 @@ import pytest
 
 from phi3_pipeline.chat_flow import promptflow_chat
 from phi3_pipeline.cli.commands import run_pipeline_cli
-from phi3_pipeline.config.errors import ConfigError
+from phi3_pipeline.config.errors import ConfigError, PipelineError
 from phi3_pipeline.config.settings import AzureSettings, PipelineSettings
 from phi3_pipeline.targets import get_target
 from phi3_pipeline.targets.azure import clients, serverless
@@ -29,17 +29,22 @@ SERVERLESS_ARGS = ["--target", "azure", "--azure.mode", "serverless", "--azure.s
 
 @pytest.fixture
 def settings(azure_settings) -> PipelineSettings:
-    azure = {**AZURE.model_dump(exclude={"base_model"}, exclude_defaults=True), "mode": "serverless"}
+    azure = {**AZURE.model_dump(exclude_defaults=True), "mode": "serverless"}
     return azure_settings.model_copy(update={"azure": AzureSettings.model_validate(azure)})
 
 
 @pytest.fixture
-def endpoint(azure_cloud):
-    """The requests a 127.0.0.1 stand-in for the serverless endpoints' inference URI answered."""
-    with scoring_stub(ANSWER) as (scoring_uri, answered, _):
+def scoring(azure_cloud):
+    """(requests answered, refusals) of a 127.0.0.1 stand-in for the serverless endpoints' inference URIs."""
+    with scoring_stub(ANSWER) as (scoring_uri, answered, refusals):
         azure_cloud.arm.serverless_uri = scoring_uri.removesuffix("/score")
         azure_cloud.arm.job_states = ["Queued", "Running", "Completed"]
-        yield answered
+        yield answered, refusals
+
+
+@pytest.fixture
+def endpoint(scoring):
+    return scoring[0]
 
 
 def serverless_endpoints(arm: FakeArm) -> dict[str, dict]:
@@ -47,11 +52,14 @@ def serverless_endpoints(arm: FakeArm) -> dict[str, dict]:
 
 
 def test_serverless_settings_pick_phi4_mini_and_refuse_vm_settings():
-    assert PipelineSettings(target="azure", azure={**AZURE.model_dump(exclude={"base_model"}),
-                                                   "mode": "serverless"}).azure.base_model == "Phi-4-mini-instruct"
-    assert AZURE.base_model == "Phi-4", "managed stays the default, with its own default model"
+    managed = PipelineSettings(target="azure", azure=AZURE.model_dump())
+    assert managed.azure.catalog_model == "Phi-4", "managed stays the default, with its own default model"
+    serverless_run = {**managed.model_dump(exclude_defaults=True), "azure": {**AZURE.model_dump(exclude_defaults=True),
+                                                                            "mode": "serverless"}}
+    assert PipelineSettings(**serverless_run).azure.catalog_model == "Phi-4-mini-instruct", \
+        "settings that come back whole from Prefect take the mode's model"
     with pytest.raises(ValueError, match=r"azure.compute_name, azure.finetune_vm_size: only managed mode has them"):
-        PipelineSettings(target="azure", azure={**AZURE.model_dump(exclude={"base_model"}), "mode": "serverless",
+        PipelineSettings(target="azure", azure={**AZURE.model_dump(), "mode": "serverless",
                                                 "finetune_vm_size": "Standard_NC24ads_A100_v4", "compute_name": "c"})
 
 
@@ -82,9 +90,10 @@ def test_serverless_pipeline_runs_in_the_foundry_project_and_a_rerun_creates_not
     # the gate's question and the go-live proof on /v1/chat/completions, then the smoke chat through Prompt flow
     assert [request["contract"] for request in endpoint] == ["chat_completions"] * 3
     connection = json.loads(transport.calls("PUT", "/phi3-pipeline-project/connections/")[-1].body)["properties"]
-    assert connection["credentials"]["keys"]["endpoint"] == arm.serverless_uri + "/v1"
+    assert connection["credentials"]["keys"]["endpoint"] == f"{arm.serverless_uri}/{name}/v1"
     assert connection["metadata"]["contract"] == "chat_completions"
-    assert promptflow_chat.connection_endpoint("phi3_azure_test") == arm.serverless_uri + "/v1"
+    assert promptflow_chat.connection_endpoint("phi3_azure_test") == f"{arm.serverless_uri}/{name}/v1"
+    assert {request["endpoint"] for request in endpoint} == {name}
 
     before = len(transport.calls("PUT"))
     again = full_pipeline(settings)
@@ -111,8 +120,28 @@ def test_serverless_retraining_gets_its_own_endpoint_moves_the_connection_and_re
     assert second == first.removesuffix("-v1") + "-v2", "the old endpoint went once the new one answered"
     live = get_target(retrained).live_deployment()
     assert live.endpoint_name == second and live.model_version == 2
-    assert endpoint[-2]["deployment"] == second, "the go-live proof asked the new endpoint"
+    assert endpoint[-2]["endpoint"] == second, "the go-live proof went to the new endpoint's own URI"
+    assert endpoint[-1]["endpoint"] == second, "and so did the smoke chat, through the moved connection"
     assert arm.conflicts == [] and arm.polled_in_progress > 0
+
+
+def test_serverless_a_new_version_that_fails_going_live_leaves_the_old_one_live_and_connected(
+        prefect_api, settings, azure_cloud, scoring):
+    from flows.full_pipeline import full_pipeline
+
+    arm, (_, refusals) = azure_cloud.arm, scoring
+    full_pipeline(settings)
+    (first,) = serverless_endpoints(arm)
+    live_since = serverless_endpoints(arm)[first]["tags"]["live-since"]
+    retrained = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"sample_size": 210})})
+    arm.job_states = ["Running", "Completed"]
+    refusals.append(lambda request: request["endpoint"] != first and request["max_tokens"] == 16)  # its proof
+    with pytest.raises(PipelineError, match="answered HTTP 400"):
+        full_pipeline(retrained)
+    assert list(serverless_endpoints(arm)) == [first], "the candidate went"
+    assert serverless_endpoints(arm)[first]["tags"]["live-since"] == live_since, "the old one keeps its age"
+    assert get_target(settings).live_deployment().endpoint_name == first
+    assert promptflow_chat.connection_endpoint("phi3_azure_test") == f"{arm.serverless_uri}/{first}/v1"
 
 
 def test_serverless_region_without_the_offer_is_refused_before_any_write(azure_cloud, tmp_path, capsys):
@@ -194,3 +223,10 @@ def _split(target, settings):
 
     return split_once(settings.dataset, target.local_root())
 
+
+
+def test_serverless_teardown_before_any_run_finds_everything_gone(azure_cloud, settings):
+    report = get_target(settings).teardown()
+    assert report.removed == [] and report.failed == []
+    assert any(item.startswith("serverless endpoints sl-phi3-custom-") for item in report.already_gone)
+    assert azure_cloud.transport.calls("DELETE") == []

@@ -409,14 +409,16 @@ def test_teardown_everything_also_removes_the_cluster_and_the_foundry_resources(
         "soft-deleted: recoverable for 14 days"
 
 
-def make_foundry_and_cluster(tags: dict[str, str]):
-    """A cluster, hub, project and Foundry connection of the configured names, made with `tags`."""
+def make_foundry_and_cluster(tags: dict[str, str], owner: str):
+    """A cluster, hub, project and Foundry connection (for the endpoint `owner`) of the configured names, made
+    with `tags`."""
     from phi3_pipeline.targets.azure import assets, foundry
 
     made = clients.connect(AZURE)
     assets.ensure_cluster(made.ml, AZURE, "Standard_NC24ads_A100_v4", tags)
     foundry.ensure_project(made.resource_group_ml, AZURE, tags)
-    foundry.upsert_custom_connection(made.project_ml, "phi3_azure_test", "https://x/score", "k", "input_data", tags)
+    foundry.upsert_custom_connection(made.project_ml, "phi3_azure_test", "https://x/score", "k", "input_data", tags,
+                                     owner=owner)
 
 
 def everything(settings: PipelineSettings, **azure) -> PipelineSettings:
@@ -427,7 +429,7 @@ def everything(settings: PipelineSettings, **azure) -> PipelineSettings:
 def test_not_ours_an_adopted_hub_project_cluster_and_connection_are_left_in_place_and_named(azure_cloud, settings):
     """A team's cluster, hub, project and connection that carry the configured names (no managed-by tag) are left
     in place by a teardown of everything, which names each, even when asked to purge."""
-    make_foundry_and_cluster({"owner": "data-science-team"})
+    make_foundry_and_cluster({"owner": "data-science-team"}, owner=AzureTarget(settings).endpoint_name)
     before = set(azure_cloud.arm.resources)
     report = AzureTarget(everything(settings, purge_foundry=True)).teardown()
     assert sorted(" ".join(item.split()[:2]) for item in report.kept) == [
@@ -436,10 +438,19 @@ def test_not_ours_an_adopted_hub_project_cluster_and_connection_are_left_in_plac
     assert azure_cloud.transport.calls("DELETE") == [], "nothing of theirs is even asked to go"
 
 
+def test_not_ours_a_foundry_connection_made_for_another_models_endpoint_is_kept(azure_cloud, settings):
+    from phi3_pipeline.targets.azure.entities import resource_tags
+
+    make_foundry_and_cluster(resource_tags("run-1"), owner="ep-another-model-0123abcd")
+    report = AzureTarget(settings).teardown()
+    assert "Foundry connection phi3_azure_test" in report.kept
+    assert clients.connect(AZURE).project_ml.connections.get("phi3_azure_test")
+
+
 def test_teardown_purges_the_foundry_resources_it_made_only_when_asked(azure_cloud, settings):
     from phi3_pipeline.targets.azure.entities import resource_tags
 
-    make_foundry_and_cluster(resource_tags("run-1"))
+    make_foundry_and_cluster(resource_tags("run-1"), owner=AzureTarget(settings).endpoint_name)
     report = AzureTarget(everything(settings, purge_foundry=True)).teardown()
     assert sorted(" ".join(item.split()[:2]) for item in report.removed) == [
         "Foundry connection", "Foundry hub", "Foundry project", "compute phi-ft-cluster"]
@@ -661,15 +672,14 @@ def test_busy_a_whole_run_and_its_teardown_wait_out_operations_in_progress(prefe
 def test_busy_a_teardown_right_after_a_crash_waits_for_the_deployment_still_creating(azure_cloud,
                                                                                      quick_busy_retries):
     from phi3_pipeline.targets.azure import online
-    from phi3_pipeline.targets.azure.entities import online_deployment, resource_tags
+    from phi3_pipeline.targets.azure.entities import deployment_lease, resource_tags
 
     arm, ml_client = azure_cloud.arm, clients.connect(AZURE).ml
     online.ensure_endpoint(ml_client, AZURE, "ep-crash", resource_tags("run-1"))
-    arm.operation_ticks = 6  # the run is killed while its deployment is still Creating: nobody polls it
-    ml_client.online_deployments.begin_create_or_update(online_deployment(
-        AZURE, "Standard_NC24ads_A100_v4", "ep-crash", "deploy-v1", f"{WORKSPACE}/models/m/versions/1", {}))
-    assert arm.resources[f"{WORKSPACE}/onlineEndpoints/ep-crash/deployments/deploy-v1"]["properties"][
-        "provisioningState"] == "Creating"
+    online.ensure_deployment(ml_client, AZURE, "Standard_NC24ads_A100_v4", "ep-crash", "deploy-v1",
+                             f"{WORKSPACE}/models/m/versions/1", deployment_lease("run-1", 240))
+    # the run was killed while its deployment was still Creating: nobody polls its operation
+    arm.left_running(f"{WORKSPACE}/onlineEndpoints/ep-crash/deployments/deploy-v1", ticks=6)
     assert online.delete_endpoint(ml_client, "ep-crash") is True
     assert arm.conflicts[0] == f"DELETE {WORKSPACE}/onlineEndpoints/ep-crash", "refused while Creating, retried"
     assert not [p for p in arm.resources if "/onlineEndpoints/" in p]

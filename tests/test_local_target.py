@@ -380,3 +380,25 @@ def test_a_connection_already_holding_the_endpoint_and_key_is_not_written_again(
         assert promptflow_chat.upsert_connection(*args, "key-2", "chat_completions", owner="ws") is False
     finally:
         promptflow_chat.delete_connection("phi3_rewrite_test", owner="ws")
+
+
+def test_the_openai_client_gets_an_answer_with_usage_and_a_clear_400_for_a_stream(deployed):
+    """The official `openai` client against the local server's /v1: a whole reply with its token usage; a stream,
+    which this server does not send, is refused with 400 rather than answered with an empty reply."""
+    import openai
+
+    target, model, _ = deployed
+    deployment = target.go_live(target.deploy(model))  # up whatever other tests did to the session's server
+    client = openai.OpenAI(base_url=deployment.scoring_uri.removesuffix("/score") + "/v1",
+                           api_key=target._endpoint_key(deployment), max_retries=0)
+    messages = CHAT["input_data"]["input_string"]
+    completion = client.chat.completions.create(model=deployment.deployment_name, messages=messages, max_tokens=8,
+                                                temperature=0)
+    assert completion.choices[0].message.content.strip()
+    usage = completion.usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 8
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert completion.model == deployment.deployment_name
+    with pytest.raises(openai.BadRequestError, match="stream"):
+        client.chat.completions.create(model=deployment.deployment_name, messages=messages, max_tokens=8,
+                                       stream=True)

@@ -26,6 +26,7 @@ from phi3_pipeline.config.settings import (
     CONFIG_FILE_ENV,
     DEFAULT_CONFIG_FILE,
     ENV_PREFIX,
+    MANAGED_ONLY_SETTINGS,
     PipelineSettings,
 )
 
@@ -138,8 +139,11 @@ def _row(path: tuple[str, ...], field: FieldInfo) -> str:
     kind = _type_name(field.annotation)
     if limits := _limits(field):
         kind = f"{kind} ({limits})"
+    description = field.description or ""
+    if path[:-1] == ("azure",) and path[-1] in MANAGED_ONLY_SETTINGS:
+        description += " Managed mode only: refused when changed in serverless mode."
     return (f"| `{'.'.join(path)}` | {_cell(kind)} | {_cell(_default(field))} | `{environment_variable(path)}` "
-            f"| {flag(path, field)} | {_cell(field.description or '')} |")
+            f"| {flag(path, field)} | {_cell(description)} |")
 
 
 def _section_title(path: tuple[str, ...]) -> str:

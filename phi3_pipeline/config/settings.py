@@ -235,8 +235,9 @@ class AzureSettings(StrictModel):
     project_name: str = Field("phi3-pipeline-project", pattern=f"^{AZURE_WORKSPACE_NAME}$",
                               description="Microsoft Foundry project in the hub (3-33 letters, digits, '_' or '-').")
     teardown_everything: bool = Field(
-        False, description="Teardown also deletes the compute cluster, the Foundry connection, project and hub: each "
-                           "only if this pipeline made it (its managed-by tag); one it adopted by name is kept.",
+        False, description="Teardown also deletes the Foundry project and hub (every teardown deletes the endpoint, "
+                           "the idle cluster and the connections): each only if this pipeline made it (its managed-by "
+                           "tag); one it adopted by name is kept.",
     )
     purge_foundry: bool = Field(
         False, description="With teardown_everything: purge the Foundry project and hub this pipeline made instead "
@@ -250,9 +251,7 @@ class AzureSettings(StrictModel):
 
     @model_validator(mode="after")
     def _mode_fits(self) -> AzureSettings:
-        """The mode's default model; a VM setting changed in serverless mode is refused, not silently ignored."""
-        if not self.base_model:
-            self.base_model = DEFAULT_CATALOG_MODELS[self.mode]
+        """A VM setting changed in serverless mode is refused, not silently ignored."""
         # changed from its default (not merely present: a run's settings come back whole from Prefect and JSON)
         given = [name for name in MANAGED_ONLY_SETTINGS if getattr(self, name) != type(self).model_fields[name].default]
         if self.mode == "serverless" and given:
@@ -261,6 +260,12 @@ class AzureSettings(StrictModel):
                              f"(serverless runs on no VM of yours and answers chat_completions); remove {them} or "
                              "set azure.mode=managed")
         return self
+
+    @property
+    def catalog_model(self) -> str:
+        """The catalog model to fine-tune: base_model, or the mode's own when it is empty (kept empty in the
+        settings, so settings made in one mode and run in the other, as Prefect's forms do, take the right one)."""
+        return self.base_model or DEFAULT_CATALOG_MODELS[self.mode]
 
     @property
     def contract(self) -> ScoringContract:

@@ -7,12 +7,21 @@ flavour of the registered model, so the registry and the server load the model t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 DEFAULT_PARAMETERS = {"temperature": 0.7, "max_new_tokens": 128}
 
 
 class PromptTooLong(ValueError):
     """The conversation and the answer asked for do not fit the model's positions."""
+
+
+class Reply(NamedTuple):
+    """An answer and what it took, in tokens (what an OpenAI-style answer reports as `usage`)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
 
 
 def find_checkpoint(model_dir: str | Path) -> Path:
@@ -47,6 +56,11 @@ class ChatModel:
              max_time_s: float | None = None) -> str:
         """The answer; generation stops after `max_time_s` with what it has. PromptTooLong if the prompt's tokens
         plus `max_new_tokens` exceed the model's positions."""
+        return self.reply(messages, temperature, max_new_tokens, max_time_s).text
+
+    def reply(self, messages: list[dict], temperature: float, max_new_tokens: int,
+              max_time_s: float | None = None) -> Reply:
+        """`chat`'s answer with its token counts."""
         inputs = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
@@ -69,8 +83,9 @@ class ChatModel:
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                 **sampling,
             )
-        new_tokens = output[0][inputs["input_ids"].shape[1] :]
-        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        new_tokens = output[0][prompt_tokens:]
+        return Reply(self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip(), prompt_tokens,
+                     len(new_tokens))
 
     def predict(self, model_input, params: dict | None = None) -> list[str]:
         """MLflow pyfunc entry: a list (or DataFrame column 'messages') of conversations."""

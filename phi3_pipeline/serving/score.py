@@ -4,8 +4,11 @@ It answers both chat contracts (chat_flow/scoring_contract.py), told apart by th
 - input_data:  {"input_data": {"input_string": [{"role": "user", "content": "..."}],
                                "parameters": {"temperature": 0.7, "max_new_tokens": 128}}} -> {"output": "..."}
 - chat_completions: {"messages": [...], "temperature": 0.7, "max_tokens": 128}
-                    -> {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
-                        "content": "..."}, "finish_reason": "stop"}]}
+                    -> {"id", "object": "chat.completion", "created", "model", "choices": [{"index": 0,
+                        "message": {"role": "assistant", "content": "..."}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}
+  `stream: true` is refused with 400 (this server answers whole replies; an OpenAI client asking for a stream
+  would otherwise read an empty one).
 A malformed body gets 400 with {"error": "..."}. The model folder comes from AZUREML_MODEL_DIR, as on an
 Azure managed online deployment.
 """
@@ -16,6 +19,8 @@ import json
 import logging
 import os
 import sys
+import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,11 +35,23 @@ MAX_NEW_TOKENS_LIMIT = int(os.environ.get("SCORING_MAX_NEW_TOKENS", "256"))
 GENERATION_TIMEOUT_S = float(os.environ.get("SCORING_GENERATION_TIMEOUT_S", "30"))
 # Below this a temperature divides the logits past float range and the probabilities become NaN.
 MIN_TEMPERATURE = 0.01
+# what an OpenAI-style answer names as its model: the deployment (which serves one model version)
+MODEL_NAME = os.environ.get("SCORING_DEPLOYMENT", "")
 model: ChatModel | None = None
 
 
 class BadRequest(ValueError):
-    """The body does not follow the chat contract."""
+    """The body does not follow the chat contract (`contract`: the one it was asked in, as far as it tells)."""
+
+    contract = "input_data"
+
+
+def _error(message: str, contract: str) -> AMLResponse:
+    """A 400 in the contract's error shape: OpenAI's ({"error": {"message", "type"}}, which its clients show), or
+    the scoring route's ({"error": "..."})."""
+    if contract == "chat_completions":
+        return AMLResponse({"error": {"message": message, "type": "invalid_request_error"}}, 400, json_str=True)
+    return AMLResponse({"error": message}, 400, json_str=True)
 
 
 def init() -> None:
@@ -61,6 +78,13 @@ def _sampling(given, prefix: str, length_field: str) -> tuple[float, int]:
     return float(temperature), max_tokens
 
 
+def _chat_completions_request(body: dict) -> tuple[list[dict], float, int, str]:
+    if body.get("stream"):
+        raise BadRequest("field 'stream': this server answers whole replies only; send stream false or leave it out")
+    given = {key: body[key] for key in ("temperature", "max_tokens") if key in body}
+    return (_messages(body["messages"], "messages"), *_sampling(given, "", "max_tokens"), "chat_completions")
+
+
 def parse_request(raw: str | bytes | dict) -> tuple[list[dict], float, int, str]:
     """Validate a request body in either contract; raise BadRequest naming the field at fault.
     Returns (messages, temperature, length limit, contract)."""
@@ -73,8 +97,11 @@ def parse_request(raw: str | bytes | dict) -> tuple[list[dict], float, int, str]
     except ValueError as error:  # e.g. an integer of more digits than Python converts, or bytes not UTF-8
         raise BadRequest(f"body is not acceptable JSON: {error}") from None
     if isinstance(body, dict) and "messages" in body:
-        given = {key: body[key] for key in ("temperature", "max_tokens") if key in body}
-        return (_messages(body["messages"], "messages"), *_sampling(given, "", "max_tokens"), "chat_completions")
+        try:
+            return _chat_completions_request(body)
+        except BadRequest as error:
+            error.contract = "chat_completions"
+            raise
     input_data = body.get("input_data") if isinstance(body, dict) else None
     if not isinstance(input_data, dict):
         raise BadRequest("field 'input_data' (or, OpenAI-style, 'messages') must be an object")
@@ -88,10 +115,17 @@ def parse_request(raw: str | bytes | dict) -> tuple[list[dict], float, int, str]
 def run(raw_data):
     try:
         messages, temperature, max_tokens, contract = parse_request(raw_data)
-        answer = model.chat(messages, temperature, max_tokens, GENERATION_TIMEOUT_S)
-    except (BadRequest, PromptTooLong) as error:
-        return AMLResponse({"error": str(error)}, 400, json_str=True)
+    except BadRequest as error:
+        return _error(str(error), error.contract)
+    try:
+        reply = model.reply(messages, temperature, max_tokens, GENERATION_TIMEOUT_S)
+    except PromptTooLong as error:
+        return _error(str(error), contract)
     if contract == "chat_completions":
-        return {"object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}
-    return {"output": answer}
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": MODEL_NAME, "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": reply.text},
+                     "finish_reason": "length" if reply.completion_tokens >= max_tokens else "stop"}],
+                "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                          "total_tokens": reply.prompt_tokens + reply.completion_tokens}}
+    return {"output": reply.text}

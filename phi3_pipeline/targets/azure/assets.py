@@ -105,7 +105,8 @@ def delete_idle_cluster(ml_client: MLClient, name: str, other_jobs: list) -> tup
         return "gone", ""
     if not made_here(cluster.tags):
         return "kept", f"not made by this pipeline; {cluster_note(cluster)}"
-    users = [job.name for job in other_jobs if str(job.compute or "").rsplit("/", 1)[-1] == name]
+    # a job without a compute of its own (a pipeline job, whose steps may run anywhere) may be using it too
+    users = [job.name for job in other_jobs if str(job.compute or name).rsplit("/", 1)[-1] == name]
     if users:
         return "kept", f"in use by job {', '.join(users)}; {cluster_note(cluster)}"
     return delete_if_made_here(f"compute {name}", lambda: cluster,

@@ -222,11 +222,13 @@ def _newest(versions: Iterable[Model]) -> Model | None:
 
 
 def replacements(registry_ml: MLClient, registry: str, family_of: str, today: date,
-                 serverless: bool = False) -> list[str]:
-    """Chat-completion models of the same family (name prefix) that can still be fine-tuned (in the mode), newest
-    version each: what a refused model's error suggests instead."""
+                 serverless: bool = False, serverless_offer: Iterable[str] = ()) -> list[str]:
+    """Chat-completion models of the same family (name prefix) that can still be fine-tuned (in the mode: serverless,
+    only the models in `serverless_offer`, lower-case names), newest version each: what a refused model's error
+    suggests instead."""
     family = family_of.split("-")[0].lower()
-    names = [c.name for c in registry_ml.models.list() if c.name.lower().startswith(family)]
+    names = [c.name for c in registry_ml.models.list() if c.name.lower().startswith(family)
+             and (not serverless or c.name.lower() in serverless_offer)]
     found = []
     for name in sorted(names)[:FAMILY_CANDIDATES_CHECKED]:
         newest = _newest(registry_ml.models.list(name=name))
@@ -241,16 +243,18 @@ def utc_today() -> date:
     return datetime.now(UTC).date()
 
 
-def resolve(registry_ml: MLClient, azure: AzureSettings, today: date | None = None) -> CatalogModel:
+def resolve(registry_ml: MLClient, azure: AzureSettings, today: date | None = None,
+            serverless_offer: Iterable[str] = ()) -> CatalogModel:
     """The exact model version a run fine-tunes, refused before any write when it is unknown, archived, retired
-    or not a chat-completion model that can be fine-tuned (on managed compute, in managed mode)."""
+    or not a chat-completion model that can be fine-tuned (on managed compute, in managed mode; `serverless_offer`:
+    the models serverless mode may suggest instead)."""
     today = today or utc_today()
-    registry, name, wanted = azure.registry_name, azure.base_model, azure.base_model_version
+    registry, name, wanted = azure.registry_name, azure.catalog_model, azure.base_model_version
     serverless = azure.mode == "serverless"
 
     def refuse(reason: str) -> ConfigError:
         try:
-            others = replacements(registry_ml, registry, name, today, serverless)
+            others = replacements(registry_ml, registry, name, today, serverless, serverless_offer)
             suggestion = (f"models of that family that can be fine-tuned now: {', '.join(others)}" if others
                           else "no model of that family can be fine-tuned now")
         except HttpResponseError as error:  # the refusal matters more than the suggestions

@@ -38,15 +38,20 @@ def _azure_state(job) -> str:
 
 
 def active_jobs(ml_client: MLClient) -> list:
-    """The workspace's jobs that have not ended (queued, starting, running: what bills)."""
-    return [job for job in ml_client.jobs.list() if STATES.get(_azure_state(job), "Queued") in ("Queued", "Running")
+    """The workspace's jobs that have not ended (queued, starting, running: what bills); none in a workspace that
+    does not exist. azure-ai-ml lists a job it cannot read as None: left out."""
+    try:
+        listed = [job for job in ml_client.jobs.list() if job is not None]
+    except ResourceNotFoundError:
+        return []
+    return [job for job in listed if STATES.get(_azure_state(job), "Queued") in ("Queued", "Running")
             and _azure_state(job) != "CancelRequested"]
 
 
-def cancel_running(ml_client: MLClient, model_name: str) -> list[str]:
-    """Cancel the fine-tune jobs of the model that this project started and that have not ended: a job bills its
-    cluster (or, serverless, its tokens) while it runs, and a re-run with other data or settings names a new one."""
-    mine = [job for job in active_jobs(ml_client) if made_here(job.tags) and job.experiment_name == model_name]
+def cancel_running(ml_client: MLClient, model_name: str, active: list) -> list[str]:
+    """Cancel, of the `active` jobs, the model's fine-tune jobs that this project started: a job bills its cluster
+    (or, serverless, its tokens) while it runs, and a re-run with other data or settings names a new one."""
+    mine = [job for job in active if made_here(job.tags) and job.experiment_name == model_name]
     for job in mine:
         when_not_busy(f"fine-tune job {job.name}", lambda name=job.name: ml_client.jobs.begin_cancel(name).result())
     return [job.name for job in mine]

@@ -54,24 +54,29 @@ def ensure_project(resource_group_ml: MLClient, azure: AzureSettings, tags: dict
         tags=tags))
 
 
+OWNER = "owner"  # in a connection's metadata: the endpoint (or serverless endpoint prefix) it was made for
+
+
 def upsert_custom_connection(project_ml: MLClient, name: str, endpoint: str, key: str, contract: str,
-                             tags: dict[str, str]) -> None:
+                             tags: dict[str, str], owner: str) -> None:
     """SEED.md: keys `endpoint` (the scoring URI) and `key` (the endpoint's primary key, secret); the scoring
-    contract, which is no secret, in the connection's metadata beside the tags."""
+    contract, which is no secret, and the endpoint it is for (`owner`: a teardown of another model's endpoint
+    leaves it) in the connection's metadata beside the tags."""
     project_ml.connections.create_or_update(CustomKeysConnection(
-        name=name, target=endpoint, keys={"endpoint": endpoint, "key": key}, tags={**tags, "contract": contract}))
+        name=name, target=endpoint, keys={"endpoint": endpoint, "key": key},
+        tags={**tags, "contract": contract, OWNER: owner}))
 
 
 def delete_connection(resource_group_ml: MLClient, project_ml: MLClient, azure: AzureSettings,
-                      connection_name: str) -> str:
-    """The project's connection, if this pipeline made it: once the endpoint is gone its key is dead. 'removed',
-    'gone' or 'kept'."""
+                      connection_name: str, owner: str) -> str:
+    """The project's connection, if this pipeline made it for the endpoint `owner`: once that endpoint is gone its
+    key is dead. 'removed', 'gone' or 'kept' (someone else's, or another endpoint's)."""
     if not found(lambda: resource_group_ml.workspaces.get(azure.project_name)):
         return "gone"
-    return delete_if_made_here(f"Foundry connection {connection_name}",
-                               lambda: project_ml.connections.get(connection_name),
-                               lambda: project_ml.connections.delete(connection_name),
-                               tags_of=lambda connection: connection.metadata)  # where its tags are kept
+    return delete_if_made_here(
+        f"Foundry connection {connection_name}", lambda: project_ml.connections.get(connection_name),
+        lambda: project_ml.connections.delete(connection_name),
+        tags_of=lambda connection: connection.metadata if (connection.metadata or {}).get(OWNER) == owner else None)
 
 
 def delete_project_and_hub(resource_group_ml: MLClient, azure: AzureSettings) -> list[tuple[str, str]]:

@@ -29,7 +29,7 @@ from phi3_pipeline.targets.azure.entities import (
 SUCCEEDED = "succeeded"
 
 
-def _succeeded(resource) -> bool:
+def succeeded(resource) -> bool:
     return str(resource.provisioning_state).lower().endswith(SUCCEEDED)
 
 
@@ -49,7 +49,7 @@ def ensure_deployment(ml_client: MLClient, azure: AzureSettings, vm_size: str, e
     run renews a killed run's lease); else create it and wait (a failure says where to look)."""
     try:
         existing = ml_client.online_deployments.get(deployment_name, endpoint_name)
-        if _succeeded(existing):
+        if succeeded(existing):
             if claim and (existing.tags or {}).get("pipeline-run") != tags["pipeline-run"]:
                 existing.tags = {**(existing.tags or {}), "pipeline-run": tags["pipeline-run"],
                                  LEASE_UNTIL: tags[LEASE_UNTIL]}

@@ -140,7 +140,8 @@ def plan_sizes(ml_client: MLClient, azure: AzureSettings, model: CatalogModel,
     if cluster_size and cluster_size.lower() not in {size.lower() for size in model.finetune_computes}:
         raise ConfigError(f"cluster {azure.compute_name} exists with {cluster_size}, which is not among "
                           f"{model.label}'s fine-tuning computes ({', '.join(model.finetune_computes)}): delete it "
-                          "(teardown with --azure.teardown_everything) or set another azure.compute_name")
+                          "(the teardown does, once idle, if this pipeline made it; else az ml compute delete) or set "
+                          "another azure.compute_name")
     cluster = choose("finetune_vm_size", cluster_size or configured, model.finetune_computes,
                      azure.compute_max_nodes, "fine-tuning cluster")
     deployment = choose("deploy_vm_size", azure.deploy_vm_size, model.inference_computes,

@@ -23,7 +23,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from phi3_pipeline.targets.azure.clients import found, when_not_busy
 from phi3_pipeline.targets.azure.entities import LIVE_SINCE, live_now, made_here, serverless_endpoint
-from phi3_pipeline.targets.azure.online import removable, tag_time
+from phi3_pipeline.targets.azure.online import removable, succeeded, tag_time
 
 OFFER_SOURCE = ("azure-ai-docs articles/ai-foundry/includes/region-availability-maas.md, ms.date 2025-11-24, "
                 "checked 2026-12-02")
@@ -67,6 +67,11 @@ def endpoint_name(prefix: str, version: int) -> str:
     return f"{prefix}{VERSION_SEPARATOR}{version}"
 
 
+def prefix_of(name: str) -> str:
+    """The model's endpoint prefix an endpoint name carries (`endpoint_name`'s inverse)."""
+    return name.rsplit(VERSION_SEPARATOR, 1)[0]
+
+
 def endpoints(ml_client: MLClient, prefix: str | None = None) -> list[ServerlessEndpoint]:
     """The serverless endpoints this project made in the workspace (with `prefix`, one model's versions); none
     when the workspace does not exist yet."""
@@ -74,8 +79,7 @@ def endpoints(ml_client: MLClient, prefix: str | None = None) -> list[Serverless
         listed = list(ml_client.serverless_endpoints.list())
     except ResourceNotFoundError:
         return []
-    return [e for e in listed if made_here(e.tags)
-            and (prefix is None or e.name.rsplit(VERSION_SEPARATOR, 1)[0] == prefix)]
+    return [e for e in listed if made_here(e.tags) and (prefix is None or prefix_of(e.name) == prefix)]
 
 
 def live(candidates: list[ServerlessEndpoint]) -> ServerlessEndpoint | None:
@@ -85,8 +89,10 @@ def live(candidates: list[ServerlessEndpoint]) -> ServerlessEndpoint | None:
     return max(stamped, key=lambda pair: pair[0])[1] if stamped else None
 
 
-def _succeeded(endpoint: ServerlessEndpoint) -> bool:
-    return str(endpoint.provisioning_state or "").lower().endswith("succeeded")
+def newer_live(endpoint: ServerlessEndpoint, than: str) -> bool:
+    """Whether the endpoint went live after the time `than` (ISO 8601; empty: any live one is newer)."""
+    since, other = tag_time((endpoint.tags or {}).get(LIVE_SINCE)), tag_time(than)
+    return since is not None and (other is None or since > other)
 
 
 def ensure_endpoint(ml_client: MLClient, name: str, model_id: str, location: str, tags: dict[str, str],
@@ -96,21 +102,24 @@ def ensure_endpoint(ml_client: MLClient, name: str, model_id: str, location: str
     operations = ml_client.serverless_endpoints
     try:
         existing = operations.get(name)
-        if _succeeded(existing):
+        if succeeded(existing):
             if claim and (existing.tags or {}).get("pipeline-run") != tags["pipeline-run"]:
-                existing = operations.begin_create_or_update(serverless_endpoint(
-                    name, existing.model_id, existing.location, {**(existing.tags or {}), **tags})).result()
+                existing = retag(ml_client, existing, {**(existing.tags or {}), **tags})
             return existing, False
     except ResourceNotFoundError:
         pass
     return operations.begin_create_or_update(serverless_endpoint(name, model_id, location, tags)).result(), True
 
 
+def retag(ml_client: MLClient, endpoint: ServerlessEndpoint, tags: dict[str, str]) -> ServerlessEndpoint:
+    """The endpoint with new tags (the same model: nothing is redeployed)."""
+    return ml_client.serverless_endpoints.begin_create_or_update(serverless_endpoint(
+        endpoint.name, endpoint.model_id, endpoint.location, tags)).result()
+
+
 def mark_live(ml_client: MLClient, endpoint: ServerlessEndpoint, now: datetime | None = None) -> ServerlessEndpoint:
     """Record that this endpoint now serves: its `live-since` tag, set now."""
-    return ml_client.serverless_endpoints.begin_create_or_update(serverless_endpoint(
-        endpoint.name, endpoint.model_id, endpoint.location, live_now(endpoint.tags, now or datetime.now(UTC)))
-    ).result()
+    return retag(ml_client, endpoint, live_now(endpoint.tags, now or datetime.now(UTC)))
 
 
 def delete(ml_client: MLClient, name: str) -> bool:

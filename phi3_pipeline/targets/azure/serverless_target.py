@@ -23,7 +23,7 @@ from phi3_pipeline.targets.azure import catalog, finetune, foundry, online, serv
 from phi3_pipeline.targets.azure.clients import found
 from phi3_pipeline.targets.azure.entities import LIVE_SINCE, deployment_lease, finetune_job, workspace_model_id
 from phi3_pipeline.targets.azure.errors import translated
-from phi3_pipeline.targets.azure.target import AzureTarget
+from phi3_pipeline.targets.azure.target import AzureTarget, _isolated
 from phi3_pipeline.targets.base import (
     SMOKE_PROBE,
     UNPRICED,
@@ -48,6 +48,11 @@ class ServerlessAzureTarget(AzureTarget):
     @cached_property
     def _workspace(self):
         return self.clients.resource_group_ml.workspaces.get(self.azure.project_name)
+
+    @cached_property
+    def model(self) -> catalog.CatalogModel:
+        """As in managed mode; a refused model's error suggests only models with the serverless offer."""
+        return catalog.resolve(self.clients.registry_ml, self.azure, serverless_offer=serverless.FINETUNE_REGIONS)
 
     @property
     def endpoint_name(self) -> str:
@@ -115,7 +120,8 @@ class ServerlessAzureTarget(AzureTarget):
                 self.settings.model_name, self.tags))
         except HttpResponseError as error:
             if serverless.region_refused(error):
-                raise ConfigError(f"Azure refused the serverless fine-tune: {error.message.splitlines()[0]} "
+                said = str(error.message or error).splitlines()[0]
+                raise ConfigError(f"Azure refused the serverless fine-tune: {said} "
                                   f"({serverless.offer_refusal(self.model.name, 'that region') or ''})") from None
             raise
 
@@ -156,10 +162,18 @@ class ServerlessAzureTarget(AzureTarget):
         endpoints it replaces are named (the go-live stage then deletes them). With `restore` only the connections
         move back: the record is the newest `live-since`, which again names this endpoint once the failed run's
         candidate is deleted (its own time kept)."""
-        if restore:
+        family = self._family()
+        if restore:  # the failed run's newer record goes first, so the reaper never ages the wrong endpoint
+            for newer in [e for e in family if e.name != deployment.endpoint_name and serverless.newer_live(
+                    e, deployment.live_since)]:
+                serverless.retag(self.ml, newer, {k: v for k, v in (newer.tags or {}).items() if k != LIVE_SINCE})
+            current = serverless.live(self._family())
+            if current is None or current.name != deployment.endpoint_name:
+                raise PipelineError(f"serverless endpoint {deployment.endpoint_name} is not recorded as live after "
+                                    f"the traffic went back to it (the newest live-since is "
+                                    f"{current.name if current else 'on none'})")
             self.create_connection(deployment)
             return deployment
-        family = self._family()
         endpoint = self.ml.serverless_endpoints.get(deployment.endpoint_name)
         current = serverless.live(family)
         if current is None or current.name != endpoint.name:
@@ -226,12 +240,14 @@ class ServerlessAzureTarget(AzureTarget):
         """Everything that bills: the model's running fine-tune jobs and every endpoint of the model (the hourly
         fee); and the connections, whose key is dead then. With azure.teardown_everything also the Foundry project
         and hub this pipeline made."""
-        report = self._cancel_jobs(cancel_jobs)
+        report = TeardownReport(removed=[], already_gone=[])
         family = self._family()
         for endpoint in family:
-            report.note(f"serverless endpoint {endpoint.name}", serverless.delete(self.ml, endpoint.name))
+            _isolated(report, f"serverless endpoint {endpoint.name}", lambda name=endpoint.name: report.note(
+                f"serverless endpoint {name}", serverless.delete(self.ml, name)))
         if not family:
             report.note(f"serverless endpoints {self.endpoint_name}-v*", False)
+        _isolated(report, "fine-tune jobs", lambda: self._cancel_jobs(report, cancel_jobs))
         self._remove_connections(report)
         return report
 
@@ -241,17 +257,13 @@ class ServerlessAzureTarget(AzureTarget):
         their lease has ended (a killed run's candidate)."""
         report = TeardownReport(removed=[], already_gone=[])
         every = serverless.endpoints(self.ml)
-        families = {e.name.rsplit(serverless.VERSION_SEPARATOR, 1)[0] for e in every}
-        for prefix in sorted(families):
-            family = [e for e in every if e.name.rsplit(serverless.VERSION_SEPARATOR, 1)[0] == prefix]
+        for prefix in sorted({serverless.prefix_of(e.name) for e in every}):
+            family = [e for e in every if serverless.prefix_of(e.name) == prefix]
             current = serverless.live(family)
-            for endpoint in family:
-                try:  # one endpoint that cannot be removed now never stops the sweep of the others
-                    if endpoint is current and online.expired(endpoint, older_than_hours) or (
-                            endpoint is not current and online.removable(endpoint, "", only_own=False)):
-                        report.note(f"serverless endpoint {endpoint.name}", serverless.delete(self.ml, endpoint.name))
-                except (PipelineError, HttpResponseError) as error:
-                    report.failed.append(f"serverless endpoint {endpoint.name}: "
-                                         f"{getattr(error, 'message', None) or error}")
+            ended = [e for e in family if e is current and online.expired(e, older_than_hours)
+                     or e is not current and online.removable(e, "", only_own=False)]
+            for endpoint in ended:  # one that cannot be removed now never stops the sweep of the others
+                _isolated(report, f"serverless endpoint {endpoint.name}", lambda name=endpoint.name: report.note(
+                    f"serverless endpoint {name}", serverless.delete(self.ml, name)))
         return report
 

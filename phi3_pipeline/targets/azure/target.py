@@ -7,9 +7,12 @@ through `clients.connect` (sign-in is checked there, before anything else).
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 from azure.ai.ml import MLClient
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -46,6 +49,7 @@ from phi3_pipeline.targets.base import (
 )
 from phi3_pipeline.targets.workspace import Workspace
 
+T = TypeVar("T")
 NO_REGISTRY = ("workspace {workspace} has no container registry yet (Azure creates one when first needed): the "
                "AcrPull grant waits until then; the deploy stage grants it once the registry exists")
 SYSTEM_IDENTITY = ("workspace {workspace} still has no container registry, so the identity cannot get AcrPull: "
@@ -308,7 +312,7 @@ class AzureTarget(Target):
         name, key = self.settings.connection_name, self._endpoint_key(deployment)
         foundry.ensure_project(self.clients.resource_group_ml, self.azure, self.tags)
         foundry.upsert_custom_connection(self.clients.project_ml, name, deployment.scoring_uri, key,
-                                         deployment.contract, self.tags)
+                                         deployment.contract, self.tags, owner=self.endpoint_name)
         promptflow_chat.upsert_connection(name, deployment.scoring_uri, key, deployment.contract,
                                           owner=self.endpoint_name)
         return ConnectionRef(name=name, endpoint=deployment.scoring_uri)
@@ -402,41 +406,66 @@ class AzureTarget(Target):
         cluster this pipeline made when no other job uses it; and the connections, whose key is dead then (the
         local one only if it is this endpoint's). With azure.teardown_everything also the Foundry project and hub.
         Each only if this pipeline made it."""
-        ml = self.clients.ml
-        report = self._cancel_jobs(cancel_jobs)
-        report.note(f"endpoint {self.endpoint_name}", online.delete_endpoint(ml, self.endpoint_name))
-        outcome, why = assets.delete_idle_cluster(ml, self.azure.compute_name, finetune.active_jobs(ml))
-        report.note(f"compute {self.azure.compute_name}" + (f" ({why})" if why else ""), outcome)
+        ml, compute = self.clients.ml, self.azure.compute_name
+        report = TeardownReport(removed=[], already_gone=[])
+        step = functools.partial(_isolated, report)
+        step(f"endpoint {self.endpoint_name}",
+             lambda: report.note(f"endpoint {self.endpoint_name}", online.delete_endpoint(ml, self.endpoint_name)))
+        others = step("fine-tune jobs", lambda: self._cancel_jobs(report, cancel_jobs))
+        if others is not None:  # a cluster is never deleted under jobs that could not be seen
+            step(f"compute {compute}", lambda: report.note(
+                *_with_reason(f"compute {compute}", assets.delete_idle_cluster(ml, compute, others))))
         self._remove_connections(report)
         return report
 
-    def _cancel_jobs(self, cancel_jobs: bool) -> TeardownReport:
-        """A teardown report that starts with the model's fine-tune jobs cancelled (with `cancel_jobs`)."""
-        cancelled = finetune.cancel_running(self.ml, self.settings.model_name) if cancel_jobs else []
-        return TeardownReport(removed=[f"fine-tune job {name} (cancelled)" for name in cancelled], already_gone=[])
+    def _cancel_jobs(self, report: TeardownReport, cancel_jobs: bool) -> list:
+        """With `cancel_jobs`, cancel the model's fine-tune jobs still running (filed as removed); the workspace's
+        other active jobs."""
+        active = finetune.active_jobs(self.ml)
+        cancelled = finetune.cancel_running(self.ml, self.settings.model_name, active) if cancel_jobs else []
+        report.removed += [f"fine-tune job {name} (cancelled)" for name in cancelled]
+        return [job for job in active if job.name not in cancelled]
 
     def _remove_connections(self, report: TeardownReport) -> None:
-        """The Foundry and local connections (once the endpoint is gone their key is dead); with
-        azure.teardown_everything the Foundry project and hub too."""
-        name = self.settings.connection_name
-        report.note(f"Foundry connection {name}", foundry.delete_connection(
-            self.clients.resource_group_ml, self.clients.project_ml, self.azure, name))
+        """The Foundry connection if it is this endpoint's, and the local one (once the endpoint is gone their key
+        is dead); with azure.teardown_everything the Foundry project and hub too. Each step on its own."""
+        name, rg_ml = self.settings.connection_name, self.clients.resource_group_ml
+        step = functools.partial(_isolated, report)
+        step(f"Foundry connection {name}", lambda: report.note(f"Foundry connection {name}", foundry.delete_connection(
+            rg_ml, self.clients.project_ml, self.azure, name, owner=self.endpoint_name)))
         report.note(f"local connection {name}", promptflow_chat.delete_connection(name, owner=self.endpoint_name))
         if self.azure.teardown_everything:
-            for what, outcome in foundry.delete_project_and_hub(self.clients.resource_group_ml, self.azure):
+            for what, outcome in step("Foundry project and hub",
+                                      lambda: foundry.delete_project_and_hub(rg_ml, self.azure)) or []:
                 report.note(what, outcome)
 
     @translated
     def sweep(self, older_than_hours: float) -> TeardownReport:
         """Endpoints past their age go whole; from the others, candidates whose lease has ended."""
         ml, report = self.clients.ml, TeardownReport(removed=[], already_gone=[])
-        for endpoint in online.managed_endpoints(ml):
-            try:  # one endpoint that cannot be removed now never stops the sweep of the others
-                if online.expired(endpoint, older_than_hours):
-                    report.note(f"endpoint {endpoint.name}", online.delete_endpoint(ml, endpoint.name))
-                else:
-                    report.removed += [f"deployment {name} of {endpoint.name} (lease ended)"
-                                       for name in online.remove_ended_candidates(ml, endpoint)]
-            except (PipelineError, HttpResponseError) as error:
-                report.failed.append(f"endpoint {endpoint.name}: {getattr(error, 'message', None) or error}")
+        def sweep_one(endpoint) -> None:
+            if online.expired(endpoint, older_than_hours):
+                report.note(f"endpoint {endpoint.name}", online.delete_endpoint(ml, endpoint.name))
+            else:
+                report.removed += [f"deployment {name} of {endpoint.name} (lease ended)"
+                                   for name in online.remove_ended_candidates(ml, endpoint)]
+
+        for endpoint in online.managed_endpoints(ml):  # one that cannot be removed now never stops the others
+            _isolated(report, f"endpoint {endpoint.name}", lambda endpoint=endpoint: sweep_one(endpoint))
         return report
+
+
+def _with_reason(what: str, outcome_and_reason: tuple[str, str]) -> tuple[str, str]:
+    """(what, with the reason it was kept if there is one; the outcome), for `TeardownReport.note`."""
+    outcome, reason = outcome_and_reason
+    return (f"{what} ({reason})" if reason else what), outcome
+
+
+def _isolated(report: TeardownReport, what: str, step: Callable[[], T]) -> T | None:
+    """One step of a teardown or sweep: a failure is filed under `failed` (the stage fails after the others), and
+    the other steps go on; the step's result, None if it failed."""
+    try:
+        return step()
+    except (PipelineError, HttpResponseError) as error:
+        report.failed.append(f"{what}: {getattr(error, 'message', None) or error}")
+        return None

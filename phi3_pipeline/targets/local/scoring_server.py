@@ -100,6 +100,7 @@ def serve(deployment_dir: Path) -> None:
     os.environ["AZUREML_MODEL_DIR"] = spec["model_dir"]
     os.environ["SCORING_MAX_NEW_TOKENS"] = str(limits["max_new_tokens"])
     os.environ["SCORING_GENERATION_TIMEOUT_S"] = str(limits["generation_timeout_s"])
+    os.environ["SCORING_DEPLOYMENT"] = deployment_dir.name
     key = Path(spec["key_file"]).read_text(encoding="utf-8").strip()
 
     from azureml_inference_server_http.server.create_app import create
