@@ -53,7 +53,7 @@ def full_pipeline(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS) -> dict:
         stages.run(Stage.GATE, evaluation_gate, settings, candidate, live.deployment)
         deployment = stages.run(Stage.GO_LIVE, go_live, settings, candidate)
         connection = stages.run(Stage.CONNECTION, create_connection, settings, deployment)
-        answer = stages.run(Stage.SMOKE_CHAT, smoke_chat, settings, connection)
+        answer = stages.run(Stage.SMOKE_CHAT, smoke_chat, settings, connection, deployment)
         if settings.teardown:
             stages.run(Stage.TEARDOWN, teardown, settings)
     except BaseException as error:
@@ -61,7 +61,7 @@ def full_pipeline(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS) -> dict:
         raise
     finally:
         publish_summary(stages)
-    return {"answer": answer, "model_version": model.version, "job": job.name, "stages": stages.rows()}
+    return {"answer": answer.text, "model_version": model.version, "job": job.name, "stages": stages.rows()}
 
 
 def _after_failure(settings: PipelineSettings, stages: StageSummary, live, error: BaseException) -> None:

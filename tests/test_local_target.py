@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -402,3 +403,81 @@ def test_the_openai_client_gets_an_answer_with_usage_and_a_clear_400_for_a_strea
     with pytest.raises(openai.BadRequestError, match="stream"):
         client.chat.completions.create(model=deployment.deployment_name, messages=messages, max_tokens=8,
                                        stream=True)
+
+
+AGENT_ENV = ROOT / ".venv-agent"
+
+
+@pytest.fixture(scope="session")
+def agent_env():
+    """The agent's own environment, as the README's agent install command (and .ci/run) makes it."""
+    from phi3_pipeline import chat_agent
+
+    if not (AGENT_ENV / "bin" / "python").is_file():
+        pytest.fail(f"the Agent Framework environment is missing: {chat_agent.install_command(AGENT_ENV)}")
+    return AGENT_ENV
+
+
+def test_agent_answers_through_agent_framework_in_both_contracts_and_names_a_refusal(deployed, agent_env):
+    from phi3_pipeline import chat_agent
+    from phi3_pipeline.chat_flow.scoring_contract import CONTRACTS
+
+    target, model, _ = deployed
+    deployment = target.go_live(target.deploy(model))  # up whatever other tests did to the session's server
+    for contract in CONTRACTS:  # the framework's OpenAI-compatible client, and our own input_data chat client
+        config = target.agent_config(deployment.model_copy(update={"contract": contract}), "Who founded Microsoft?")
+        assert chat_agent.ask(agent_env, config, 120).strip(), contract
+    refused = {**target.agent_config(deployment, "Who founded Microsoft?"), "key": "not-the-key"}
+    with pytest.raises(chat_agent.AgentFailed, match=f"{deployment.deployment_name} \\(input_data\\): .*401") as error:
+        chat_agent.ask(agent_env, refused, 120)
+    assert target._endpoint_key(deployment) not in str(error.value)
+
+
+def test_agent_is_refused_with_the_install_command_when_its_environment_is_missing(tmp_path):
+    from phi3_pipeline import chat_agent
+
+    with pytest.raises(ConfigError, match=r"own environment, .*missing-env, which does not exist: make it with "
+                                          r"`python3 -m venv .*missing-env && .*pip install -r "):
+        chat_agent.ask(tmp_path / "missing-env", {"deployment": "d"}, 10)
+
+
+@pytest.mark.system
+def test_chat_command_answers_a_question_and_holds_a_conversation_on_a_terminal(deployed, agent_env):
+    import pty
+
+    target, model, _ = deployed
+    live = target.go_live(target.deploy(model)).deployment_name
+    chat = [str(Path(sys.executable).parent / "phi3-pipeline"), "chat", "--local.workspace_dir",
+            str(target.settings.local.workspace_dir), "--agent_env", str(agent_env)]
+    once = subprocess.run([*chat, "--question", "Who founded Microsoft?"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert once.returncode == 0 and once.stdout.strip(), once.stderr
+    controller, terminal = pty.openpty()
+    session = subprocess.Popen(chat, cwd=ROOT, stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    try:
+        seen = _read_until(controller, b"you> ")
+        assert seen.strip().startswith(f"chatting with {live}".encode()), seen  # nothing else on the terminal
+        os.write(controller, b"Who founded Microsoft?\n")
+        answer = _read_until(controller, b"you> ")
+        assert b"model> " in answer and answer.split(b"model> ", 1)[1].strip(b"\r\nyou> "), answer
+        os.write(controller, b"And when?\n")  # a second turn: the agent's session carries the first
+        assert b"model> " in _read_until(controller, b"you> ")
+        os.write(controller, b"exit\n")
+        assert session.wait(timeout=60) == 0
+    finally:
+        session.kill()
+        session.wait()
+        os.close(controller)
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = 120) -> bytes:
+    """What the terminal showed up to and including the next `marker`."""
+    import select
+
+    seen, deadline = b"", time.monotonic() + timeout
+    while not seen.endswith(marker):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {marker!r} within {timeout} s; the terminal showed {seen!r}"
+        seen += os.read(fd, 4096)
+    return seen

@@ -56,8 +56,11 @@ def test_retraining_skips_unchanged_data_and_gates_a_changed_model(tmp_path, pre
     notice = artifact(prefect_server, "failure-notice")["data"]
     assert "failed at stage: evaluation gate" in notice and "Still running: deployment phi3-custom-v1" in notice
 
-    promoted = run_cli("flows.full_pipeline", *CHANGED_DATA, "--evaluation.margin", "1", "--skip_unchanged", env=env)
+    promoted = run_cli("flows.full_pipeline", *CHANGED_DATA, "--evaluation.margin", "1", "--skip_unchanged",
+                       "--chat_front_end", "both", env=env)  # the agent's smoke chat too, said in the summary
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    (smoke,) = [line for line in promoted.stdout.splitlines() if line.startswith("smoke chat")]
+    assert "Prompt flow answered: " in smoke and "; Agent Framework answered: " in smoke, smoke
     assert "live: phi3-custom-v1 (job " in promoted.stdout and "new data or settings" in promoted.stdout
     assert answer_of(promoted)
     assert "gate passed: phi3-custom-v2" in promoted.stdout

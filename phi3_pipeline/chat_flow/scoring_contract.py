@@ -23,6 +23,8 @@ Azure/azureml-assets 4b41f8cc and llm-optimized-inference 0.2.58; none observed 
 from __future__ import annotations
 
 CONTRACTS = ("input_data", "chat_completions")
+# Azure ML routes a request with this header to the named deployment, whatever the traffic split.
+DEPLOYMENT_HEADER = "azureml-model-deployment"
 SCORE_PATH = "/score"
 CHAT_COMPLETIONS_PATH = "/chat/completions"
 

@@ -19,8 +19,9 @@ from typing import NoReturn
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
+from phi3_pipeline import chat_agent
 from phi3_pipeline.chat_flow import promptflow_chat
-from phi3_pipeline.cli.options import PipelineCommand, TeardownCommand, settings_of
+from phi3_pipeline.cli.options import ChatCommand, PipelineCommand, TeardownCommand, settings_of
 from phi3_pipeline.cli.prefect_api import prefect_api_dying_with_this_process
 from phi3_pipeline.config.errors import ConfigError, PipelineError, TransientError
 from phi3_pipeline.config.settings import VM_PRICES_AS_OF, unknown_environment_settings, unknown_setting
@@ -187,6 +188,27 @@ def run_teardown_cli(argv: list[str], teardown_flow: Callable | None = None, pro
     return _run(argv, prog, get_target, run, _print_report, TeardownCommand)
 
 
+def run_chat_cli(argv: list[str], prog: str = f"{CONSOLE_PROG} chat") -> int:
+    """Chat with the live deployment through the Agent Framework agent: on the terminal, or with `--question` one
+    answer printed (for scripts). Nothing live, a deployment gone or refusing: one line, exit code 2."""
+    one_question = any(arg == "--question" or arg.startswith("--question=") for arg in argv)
+    try:
+        command = load_settings(argv, prog, ChatCommand)
+        target = get_target(settings_of(command))
+        live = target.live_deployment()
+        if live is None:
+            raise ConfigError(f"nothing is deployed on the {target.name} target: run `{PIPELINE_PROG}` first")
+        config = target.agent_config(live, command.question)
+        if one_question:
+            print(chat_agent.ask(command.agent_env, config, command.smoke_chat_timeout_s))
+            return 0
+        return chat_agent.chat(command.agent_env, config)
+    except (PipelineError, TransientError, OSError) as error:
+        return _fail(error)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
 COMMANDS = {
     "run": ("fine-tune, deploy and wire up the model (python -m flows.full_pipeline)",
             lambda argv: run_pipeline_cli(argv, prog=f"{CONSOLE_PROG} run")),
@@ -194,11 +216,12 @@ COMMANDS = {
              lambda argv: run_pipeline_cli(["--plan", *argv], prog=f"{CONSOLE_PROG} plan")),
     "teardown": ("remove what bills by the hour (python -m flows.teardown)",
                  lambda argv: run_teardown_cli(argv, prog=f"{CONSOLE_PROG} teardown")),
+    "chat": ("chat with the live model through the Agent Framework agent (--question: one answer)", run_chat_cli),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`phi3-pipeline run | plan | teardown [flags]`: the module commands under one name (console script)."""
+    """`phi3-pipeline run | plan | teardown | chat [flags]`: the module commands under one name (console script)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]][1](argv[1:])

@@ -30,6 +30,11 @@ class TeardownCommand(PipelineCommand):
     )
 
 
+class ChatCommand(PipelineCommand):
+    """`phi3-pipeline chat`: a chat on the terminal with the live deployment through the Agent Framework agent;
+    with `--question "..."`, that one question's answer printed (for scripts)."""
+
+
 COMMAND_ONLY = frozenset(TeardownCommand.model_fields) - frozenset(PipelineSettings.model_fields)
 
 

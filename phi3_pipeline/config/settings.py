@@ -51,6 +51,8 @@ MANAGED_ONLY_SETTINGS = ("compute_name", "finetune_vm_size", "compute_min_nodes"
                          "compute_idle_seconds", "deploy_vm_size", "deploy_instance_count", "cold_start_s",
                          "role_propagation_s", "scoring_contract", "max_concurrent_requests_per_instance")
 
+# What the smoke chat (and so the run summary) asks through: Prompt flow, Microsoft Agent Framework, or both.
+ChatFrontEnd = Literal["promptflow", "agent_framework", "both"]
 # The two request shapes a chat deployment can answer (docs/azure.md, "The scoring contract").
 ScoringContract = Literal["input_data", "chat_completions"]
 SchedulerType = Literal[
@@ -313,6 +315,15 @@ class PipelineSettings(BaseSettings):
         description="Name of the Prompt flow custom connection the chat flow uses.",
     )
     smoke_chat_timeout_s: float = Field(180.0, gt=0, le=3600, description="Seconds the smoke chat may take.")
+    chat_front_end: ChatFrontEnd = Field(
+        "promptflow", description="What the smoke chat asks through: promptflow (the tutorial's chat flow; Prompt "
+                                  "flow turns read-only on 2027-04-20), agent_framework (its successor, in agent_env) "
+                                  "or both.",
+    )
+    agent_env: Path = Field(
+        Path(".venv-agent"), description="The Agent Framework front end's own environment (the README's agent "
+                                         "install command makes it): the chat command and that front end run there.",
+    )
     job_timeout_s: float = Field(
         21600.0, gt=0, le=7 * 86400,
         description="Seconds the run waits for the fine-tune job (it keeps running after; at most a week)."

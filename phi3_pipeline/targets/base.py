@@ -15,9 +15,11 @@ import psutil
 import requests
 from pydantic import BaseModel
 
+from phi3_pipeline import chat_agent
 from phi3_pipeline.chat_data.split_files import SplitFiles
 from phi3_pipeline.chat_flow.scoring_contract import (
     CONTRACTS,
+    DEPLOYMENT_HEADER,
     ContractError,
     EmptyAnswer,
     ServerError,
@@ -30,8 +32,6 @@ from phi3_pipeline.config.settings import PipelineSettings, ScoringContract
 
 SMOKE_PROBE = "Who founded Microsoft?"
 UNPRICED = "price unknown"  # a plan line's detail for a VM size missing from the price table
-# Azure ML routes a request with this header to the named deployment, whatever the traffic split.
-DEPLOYMENT_HEADER = "azureml-model-deployment"
 
 
 class IdentityRef(BaseModel):
@@ -267,6 +267,12 @@ class Target(ABC):
     @abstractmethod
     def live_deployment(self) -> DeploymentRef | None:
         """The deployment holding 100 % of the endpoint's traffic, if one is up (read only)."""
+
+    def agent_config(self, deployment: DeploymentRef, question: str = "") -> dict:
+        """What the chat agent needs to reach the deployment, its key read now (handed to the agent through a pipe
+        only)."""
+        return chat_agent.config(deployment.scoring_uri, self._endpoint_key(deployment), deployment.contract,
+                                 deployment.deployment_name, self.scoring_timeout_s, question)
 
     def ask(self, deployment: DeploymentRef, question: str, max_new_tokens: int, temperature: float = 0.0) -> str:
         """One authenticated scoring request to that deployment (whatever its traffic); its answer. The key is

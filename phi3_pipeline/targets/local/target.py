@@ -253,6 +253,8 @@ class LocalTarget(Target):
         return self._deployment_ref(deployment_dir, state, created)
 
     def live_deployment(self) -> DeploymentRef | None:
+        if not self.ws.root.is_dir():  # a workspace that never existed: nothing serves, and nothing is made
+            return None
         endpoint = self.endpoint
         live = next((name for name, share in endpoint.traffic().items() if share == 100), None)
         state = endpoint.server_state(endpoint.deployment_dir(live)) if live else None
