@@ -585,7 +585,9 @@ def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_com
     failed answer)."""
     answered: list[dict] = []
     refusals: list[Callable[[dict], bool]] = []
-    chat = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+    chat = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1764633600, "model": "phi3-custom",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 11, "total_tokens": 23}}  # as vLLM answers
     # a serverless endpoint answers chat completions under /v1 of its inference URI
     routes = {"/score": ("input_data", {"output": answer}), "/chat/completions": ("chat_completions", chat),
               "/v1/chat/completions": ("chat_completions", chat)}

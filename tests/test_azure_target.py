@@ -713,3 +713,20 @@ def test_busy_a_deployment_that_takes_traffic_is_never_asked_to_go(azure_cloud):
     assert azure_cloud.transport.calls("DELETE") == []
     with pytest.raises(HttpResponseError, match="traffic cannot be deleted"):  # as Azure refuses it
         ml_client.online_deployments.begin_delete("deploy-v1", "ep-live").result()
+
+
+def test_agent_asks_the_azure_deployment_in_both_contracts_addressed_to_it(prefect_api, settings, azure_cloud,
+                                                                           endpoint):
+    from flows.full_pipeline import full_pipeline
+    from phi3_pipeline import chat_agent
+    from tests.conftest import ROOT
+
+    full_pipeline(settings)
+    target = AzureTarget(settings)
+    live = target.live_deployment()
+    endpoint.clear()
+    for contract in ("input_data", "chat_completions"):
+        config = target.agent_config(live.model_copy(update={"contract": contract}), "Who founded Microsoft?")
+        assert chat_agent.ask(ROOT / ".venv-agent", config, 60) == ANSWER
+    assert [(request["contract"], request["deployment"]) for request in endpoint] == [
+        ("input_data", "deploy-v1"), ("chat_completions", "deploy-v1")]

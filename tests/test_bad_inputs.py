@@ -17,6 +17,8 @@ GOOD_RECORD = {"prompt": "Hi", "prompt_id": "1", "messages": [{"role": "user", "
                                                                 {"role": "assistant", "content": "Hello"}]}
 # (id, flags, expected in the error line): numeric settings out of range or of the wrong type, and bad names
 FLAG_CASES = [
+    ("chat front end unknown", ["--chat_front_end", "devui"], "chat_front_end: Input should be 'promptflow', "
+                                                              "'agent_framework' or 'both'"),
     ("test_fraction 0", ["--dataset.test_fraction", "0"], "dataset.test_fraction"),
     ("test_fraction 1", ["--dataset.test_fraction", "1"], "dataset.test_fraction"),
     ("test_fraction text", ["--dataset.test_fraction", "half"], "dataset.test_fraction"),

@@ -481,3 +481,13 @@ def _read_until(fd: int, marker: bytes, timeout: float = 120) -> bytes:
         assert ready, f"no {marker!r} within {timeout} s; the terminal showed {seen!r}"
         seen += os.read(fd, 4096)
     return seen
+
+
+def test_chat_command_with_nothing_deployed_is_one_line_and_exit_2_and_makes_nothing(tmp_path, capsys):
+    from phi3_pipeline.cli.commands import run_chat_cli
+
+    code = run_chat_cli(["--local.workspace_dir", str(tmp_path / "ws"), "--question", "Who founded Microsoft?"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == ("error: nothing is deployed on the local target: run "
+                                               "`python -m flows.full_pipeline` first")
+    assert not (tmp_path / "ws").exists()
