@@ -29,7 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chat_flow"))
 
-from agent_framework import Agent, BaseChatClient, ChatResponse, ChatResponseUpdate, Message, ResponseStream  # noqa: E402
+from agent_framework import (  # noqa: E402
+    Agent,
+    BaseChatClient,
+    ChatResponse,
+    ChatResponseUpdate,
+    Message,
+    ResponseStream,
+)
 from agent_framework.openai import OpenAIChatCompletionClient  # noqa: E402
 from scoring_contract import (  # noqa: E402
     DEPLOYMENT_HEADER,
