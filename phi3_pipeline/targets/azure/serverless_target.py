@@ -158,35 +158,35 @@ class ServerlessAzureTarget(AzureTarget):
 
     @translated
     def go_live(self, deployment: DeploymentRef, restore: bool = False) -> DeploymentRef:
-        """Record the endpoint as the one serving, prove it answers, and move the connections to it; the
-        endpoints it replaces are named (the go-live stage then deletes them). With `restore` only the connections
-        move back: the record is the newest `live-since`, which again names this endpoint once the failed run's
-        candidate is deleted (its own time kept)."""
+        """Record the endpoint as the one serving (its `live-since`, the newest wins), verify the record, prove it
+        answers, and move the connections to it; the endpoints it replaces are named (the go-live stage then deletes
+        them). With `restore` (a failed run's clean-up): the failed candidate's newer record is removed (so the
+        reaper never ages the wrong endpoint), the record verified and the connections moved back; no probe."""
         family = self._family()
-        if restore:  # the failed run's newer record goes first, so the reaper never ages the wrong endpoint
+        if restore:
             for newer in [e for e in family if e.name != deployment.endpoint_name and serverless.newer_live(
                     e, deployment.live_since)]:
                 serverless.retag(self.ml, newer, {k: v for k, v in (newer.tags or {}).items() if k != LIVE_SINCE})
-            current = serverless.live(self._family())
-            if current is None or current.name != deployment.endpoint_name:
-                raise PipelineError(f"serverless endpoint {deployment.endpoint_name} is not recorded as live after "
-                                    f"the traffic went back to it (the newest live-since is "
-                                    f"{current.name if current else 'on none'})")
+            self._verify_recorded_live(deployment.endpoint_name, "the traffic went back to it")
             self.create_connection(deployment)
             return deployment
         endpoint = self.ml.serverless_endpoints.get(deployment.endpoint_name)
         current = serverless.live(family)
         if current is None or current.name != endpoint.name:
             endpoint = serverless.mark_live(self.ml, endpoint)
-        now = serverless.live(self._family())
-        if now is None or now.name != endpoint.name:
-            raise PipelineError(f"serverless endpoint {endpoint.name} is not recorded as live after going live "
-                                f"(the newest live-since is {now.name if now else 'on none'})")
+        self._verify_recorded_live(endpoint.name, "going live")
         live = self._deployment_ref(endpoint, live=True, created=not deployment.live)
         self.ask(live, SMOKE_PROBE, 16)  # the endpoint on record answers, authenticated
         self.create_connection(live)
         superseded = [e.name for e in family if e.name != endpoint.name and LIVE_SINCE in (e.tags or {})]
         return live.model_copy(update={"superseded": superseded})
+
+    def _verify_recorded_live(self, name: str, after: str) -> None:
+        """The record read back names the endpoint, as a managed endpoint's traffic map is read back."""
+        current = serverless.live(self._family())
+        if current is None or current.name != name:
+            raise PipelineError(f"serverless endpoint {name} is not recorded as live after {after} (the newest "
+                                f"live-since is {current.name if current else 'on none'})")
 
     @translated
     def remove_deployments(self, keep: DeploymentRef | None, only_own: bool = False) -> TeardownReport:
