@@ -17,6 +17,8 @@ GOOD_RECORD = {"prompt": "Hi", "prompt_id": "1", "messages": [{"role": "user", "
                                                                 {"role": "assistant", "content": "Hello"}]}
 # (id, flags, expected in the error line): numeric settings out of range or of the wrong type, and bad names
 FLAG_CASES = [
+    ("split bad slice", ["--dataset.split", "train_sft[:abc]"], "dataset.split: not a split in datasets' "
+                                                                "syntax (Unrecognized instruction format"),
     ("chat front end unknown", ["--chat_front_end", "devui"], "chat_front_end: Input should be 'promptflow', "
                                                               "'agent_framework' or 'both'"),
     ("test_fraction 0", ["--dataset.test_fraction", "0"], "dataset.test_fraction"),
@@ -109,6 +111,8 @@ def mixed_folder(tmp: Path) -> list[str]:
 
 # (id, how to make the input in a temporary folder, expected in the error line)
 FILE_CASES = [
+    ("workspace_dir a file", lambda t: write(t / "ws", "not a folder") and [],  # the test's --local.workspace_dir
+     "ws exists and is not a folder"),
     ("toml malformed", lambda t: config_file(t, "[training\nepochs = 4\n"), "phi3-pipeline.toml is not valid TOML"),
     ("toml not utf-8", lambda t: config_file(t, b"question = '\xff'\n"), "is not valid TOML"),
     ("toml unknown key in section", lambda t: config_file(t, "[training]\nepoch = 4\n"),

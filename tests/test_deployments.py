@@ -83,7 +83,7 @@ def run_the_pipeline_then_the_teardown(api_url: str, workspace: Path, as_the_ui_
     assert run.returncode == 0, run.stdout + run.stderr
     answers = requests.post(f"{api_url}/artifacts/filter", timeout=10, json={
         "artifacts": {"key": {"any_": ["smoke-chat-answer"]}}, "sort": "CREATED_DESC", "limit": 1}).json()
-    assert "**Q:** Who founded Apple?" in answers[0]["data"] and "**A:** " in answers[0]["data"]
+    assert "**Q:** Who founded Apple?" in answers[0]["data"] and "**A (Prompt flow):** " in answers[0]["data"]
     scoring_uri = json.loads((workspace / "endpoints" / "phi3-custom-endpoint.json").read_text())["scoring_uri"]
     assert requests.get(scoring_uri.removesuffix("score"), timeout=10).ok, "the server is up after the run"
 

@@ -92,6 +92,20 @@ class DatasetSettings(StrictModel):
         240, ge=200, le=20000, description=f"Number of conversations {BUILTIN_SAMPLE} generates."
     )
 
+    @field_validator("split")
+    @classmethod
+    def _split_parses(cls, value: str) -> str:
+        """A slice `datasets` cannot read is refused here, naming the setting, not when the data is loaded."""
+        if value != cls.model_fields["split"].default:
+            from datasets import ReadInstruction  # the library's own parser of its split syntax
+
+            try:
+                ReadInstruction.from_spec(value)
+            except (ValueError, AssertionError) as error:
+                raise ValueError(f"not a split in datasets' syntax ({error}); e.g. train_sft or train_sft[:1%]") \
+                    from None
+        return value
+
 
 class TrainingSettings(StrictModel):
     """The fine-tune's base model and the tutorial's 'advanced settings'."""
@@ -136,6 +150,13 @@ class LocalSettings(StrictModel):
     workspace_dir: Path = Field(
         Path(".phi3_workspace"), description="Private folder holding data, jobs, registry, secrets and servers."
     )
+
+    @field_validator("workspace_dir")
+    @classmethod
+    def _workspace_dir_is_a_folder(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a folder")
+        return value
     port: int = Field(0, ge=0, le=65535, description="Scoring server port on 127.0.0.1; 0 picks a free port.")
     max_new_tokens_limit: int = Field(256, ge=1, le=4096, description="Cap on max_new_tokens a request may ask.")
     max_request_bytes: int = Field(
