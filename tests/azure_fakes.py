@@ -259,6 +259,11 @@ class ScriptedTransport(HttpTransport):
         return [r for r in self.requests if r.method == method and fragment in r.url]
 
 
+def puts(transport: ScriptedTransport, fragment: str = "") -> list[str]:
+    """The URLs (without query) the SDK sent PUTs to, in order."""
+    return [r.url.split("?")[0] for r in transport.calls("PUT", fragment)]
+
+
 def request_json(request) -> dict:
     """The JSON body the SDK sent."""
     return json.loads(request.body)
@@ -300,7 +305,7 @@ class FakeArm:
         self.job_states: list[str] = []  # e.g. ["Running", "Completed"]; empty: jobs keep their status
         self.workspace_guid = str(uuid.uuid4())  # a new workspace: nothing cached against an older one applies
         self.scoring_uri = "http://127.0.0.1:9/score"  # where endpoints say they score: nothing listens there
-        self.serverless_uri = "http://127.0.0.1:9"  # serverless endpoint X's inference URI is <this>/X (chat at /v1/...)
+        self.serverless_uri = "http://127.0.0.1:9"  # serverless endpoint X answers at <this>/X/v1/...
         datastore = f"{workspace_id}/datastores/workspaceblobstore"
         self.resources[datastore] = {"id": datastore, "name": "workspaceblobstore", "properties": {
             "datastoreType": "AzureBlob", "accountName": "wsstorage", "containerName": "azureml-blobstore",

@@ -18,7 +18,7 @@ from phi3_pipeline.targets import get_target
 from phi3_pipeline.targets.azure import clients, serverless
 from phi3_pipeline.targets.azure.entities import deployment_lease, live_now, resource_tags
 from phi3_pipeline.targets.azure.serverless_target import ServerlessAzureTarget
-from tests.azure_fakes import AZURE, ENDPOINT_KEY, WORKSPACES, FakeArm, request_json, scoring_stub
+from tests.azure_fakes import AZURE, ENDPOINT_KEY, WORKSPACES, FakeArm, puts, request_json, scoring_stub
 
 warnings.filterwarnings("ignore", message=".*experimental")
 ANSWER = "Microsoft was founded by Bill Gates and Paul Allen."
@@ -71,8 +71,7 @@ def test_serverless_pipeline_runs_in_the_foundry_project_and_a_rerun_creates_not
     result = full_pipeline(settings)
     assert result["answer"] == ANSWER and result["model_version"] == 1
     assert ENDPOINT_KEY not in json.dumps(result)
-    writes = [r.url.split("?")[0] for r in transport.calls("PUT")]
-    assert not [url for url in writes if "/computes/" in url or "/roleAssignments/" in url
+    assert not [url for url in puts(transport) if "/computes/" in url or "/roleAssignments/" in url
                 or "userAssignedIdentities" in url or "/onlineEndpoints/" in url], "no VM, identity or role"
     assert {values["kind"] for values in azure_cloud.templates.deployed} == {"hub", "project"}
     (job_put,) = transport.calls("PUT", "/jobs/")
@@ -95,10 +94,10 @@ def test_serverless_pipeline_runs_in_the_foundry_project_and_a_rerun_creates_not
     assert promptflow_chat.connection_endpoint("phi3_azure_test") == f"{arm.serverless_uri}/{name}/v1"
     assert {request["endpoint"] for request in endpoint} == {name}
 
-    before = len(transport.calls("PUT"))
+    before = len(puts(transport))
     again = full_pipeline(settings)
     assert again["answer"] == ANSWER
-    new_writes = [r.url for r in transport.calls("PUT")[before:]]
+    new_writes = puts(transport)[before:]
     assert all("/connections/" in url for url in new_writes), new_writes
     assert transport.calls("DELETE") == []
 

@@ -27,6 +27,7 @@ from tests.azure_fakes import (
     WORKSPACES,
     FakeArm,
     phi4_entry,
+    puts,
     request_json,
     scoring_stub,
     vcpu_usages,
@@ -55,10 +56,6 @@ def scoring(azure_cloud):
 @pytest.fixture
 def endpoint(scoring):
     return scoring[0]
-
-
-def puts(transport, fragment: str = "") -> list[str]:
-    return [r.url.split("?")[0] for r in transport.calls("PUT", fragment)]
 
 
 def test_the_pipeline_does_every_step_in_azure_and_a_rerun_creates_nothing(prefect_api, settings,

@@ -23,7 +23,7 @@ from phi3_pipeline.targets.azure import catalog, finetune, foundry, online, serv
 from phi3_pipeline.targets.azure.clients import found
 from phi3_pipeline.targets.azure.entities import LIVE_SINCE, deployment_lease, finetune_job, workspace_model_id
 from phi3_pipeline.targets.azure.errors import translated
-from phi3_pipeline.targets.azure.target import AzureTarget, _isolated
+from phi3_pipeline.targets.azure.target import AzureTarget, isolated_step
 from phi3_pipeline.targets.base import (
     SMOKE_PROBE,
     UNPRICED,
@@ -243,11 +243,11 @@ class ServerlessAzureTarget(AzureTarget):
         report = TeardownReport(removed=[], already_gone=[])
         family = self._family()
         for endpoint in family:
-            _isolated(report, f"serverless endpoint {endpoint.name}", lambda name=endpoint.name: report.note(
+            isolated_step(report, f"serverless endpoint {endpoint.name}", lambda name=endpoint.name: report.note(
                 f"serverless endpoint {name}", serverless.delete(self.ml, name)))
         if not family:
             report.note(f"serverless endpoints {self.endpoint_name}-v*", False)
-        _isolated(report, "fine-tune jobs", lambda: self._cancel_jobs(report, cancel_jobs))
+        isolated_step(report, "fine-tune jobs", lambda: self._cancel_jobs(report, cancel_jobs))
         self._remove_connections(report)
         return report
 
@@ -263,7 +263,7 @@ class ServerlessAzureTarget(AzureTarget):
             ended = [e for e in family if e is current and online.expired(e, older_than_hours)
                      or e is not current and online.removable(e, "", only_own=False)]
             for endpoint in ended:  # one that cannot be removed now never stops the sweep of the others
-                _isolated(report, f"serverless endpoint {endpoint.name}", lambda name=endpoint.name: report.note(
+                isolated_step(report, f"serverless endpoint {endpoint.name}", lambda name=endpoint.name: report.note(
                     f"serverless endpoint {name}", serverless.delete(self.ml, name)))
         return report
 

@@ -408,7 +408,7 @@ class AzureTarget(Target):
         Each only if this pipeline made it."""
         ml, compute = self.clients.ml, self.azure.compute_name
         report = TeardownReport(removed=[], already_gone=[])
-        step = functools.partial(_isolated, report)
+        step = functools.partial(isolated_step, report)
         step(f"endpoint {self.endpoint_name}",
              lambda: report.note(f"endpoint {self.endpoint_name}", online.delete_endpoint(ml, self.endpoint_name)))
         others = step("fine-tune jobs", lambda: self._cancel_jobs(report, cancel_jobs))
@@ -430,7 +430,7 @@ class AzureTarget(Target):
         """The Foundry connection if it is this endpoint's, and the local one (once the endpoint is gone their key
         is dead); with azure.teardown_everything the Foundry project and hub too. Each step on its own."""
         name, rg_ml = self.settings.connection_name, self.clients.resource_group_ml
-        step = functools.partial(_isolated, report)
+        step = functools.partial(isolated_step, report)
         step(f"Foundry connection {name}", lambda: report.note(f"Foundry connection {name}", foundry.delete_connection(
             rg_ml, self.clients.project_ml, self.azure, name, owner=self.endpoint_name)))
         report.note(f"local connection {name}", promptflow_chat.delete_connection(name, owner=self.endpoint_name))
@@ -451,7 +451,7 @@ class AzureTarget(Target):
                                    for name in online.remove_ended_candidates(ml, endpoint)]
 
         for endpoint in online.managed_endpoints(ml):  # one that cannot be removed now never stops the others
-            _isolated(report, f"endpoint {endpoint.name}", lambda endpoint=endpoint: sweep_one(endpoint))
+            isolated_step(report, f"endpoint {endpoint.name}", lambda endpoint=endpoint: sweep_one(endpoint))
         return report
 
 
@@ -461,7 +461,7 @@ def _with_reason(what: str, outcome_and_reason: tuple[str, str]) -> tuple[str, s
     return (f"{what} ({reason})" if reason else what), outcome
 
 
-def _isolated(report: TeardownReport, what: str, step: Callable[[], T]) -> T | None:
+def isolated_step(report: TeardownReport, what: str, step: Callable[[], T]) -> T | None:
     """One step of a teardown or sweep: a failure is filed under `failed` (the stage fails after the others), and
     the other steps go on; the step's result, None if it failed."""
     try:
