@@ -471,6 +471,66 @@ def test_chat_command_answers_a_question_and_holds_a_conversation_on_a_terminal(
         os.close(controller)
 
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, which .ci/run installs
+# what a headless Chromium needs on a machine with no network: no sandbox as root, no calls home
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.mark.system
+def test_chat_command_web_chat_answers_in_a_real_browser_behind_its_sign_in_token(deployed, agent_env, tmp_path):
+    """`phi3-pipeline chat --ui`: DevUI on 127.0.0.1, its page asks for the sign-in token the command showed, then
+    chats with the live deployment; Ctrl-C ends it and frees the port."""
+    import signal
+
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: apt-get install chromium (as .ci/run does)"
+    target, model, _ = deployed
+    target.go_live(target.deploy(model))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    web_chat = subprocess.Popen(
+        [str(Path(sys.executable).parent / "phi3-pipeline"), "chat", "--ui", "--ui_port", str(port),
+         "--local.workspace_dir", str(target.settings.local.workspace_dir), "--agent_env", str(agent_env)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        shown = web_chat.stdout.readline()
+        assert shown.startswith(f"web chat: http://127.0.0.1:{port} (sign-in token: "), shown
+        sign_in_token = shown.split("sign-in token: ", 1)[1].split(")", 1)[0]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and web_chat.poll() is None:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        assert requests.get(f"http://127.0.0.1:{port}/v1/entities", timeout=5).status_code == 401  # no token
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_placeholder("Paste token from server logs").fill(sign_in_token)
+            page.get_by_role("button", name="Connect").click()
+            question = page.get_by_placeholder("Message phi3-chat", exact=False)
+            question.fill("Who founded Microsoft?")
+            question.press("Enter")
+            reply = page.locator("div.bg-muted .markdown-content").last  # the assistant's bubble
+            reply.wait_for(timeout=120_000)
+            assert reply.inner_text().strip() not in ("", "Who founded Microsoft?")
+            page.screenshot(path=tmp_path / "web-chat.png")
+            browser.close()
+        os.killpg(web_chat.pid, signal.SIGINT)  # Ctrl-C on its terminal
+        web_chat.wait(timeout=30)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    finally:
+        if web_chat.poll() is None:
+            os.killpg(web_chat.pid, signal.SIGKILL)
+            web_chat.wait()
+
+
 def _read_until(fd: int, marker: bytes, timeout: float = 120) -> bytes:
     """What the terminal showed up to and including the next `marker`."""
     import select

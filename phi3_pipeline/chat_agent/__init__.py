@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -49,9 +50,11 @@ def _agent(env: Path, config: dict, *flags: str, **run_options) -> subprocess.Co
         os.close(read_end)
 
 
-def config(scoring_uri: str, key: str, contract: str, deployment: str, timeout_s: float, question: str = "") -> dict:
+def config(scoring_uri: str, key: str, contract: str, deployment: str, timeout_s: float, streams: bool,
+           question: str = "") -> dict:
+    """`streams`: the deployment's server answers `stream: true` (else the agent asks for whole replies)."""
     return {"scoring_uri": scoring_uri, "key": key, "contract": contract, "deployment": deployment,
-            "timeout_s": timeout_s, "question": question}
+            "timeout_s": timeout_s, "streams": streams, "question": question}
 
 
 def ask(env: Path, agent_config: dict, timeout_s: float) -> str:
@@ -71,3 +74,11 @@ def ask(env: Path, agent_config: dict, timeout_s: float) -> str:
 def chat(env: Path, agent_config: dict) -> int:
     """A conversation on this terminal through the agent (which reads and writes it directly); its exit code."""
     return _agent(env, agent_config).returncode
+
+
+def web_chat(env: Path, agent_config: dict, port: int) -> int:
+    """The agent as a web chat on http://127.0.0.1:`port` (DevUI) until Ctrl-C; its exit code. The page asks for
+    a sign-in token, made here for this chat and shown on this terminal only."""
+    sign_in_token = secrets.token_urlsafe(24)
+    print(f"web chat: http://127.0.0.1:{port} (sign-in token: {sign_in_token}); Ctrl-C ends it", flush=True)
+    return _agent(env, {**agent_config, "ui_token": sign_in_token}, "--ui", str(port)).returncode

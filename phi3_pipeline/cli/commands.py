@@ -189,8 +189,9 @@ def run_teardown_cli(argv: list[str], teardown_flow: Callable | None = None, pro
 
 
 def run_chat_cli(argv: list[str], prog: str = f"{CONSOLE_PROG} chat") -> int:
-    """Chat with the live deployment through the Agent Framework agent: on the terminal, or with `--question` one
-    answer printed (for scripts). Nothing live, a deployment gone or refusing: one line, exit code 2."""
+    """Chat with the live deployment through the Agent Framework agent: on the terminal, in the browser (`--ui`),
+    or with `--question` one answer printed (for scripts). Nothing live, a deployment gone or refusing: one line,
+    exit code 2."""
     one_question = any(arg == "--question" or arg.startswith("--question=") for arg in argv)
     try:
         command = load_settings(argv, prog, ChatCommand)
@@ -202,6 +203,8 @@ def run_chat_cli(argv: list[str], prog: str = f"{CONSOLE_PROG} chat") -> int:
         if one_question:
             print(chat_agent.ask(command.agent_env, config, command.smoke_chat_timeout_s))
             return 0
+        if command.ui:
+            return chat_agent.web_chat(command.agent_env, config, command.ui_port)
         return chat_agent.chat(command.agent_env, config)
     except (PipelineError, TransientError, OSError) as error:
         return _fail(error)
@@ -216,7 +219,8 @@ COMMANDS = {
              lambda argv: run_pipeline_cli(["--plan", *argv], prog=f"{CONSOLE_PROG} plan")),
     "teardown": ("remove what bills by the hour (python -m flows.teardown)",
                  lambda argv: run_teardown_cli(argv, prog=f"{CONSOLE_PROG} teardown")),
-    "chat": ("chat with the live model through the Agent Framework agent (--question: one answer)", run_chat_cli),
+    "chat": ("chat with the live model through the Agent Framework agent (--question: one answer; --ui: in the "
+             "browser)", run_chat_cli),
 }
 
 

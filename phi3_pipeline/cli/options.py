@@ -32,10 +32,15 @@ class TeardownCommand(PipelineCommand):
 
 class ChatCommand(PipelineCommand):
     """`phi3-pipeline chat`: a chat on the terminal with the live deployment through the Agent Framework agent;
-    with `--question "..."`, that one question's answer printed (for scripts)."""
+    with `--question "..."`, that one question's answer printed (for scripts); with `--ui`, a chat in the
+    browser."""
+
+    ui: bool = Field(False, description="Serve the chat as a web page on 127.0.0.1 (Agent Framework's DevUI).")
+    ui_port: int = Field(8090, ge=1, le=65535, description="Port of the web chat (`--ui`), on 127.0.0.1 only.")
 
 
-COMMAND_ONLY = frozenset(TeardownCommand.model_fields) - frozenset(PipelineSettings.model_fields)
+COMMAND_ONLY = (frozenset(TeardownCommand.model_fields) | frozenset(ChatCommand.model_fields)) \
+    - frozenset(PipelineSettings.model_fields)
 
 
 def settings_of(command: PipelineCommand) -> PipelineSettings:

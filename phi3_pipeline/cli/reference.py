@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from phi3_pipeline.cli.commands import CONSOLE_PROG, PIPELINE_PROG, TEARDOWN_PROG
-from phi3_pipeline.cli.options import COMMAND_ONLY, PipelineCommand, TeardownCommand
+from phi3_pipeline.cli.options import COMMAND_ONLY, ChatCommand, PipelineCommand, TeardownCommand
 from phi3_pipeline.config.settings import (
     CONFIG_FILE_ENV,
     DEFAULT_CONFIG_FILE,
@@ -158,6 +158,7 @@ def _command_only_lines() -> list[str]:
     commands = (
         (PipelineCommand, f"`{PIPELINE_PROG}` (`{CONSOLE_PROG} run`, `{CONSOLE_PROG} plan`)"),
         (TeardownCommand, f"`{TEARDOWN_PROG}` (`{CONSOLE_PROG} teardown`)"),
+        (ChatCommand, f"`{CONSOLE_PROG} chat`"),
     )
     lines = [
         "## Command-line options",
@@ -170,7 +171,7 @@ def _command_only_lines() -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for name in sorted(COMMAND_ONLY):
-        field = TeardownCommand.model_fields[name]
+        field = next(model.model_fields[name] for model, _ in commands if name in model.model_fields)
         kind = _type_name(field.annotation)
         if limits := _limits(field):
             kind = f"{kind} ({limits})"

@@ -172,6 +172,8 @@ class Target(ABC):
     first_poll_interval_s: float = 0.5
     max_poll_interval_s: float = 60.0
     scoring_timeout_s: float = 60.0  # one scoring request, generation included
+    # the deployment's server answers OpenAI's `stream: true` (Azure's vLLM and serverless endpoints do)
+    streams_replies: bool = True
 
     def __init__(self, settings: PipelineSettings, run_id: str = "cli"):
         self.settings = settings
@@ -272,7 +274,7 @@ class Target(ABC):
         """What the chat agent needs to reach the deployment, its key read now (handed to the agent through a pipe
         only)."""
         return chat_agent.config(deployment.scoring_uri, self._endpoint_key(deployment), deployment.contract,
-                                 deployment.deployment_name, self.scoring_timeout_s, question)
+                                 deployment.deployment_name, self.scoring_timeout_s, self.streams_replies, question)
 
     def ask(self, deployment: DeploymentRef, question: str, max_new_tokens: int, temperature: float = 0.0) -> str:
         """One authenticated scoring request to that deployment (whatever its traffic); its answer. The key is

@@ -54,6 +54,7 @@ def _link_or_copy(source: Path, destination: Path) -> None:
 
 class LocalTarget(Target):
     name = "local"
+    streams_replies = False  # the scoring server answers whole replies (serving/score.py)
     max_poll_interval_s = 2.0
 
     def __init__(self, settings: PipelineSettings, run_id: str = "cli"):
