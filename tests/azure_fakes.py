@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -199,14 +200,26 @@ class FakeRegistry:
         return (200, versions[parts[2]]) if len(parts) == 3 and parts[2] in versions else self._missing(path)
 
 
+SIGNED_IN_OBJECT_ID = "11111111-2222-3333-4444-555555555555"
+
+
+def offline_token(scope: str) -> str:
+    """A token shaped as Microsoft Entra's (a JWT) for the scope's audience, of a signed-in user."""
+    def part(claims: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+
+    audience = scope.removesuffix("/.default")
+    return f"{part({'typ': 'JWT', 'alg': 'none'})}.{part({'aud': audience, 'oid': SIGNED_IN_OBJECT_ID, 'idtyp': 'user'})}.sig"
+
+
 class OfflineCredential:
     """A token credential that never leaves the machine."""
 
     def get_token(self, *scopes, **kwargs) -> AccessToken:
-        return AccessToken("offline-token", 4_102_444_800)
+        return AccessToken(offline_token(scopes[0]), 4_102_444_800)
 
     def get_token_info(self, *scopes, **kwargs) -> AccessTokenInfo:
-        return AccessTokenInfo("offline-token", 4_102_444_800)
+        return AccessTokenInfo(offline_token(scopes[0]), 4_102_444_800)
 
 
 class _JsonResponse(HttpResponseImpl):
@@ -409,6 +422,9 @@ class FakeArm:
         if request.method == "PUT":
             return self._put(path, request_json(request))
         if request.method == "POST" and path.endswith("/listKeys"):
+            endpoint = self.resources.get(path.removesuffix("/listKeys"), {})
+            if endpoint.get("properties", {}).get("authMode") == "AADToken":  # it has no keys
+                return 400, {"error": {"code": "BadArgument", "message": "the endpoint takes AAD tokens, not keys"}}
             return 200, {"primaryKey": ENDPOINT_KEY, "secondaryKey": "secondary-key-1"}
         if request.method == "POST" and "/jobs/" in path and path.endswith("/cancel"):  # 202, then an operation
             self.resources[path.removesuffix("/cancel")]["properties"]["status"] = "Canceled"
@@ -579,9 +595,9 @@ class FakeTemplateDeployments:
 
 
 @contextmanager
-def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_completions"), body: object = None
-                 ) -> Iterator[tuple[str, list[dict], list]]:
-    """A 127.0.0.1 stand-in for the endpoint's scoring URI, behind the key, answering the contracts it `speaks`
+def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_completions"), body: object = None,
+                 bearer: str = ENDPOINT_KEY) -> Iterator[tuple[str, list[dict], list]]:
+    """A 127.0.0.1 stand-in for the endpoint's scoring URI, behind the key (or the token given as `bearer`), answering the contracts it `speaks`
     as the catalog's inference server does (input_data on /score, chat_completions on /chat/completions, and on
     /<endpoint>/v1/chat/completions as serverless endpoint <endpoint> does; any other route is a 404). Yields
     (scoring URI, the request bodies it answered, each with the deployment it was addressed to, the serverless
@@ -607,7 +623,7 @@ def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_com
             body["endpoint"] = endpoint.strip("/") if route else None
             contract, reply = routes.get(f"/v1/{route}" if endpoint else self.path, (None, None))
             body["contract"] = contract
-            authorised = self.headers.get("Authorization") == f"Bearer {ENDPOINT_KEY}"
+            authorised = self.headers.get("Authorization") == f"Bearer {bearer}"
             status, reply = (200, reply) if authorised else (401, {"error": "bad key"})
             if authorised and contract not in speaks:
                 status, reply = 404, {"error": f"no route {self.path}"}

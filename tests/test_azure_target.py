@@ -727,3 +727,92 @@ def test_agent_asks_the_azure_deployment_in_both_contracts_addressed_to_it(prefe
         assert chat_agent.ask(ROOT / ".venv-agent", config, 60) == ANSWER
     assert [(request["contract"], request["deployment"]) for request in endpoint] == [
         ("input_data", "deploy-v1"), ("chat_completions", "deploy-v1")]
+
+
+def test_token_auth_pipeline_reads_no_key_and_no_key_or_token_lands_anywhere(prefect_api, session_home, settings,
+                                                                            azure_cloud, monkeypatch, capfd):
+    """azure.endpoint_auth=token: the endpoint takes Microsoft Entra tokens, the signed-in principal is granted
+    the scoring role, every caller (gate, go-live probe, Prompt flow's tool, the agent) brings a token for
+    https://ml.azure.com, and neither a key nor a token is in any file, log, artifact or connection the run makes."""
+    import time
+
+    import azure.identity
+    from prefect.client.orchestration import get_client
+
+    from flows.full_pipeline import full_pipeline
+    from phi3_pipeline import chat_agent
+    from phi3_pipeline.chat_flow.scoring_contract import SCORING_TOKEN_SCOPE
+    from tests.azure_fakes import SIGNED_IN_OBJECT_ID, OfflineCredential, offline_token
+    from tests.conftest import ROOT
+
+    started = time.time()
+    token = offline_token(SCORING_TOKEN_SCOPE)
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", OfflineCredential)  # Prompt flow's tool signs in
+    settings = settings.model_copy(update={"azure": AZURE.model_copy(update={"endpoint_auth": "token"}),
+                                           "chat_front_end": "both"})
+    arm, transport = azure_cloud.arm, azure_cloud.transport
+    with scoring_stub(ANSWER, bearer=token) as (scoring_uri, answered, _):
+        arm.scoring_uri, arm.job_states = scoring_uri, ["Completed"]
+        result = full_pipeline(settings)
+        assert result["answer"] == ANSWER
+        # the gate's question, the go-live probe, then the smoke chat through Prompt flow and through the agent
+        assert len(answered) == 4
+        target = AzureTarget(settings)
+        config = target.agent_config(target.live_deployment(), "Who founded Microsoft?")
+        assert chat_agent.ask(ROOT / ".venv-agent", config, 60) == ANSWER
+
+    assert transport.calls("POST", "/listKeys") == [], "no key is read"
+    endpoint = next(body for path, body in arm.resources.items()
+                    if "/onlineEndpoints/" in path and "/deployments/" not in path)
+    assert endpoint["properties"]["authMode"] == "AADToken"
+    scorers = [body["properties"] for path, body in arm.resources.items() if "/roleAssignments/" in path
+               and body["properties"]["principalId"] == SIGNED_IN_OBJECT_ID]
+    assert [(grant["roleDefinitionId"].rsplit("/", 1)[-1], grant.get("principalType")) for grant in scorers] == [
+        ("azureml-data-scientist", "User")]
+    assert "AzureML Data Scientist (granted, to score with a token)" in json.dumps(result)
+    (connection_put,) = transport.calls("PUT", "/connections/phi3_azure_test")
+    assert json.loads(connection_put.body)["properties"]["credentials"]["keys"] == {"endpoint": scoring_uri}
+    local = promptflow_chat._client().connections.get("phi3_azure_test")
+    assert dict(local.secrets) == {"token_scope": SCORING_TOKEN_SCOPE}
+
+    secrets = (ENDPOINT_KEY, "secondary-key-1", token, offline_token("https://management.azure.com/.default"))
+    written = [path for path in session_home.rglob("*") if path.is_file() and path.stat().st_mtime >= started]
+    assert written, "the run wrote its results, connections and logs under the session's home"
+    for path in written:
+        content = path.read_bytes()
+        assert not any(secret.encode() in content for secret in secrets), path
+    with get_client(sync_client=True) as client:
+        shown = json.dumps([artifact.data for artifact in client.read_artifacts()], default=str) + "".join(
+            log.message for log in client.read_logs())
+    shown += json.dumps(result) + "".join(capfd.readouterr())
+    assert not any(secret in shown for secret in secrets)
+
+
+def test_token_auth_is_refused_on_serverless_endpoints_and_on_the_local_target():
+    with pytest.raises(ValueError, match="serverless endpoints take their keys only"):
+        type(AZURE).model_validate({**AZURE.model_dump(), "mode": "serverless", "endpoint_auth": "token"})
+    with pytest.raises(ValueError, match="local target's server takes its own key only"):
+        PipelineSettings(azure={"endpoint_auth": "token"})
+    with pytest.raises(ValueError, match="endpoint_auth"):
+        PipelineSettings(azure={"endpoint_auth": "certificate"})
+
+
+def test_token_auth_scope_is_the_sdks_own_audience_for_aad_token_endpoints():
+    """The token the callers bring is for the audience azure-ai-ml itself asks for an aad_token endpoint."""
+    from azure.ai.ml.constants._common import AAD_TOKEN_RESOURCE_ENDPOINT
+
+    from phi3_pipeline.chat_flow.scoring_contract import SCORING_TOKEN_SCOPE
+
+    assert SCORING_TOKEN_SCOPE == f"{AAD_TOKEN_RESOURCE_ENDPOINT}/.default"
+
+
+def test_token_auth_run_on_a_key_endpoint_is_refused_in_one_line_naming_both(azure_cloud):
+    from phi3_pipeline.targets.azure import online
+    from phi3_pipeline.targets.azure.entities import resource_tags
+
+    ml_client = clients.connect(AZURE).ml
+    online.ensure_endpoint(ml_client, AZURE, "ep-key", resource_tags("run-1"))
+    token_auth = AZURE.model_copy(update={"endpoint_auth": "token"})
+    with pytest.raises(ConfigError, match="endpoint ep-key takes auth mode key, but azure.endpoint_auth=token asks "
+                                          "for aad_token"):
+        online.ensure_endpoint(ml_client, token_auth, "ep-key", resource_tags("run-2"))

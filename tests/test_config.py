@@ -112,11 +112,11 @@ def test_a_renamed_azure_setting_names_its_successor(tmp_path):
 
 
 def test_the_ui_form_shows_no_command_line_option():
-    """`config`, `verbose` and `older_than_hours` belong to the command line; the flow's form holds the run's
-    settings only (the teardown flow takes `older_than_hours` as its own parameter)."""
+    """`config`, `verbose`, `older_than_hours` and the web chat's `ui`, `ui_port` belong to the command line; the
+    flow's form holds the run's settings only (the teardown flow takes `older_than_hours` as its own parameter)."""
     from flows.full_pipeline import full_pipeline
     from phi3_pipeline.cli.options import COMMAND_ONLY
 
-    assert COMMAND_ONLY == {"config", "verbose", "older_than_hours"}
+    assert COMMAND_ONLY == {"config", "verbose", "older_than_hours", "ui", "ui_port"}
     form = full_pipeline.parameters.model_dump()["definitions"]["PipelineSettings"]["properties"]
     assert COMMAND_ONLY.isdisjoint(form) and "target" in form

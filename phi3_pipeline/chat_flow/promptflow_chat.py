@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from phi3_pipeline.chat_flow.scoring_contract import SCORING_TOKEN_SCOPE
 from phi3_pipeline.config.errors import PipelineError
 
 CHAT_FLOW_DIR = Path(__file__).resolve().parent
@@ -51,13 +52,15 @@ def _client():
     return PFClient()
 
 
-def upsert_connection(name: str, endpoint: str, key: str, contract: str, owner: str) -> bool:
+def upsert_connection(name: str, endpoint: str, key: str | None, contract: str, owner: str) -> bool:
     """Create or update the tutorial's custom connection: `endpoint`, the scoring `contract` and the `owner`
     (the workspace it belongs to: one home's connections are shared by every workspace) in the clear, `key`
-    as secret. False, and nothing written, when it holds exactly that already (a re-run)."""
+    as secret. With no key (a token-auth endpoint) the secret Prompt flow requires is the token's scope, which the
+    chat flow's tool asks a token for. False, and nothing written, when it holds exactly that already (a re-run)."""
     from promptflow.entities import CustomConnection
 
-    configs, secrets = {"endpoint": endpoint, "contract": contract, "owner": owner}, {"key": key}
+    configs = {"endpoint": endpoint, "contract": contract, "owner": owner}
+    secrets = {"key": key} if key is not None else {"token_scope": SCORING_TOKEN_SCOPE}
     connections = _client().connections
     current = connections.get(name, raise_error=False)  # decrypted: the key is compared, never shown
     if current is not None and dict(current.configs) == configs and dict(current.secrets) == secrets:

@@ -26,6 +26,10 @@ CONTRACTS = ("input_data", "chat_completions")
 # Azure ML routes a request with this header to the named deployment, whatever the traffic split.
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 SCORE_PATH = "/score"
+# The audience of the Microsoft Entra token a token-auth (aad_token) online endpoint takes
+# (learn.microsoft.com, how-to-authenticate-online-endpoint: `az account get-access-token --resource
+# https://ml.azure.com`).
+SCORING_TOKEN_SCOPE = "https://ml.azure.com/.default"
 CHAT_COMPLETIONS_PATH = "/chat/completions"
 
 

@@ -51,6 +51,9 @@ MANAGED_ONLY_SETTINGS = ("compute_name", "finetune_vm_size", "compute_min_nodes"
                          "compute_idle_seconds", "deploy_vm_size", "deploy_instance_count", "cold_start_s",
                          "role_propagation_s", "scoring_contract", "max_concurrent_requests_per_instance")
 
+# How callers prove themselves to a managed online endpoint (docs/azure.md, "Keyless endpoints"): its key, or a
+# Microsoft Entra token of the signed-in principal (auth_mode aad_token; no key is read anywhere).
+EndpointAuth = Literal["key", "token"]
 # What the smoke chat (and so the run summary) asks through: Prompt flow, Microsoft Agent Framework, or both.
 ChatFrontEnd = Literal["promptflow", "agent_framework", "both"]
 # The two request shapes a chat deployment can answer (docs/azure.md, "The scoring contract").
@@ -243,6 +246,12 @@ class AzureSettings(StrictModel):
                     "by every version of the catalog's inference image) or chat_completions (OpenAI-style, "
                     "/chat/completions).",
     )
+    endpoint_auth: EndpointAuth = Field(
+        "key", description="How the gate, the smoke chat, the agent and Prompt flow call the managed online endpoint: "
+                           "key (the endpoint's key, copied into the connections) or token (a Microsoft Entra token "
+                           "of the signed-in principal, granted AzureML Data Scientist on the workspace; no key is "
+                           "read or stored anywhere). Serverless endpoints take keys only.",
+    )
     training: AzureTrainingSettings = Field(default_factory=AzureTrainingSettings)
     request_timeout_ms: int = Field(90000, ge=1000, le=180000, description="Scoring request timeout.")
     # Azure's default is 1, for a model that answers one request at a time; the catalog's chat models are served by
@@ -277,6 +286,9 @@ class AzureSettings(StrictModel):
         """A VM setting changed in serverless mode is refused, not silently ignored."""
         # changed from its default (not merely present: a run's settings come back whole from Prefect and JSON)
         given = [name for name in MANAGED_ONLY_SETTINGS if getattr(self, name) != type(self).model_fields[name].default]
+        if self.mode == "serverless" and self.endpoint_auth == "token":
+            raise ValueError("azure.endpoint_auth=token: serverless endpoints take their keys only (no Microsoft "
+                             "Entra tokens); set azure.endpoint_auth=key or azure.mode=managed")
         if self.mode == "serverless" and given:
             them = "it" if len(given) == 1 else "them"
             raise ValueError(f"{', '.join(f'azure.{name}' for name in given)}: only managed mode has {them} "
@@ -376,6 +388,13 @@ class PipelineSettings(BaseSettings):
             missing = [name for name in required if not getattr(self.azure, name)]
             if missing:
                 raise ValueError("target=azure needs " + ", ".join(f"azure.{name}" for name in missing))
+        return self
+
+    @model_validator(mode="after")
+    def _token_auth_is_azures(self) -> PipelineSettings:
+        if self.target == "local" and self.azure.endpoint_auth == "token":
+            raise ValueError("azure.endpoint_auth=token: the local target's server takes its own key only (kept in "
+                             "local.workspace_dir, readable by you alone); set target=azure or remove it")
         return self
 
     @model_validator(mode="after")

@@ -5,6 +5,8 @@ Tests replace `connect` to hand the target real SDK clients whose HTTP transport
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,6 +22,7 @@ from azure.mgmt.msi import ManagedServiceIdentityClient
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from phi3_pipeline.config.errors import ConfigError, PipelineError
+from phi3_pipeline.chat_flow.scoring_contract import SCORING_TOKEN_SCOPE
 from phi3_pipeline.config.settings import AzureSettings
 from phi3_pipeline.targets.azure.entities import made_here
 
@@ -44,10 +47,33 @@ class AzureClients:
     msi: ManagedServiceIdentityClient
     authorization: AuthorizationManagementClient
     make_registry_ml: Callable[[], MLClient]
+    credential: TokenCredential  # the sign-in, for a token-auth endpoint's scoring tokens
 
     @cached_property
     def registry_ml(self) -> MLClient:
         return self.make_registry_ml()
+
+
+@dataclass(frozen=True)
+class SignedInPrincipal:
+    """Who the pipeline signed in as: a user, a service principal or a managed identity."""
+
+    object_id: str
+    principal_type: str | None  # "User" or "ServicePrincipal"; None: not said, Azure works it out
+
+
+def signed_in_principal(credential: TokenCredential) -> SignedInPrincipal:
+    """Read from the claims of the sign-in's own Resource Manager token (`oid`, and `idtyp` where the token has
+    it); the token is the credential's own, so its signature is not checked here."""
+    payload = credential.get_token(ARM_SCOPE).token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return SignedInPrincipal(object_id=claims["oid"],
+                             principal_type={"user": "User", "app": "ServicePrincipal"}.get(claims.get("idtyp")))
+
+
+def scoring_token(credential: TokenCredential) -> str:
+    """A Microsoft Entra token for a token-auth online endpoint (audience https://ml.azure.com)."""
+    return credential.get_token(SCORING_TOKEN_SCOPE).token
 
 
 def sign_in(azure: AzureSettings, credential: TokenCredential | None = None) -> TokenCredential:
@@ -72,6 +98,7 @@ def make_clients(azure: AzureSettings, credential: TokenCredential, **client_opt
         msi=ManagedServiceIdentityClient(credential, azure.subscription_id, **client_options),
         authorization=AuthorizationManagementClient(credential, azure.subscription_id, **client_options),
         make_registry_ml=lambda: MLClient(credential, registry_name=azure.registry_name, **client_options),
+        credential=credential,
     )
 
 

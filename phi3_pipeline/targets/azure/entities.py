@@ -34,6 +34,11 @@ LEASE_UNTIL = "lease-until"  # on a deployment: until when runs going live (on a
 FINETUNE_OUTPUT = "registered_model"
 # The roles of SEED.md's identity that something uses, and the scope of each: the online endpoint runs as the
 # identity and pulls its model (storage) and image (registry) with them.
+# azure.endpoint_auth -> the endpoint's auth_mode (azure-ai-ml: "key", "aml_token" or "aad_token")
+ENDPOINT_AUTH_MODES = {"key": "key", "token": "aad_token"}
+# What lets the signed-in principal score a token-auth endpoint: its wildcards include
+# Microsoft.MachineLearningServices/workspaces/onlineEndpoints/score/action (how-to-authenticate-online-endpoint)
+SCORING_ROLE = ("AzureML Data Scientist", "workspace")
 REQUIRED_ROLES = (
     ("Storage Blob Data Reader", "storage_account"),
     ("AcrPull", "container_registry"),
@@ -78,9 +83,11 @@ def role_assignment_name(scope: str, role: str, principal_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope.lower()}|{role}|{principal_id}"))
 
 
-def role_assignment(role_definition_id: str, principal_id: str) -> RoleAssignmentCreateParameters:
+def role_assignment(role_definition_id: str, principal_id: str,
+                    principal_type: str | None = "ServicePrincipal") -> RoleAssignmentCreateParameters:
+    """`principal_type` None: Azure works it out (a signed-in principal may be a user or an application)."""
     return RoleAssignmentCreateParameters(
-        role_definition_id=role_definition_id, principal_id=principal_id, principal_type="ServicePrincipal"
+        role_definition_id=role_definition_id, principal_id=principal_id, principal_type=principal_type
     )
 
 
@@ -153,11 +160,12 @@ def registered_model(model_name: str, version: str, job_name: str, tags: dict[st
 
 def online_endpoint(azure: AzureSettings, name: str, tags: dict[str, str],
                     user_assigned_identity: bool = True) -> ManagedOnlineEndpoint:
-    """Key auth; runs as the pipeline's identity, whose Storage Blob Data Reader and AcrPull grants are what a
+    """Key or Microsoft Entra token auth (`azure.endpoint_auth`); runs as the pipeline's identity, whose Storage Blob Data Reader and AcrPull grants are what a
     deployment needs to pull its model and image. Without them (a workspace with no registry yet, so no AcrPull)
     it runs as a system-assigned identity, which Azure grants what it needs itself."""
     identity = user_assigned(azure) if user_assigned_identity else IdentityConfiguration(type="system_assigned")
-    return ManagedOnlineEndpoint(name=name, auth_mode="key", identity=identity, tags=tags)
+    return ManagedOnlineEndpoint(name=name, auth_mode=ENDPOINT_AUTH_MODES[azure.endpoint_auth], identity=identity,
+                                 tags=tags)
 
 
 def online_deployment(azure: AzureSettings, vm_size: str, endpoint_name: str, deployment_name: str, model_id: str,

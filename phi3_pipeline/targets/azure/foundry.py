@@ -57,14 +57,15 @@ def ensure_project(resource_group_ml: MLClient, azure: AzureSettings, tags: dict
 OWNER = "owner"  # in a connection's metadata: the endpoint (or serverless endpoint prefix) it was made for
 
 
-def upsert_custom_connection(project_ml: MLClient, name: str, endpoint: str, key: str, contract: str,
+def upsert_custom_connection(project_ml: MLClient, name: str, endpoint: str, key: str | None, contract: str,
                              tags: dict[str, str], owner: str) -> None:
-    """SEED.md: keys `endpoint` (the scoring URI) and `key` (the endpoint's primary key, secret); the scoring
-    contract, which is no secret, and the endpoint it is for (`owner`: a teardown of another model's endpoint
-    leaves it) in the connection's metadata beside the tags."""
+    """SEED.md: keys `endpoint` (the scoring URI) and `key` (the endpoint's primary key, secret; none for a
+    token-auth endpoint, whose callers bring a Microsoft Entra token); the scoring contract, which is no secret, and
+    the endpoint it is for (`owner`: a teardown of another model's endpoint leaves it) in the connection's metadata
+    beside the tags."""
+    keys = {"endpoint": endpoint} if key is None else {"endpoint": endpoint, "key": key}
     project_ml.connections.create_or_update(CustomKeysConnection(
-        name=name, target=endpoint, keys={"endpoint": endpoint, "key": key},
-        tags={**tags, "contract": contract, OWNER: owner}))
+        name=name, target=endpoint, keys=keys, tags={**tags, "contract": contract, OWNER: owner}))
 
 
 def delete_connection(resource_group_ml: MLClient, project_ml: MLClient, azure: AzureSettings,

@@ -14,10 +14,11 @@ from azure.ai.ml import MLClient
 from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from phi3_pipeline.config.errors import PipelineError
+from phi3_pipeline.config.errors import ConfigError, PipelineError
 from phi3_pipeline.config.settings import AzureSettings
 from phi3_pipeline.targets.azure.clients import found, get_or_create, when_not_busy
 from phi3_pipeline.targets.azure.entities import (
+    ENDPOINT_AUTH_MODES,
     LEASE_UNTIL,
     LIVE_SINCE,
     made_here,
@@ -35,11 +36,18 @@ def succeeded(resource) -> bool:
 
 def ensure_endpoint(ml_client: MLClient, azure: AzureSettings, name: str, tags: dict[str, str],
                     user_assigned_identity: bool = True) -> tuple[ManagedOnlineEndpoint, bool]:
-    """The endpoint of that name, created (key auth, the pipeline's identity, else a system-assigned one) only
-    if it does not exist; (endpoint, created)."""
+    """The endpoint of that name, created (`azure.endpoint_auth`, the pipeline's identity, else a system-assigned
+    one) only if it does not exist; (endpoint, created). One that takes other callers than `azure.endpoint_auth`
+    says is refused: its deployments would be scored the wrong way."""
     endpoints = ml_client.online_endpoints
-    return get_or_create(lambda: endpoints.get(name), lambda: endpoints.begin_create_or_update(
+    endpoint, created = get_or_create(lambda: endpoints.get(name), lambda: endpoints.begin_create_or_update(
         online_endpoint(azure, name, tags, user_assigned_identity)).result())
+    wanted = ENDPOINT_AUTH_MODES[azure.endpoint_auth]
+    if str(endpoint.auth_mode).lower() != wanted:
+        raise ConfigError(f"endpoint {name} takes auth mode {endpoint.auth_mode}, but azure.endpoint_auth="
+                          f"{azure.endpoint_auth} asks for {wanted}: set azure.endpoint_auth back, or remove the "
+                          "endpoint first (python -m flows.teardown) so that the next run makes it anew")
+    return endpoint, created
 
 
 def ensure_deployment(ml_client: MLClient, azure: AzureSettings, vm_size: str, endpoint_name: str,

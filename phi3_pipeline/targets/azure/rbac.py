@@ -18,9 +18,10 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from phi3_pipeline.config.errors import PipelineError
 from phi3_pipeline.config.settings import AzureSettings
-from phi3_pipeline.targets.azure.clients import found, get_or_create
+from phi3_pipeline.targets.azure.clients import SignedInPrincipal, found, get_or_create
 from phi3_pipeline.targets.azure.entities import (
     REQUIRED_ROLES,
+    SCORING_ROLE,
     UNUSED_ROLES,
     managed_identity,
     role_assignment,
@@ -74,12 +75,21 @@ def _principal_not_replicated(error: BaseException) -> bool:
 @retry(retry=retry_if_exception(_principal_not_replicated), wait=wait_exponential_jitter(initial=2, max=30),
        stop=stop_after_attempt(8), reraise=True)
 def _create_assignment(authorization: AuthorizationManagementClient, scope: str, name: str,
-                       definition_id: str, principal_id: str) -> bool:
+                       definition_id: str, principal_id: str, principal_type: str | None) -> bool:
     try:
-        authorization.role_assignments.create(scope, name, role_assignment(definition_id, principal_id))
+        authorization.role_assignments.create(scope, name, role_assignment(definition_id, principal_id,
+                                                                           principal_type))
     except ResourceExistsError:  # RoleAssignmentExists: a previous run (or a person) made it
         return False
     return True
+
+
+def ensure_scoring_role(authorization: AuthorizationManagementClient, principal: SignedInPrincipal,
+                        scopes: RoleScopes) -> RoleGrant:
+    """AzureML Data Scientist on the workspace for the signed-in principal, who scores a token-auth endpoint."""
+    (grant,) = ensure_roles(authorization, principal.object_id, scopes, required=(SCORING_ROLE,),
+                            principal_type=principal.principal_type)
+    return grant
 
 
 def remove_unused_roles(authorization: AuthorizationManagementClient, principal_id: str,
@@ -97,16 +107,18 @@ def remove_unused_roles(authorization: AuthorizationManagementClient, principal_
 
 
 def ensure_roles(authorization: AuthorizationManagementClient, principal_id: str, scopes: RoleScopes,
-                 roles: tuple[str, ...] = tuple(role for role, _ in REQUIRED_ROLES)) -> list[RoleGrant]:
-    """Storage Blob Data Reader on the storage, AcrPull on the registry (skipped while the workspace has no
-    registry: the caller says so and grants it later)."""
+                 roles: tuple[str, ...] | None = None, required: tuple[tuple[str, str], ...] = REQUIRED_ROLES,
+                 principal_type: str | None = "ServicePrincipal") -> list[RoleGrant]:
+    """`required` (role, scope) granted to the principal (only those named in `roles`, if given); by default the
+    identity's: Storage Blob Data Reader on the storage, AcrPull on the registry (skipped while the workspace has
+    no registry: the caller says so and grants it later)."""
     grants = []
-    for role, scope_field in REQUIRED_ROLES:
+    for role, scope_field in required:
         scope = getattr(scopes, scope_field)
-        if role not in roles or scope is None:
+        if (roles is not None and role not in roles) or scope is None:
             continue
         name = role_assignment_name(scope, role, principal_id)
         definition_id = role_definition_id(authorization, scope, role)
-        created = _create_assignment(authorization, scope, name, definition_id, principal_id)
+        created = _create_assignment(authorization, scope, name, definition_id, principal_id, principal_type)
         grants.append(RoleGrant(role=role, scope=scope, assignment_name=name, created=created))
     return grants

@@ -165,6 +165,10 @@ class AzureTarget(Target):
         removed = rbac.remove_unused_roles(self.clients.authorization, identity.principal_id, scopes)
         roles = ", ".join([f"{g.role} ({'granted' if g.created else 'held'})" for g in grants]
                           + [f"{role} (removed: unused)" for role in removed])
+        if self.azure.endpoint_auth == "token":  # the callers' tokens are the signed-in principal's
+            scorer = rbac.ensure_scoring_role(self.clients.authorization,
+                                              clients.signed_in_principal(self.clients.credential), scopes)
+            roles += f"; you: {scorer.role} ({'granted' if scorer.created else 'held'}, to score with a token)"
         warnings = [] if scopes.container_registry else [NO_REGISTRY.format(workspace=self.azure.workspace_name)]
         return IdentityRef(workspace_id=workspace_id, detail=f"{self.azure.identity_name}: {roles}", created=created,
                            warnings=warnings)
@@ -303,13 +307,18 @@ class AzureTarget(Target):
 
     @translated
     def _endpoint_key(self, deployment: DeploymentRef) -> str:
+        """The endpoint's key; with token auth a Microsoft Entra token of the sign-in instead (no key is read)."""
+        if self.azure.endpoint_auth == "token":
+            return clients.scoring_token(self.clients.credential)
         return online.endpoint_key(self.clients.ml, deployment.endpoint_name)
 
     # ---- connection ----------------------------------------------------------------------------
     @translated
     def create_connection(self, deployment: DeploymentRef) -> ConnectionRef:
-        """The Custom keys connection in the Foundry project, and the same one for local Prompt flow."""
-        name, key = self.settings.connection_name, self._endpoint_key(deployment)
+        """The Custom keys connection in the Foundry project, and the same one for local Prompt flow; with token
+        auth they hold no key (the chat flow's tool gets a token when it calls)."""
+        name = self.settings.connection_name
+        key = None if self.azure.endpoint_auth == "token" else self._endpoint_key(deployment)
         foundry.ensure_project(self.clients.resource_group_ml, self.azure, self.tags)
         foundry.upsert_custom_connection(self.clients.project_ml, name, deployment.scoring_uri, key,
                                          deployment.contract, self.tags, owner=self.endpoint_name)
@@ -349,6 +358,11 @@ class AzureTarget(Target):
         items += [PlanItem(resource=f"role {role} on {scope.rsplit('/', 1)[-1]}", action="get or create")
                   if scope else PlanItem(resource=f"role {role}", action="deferred", detail="no registry yet")
                   for role, scope in ((r, getattr(scopes, f)) for r, f in rbac.REQUIRED_ROLES)]
+        if azure.endpoint_auth == "token":
+            items.append(PlanItem(resource=f"role {rbac.SCORING_ROLE[0]} on {azure.workspace_name} for you",
+                                  action="get or create",
+                                  detail="azure.endpoint_auth=token: the signed-in principal scores the endpoint with "
+                                         "a Microsoft Entra token (no key is read)"))
         items += plan_resource_checks(self.check_resources())
         version = split.content_hash[:16]
         items += [get_or_create(f"data asset {self.asset_name(part)}:{version}",
