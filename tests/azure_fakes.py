@@ -599,7 +599,8 @@ def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_com
                  bearer: str = ENDPOINT_KEY) -> Iterator[tuple[str, list[dict], list]]:
     """A 127.0.0.1 stand-in for the endpoint's scoring URI, behind the key (or the token given as `bearer`), answering the contracts it `speaks`
     as the catalog's inference server does (input_data on /score, chat_completions on /chat/completions, and on
-    /<endpoint>/v1/chat/completions as serverless endpoint <endpoint> does; any other route is a 404). Yields
+    /<endpoint>/v1/chat/completions as serverless endpoint <endpoint> does; any other route is a 404; a chat
+    completion asked with `stream` comes as vLLM's server-sent events). Yields
     (scoring URI, the request bodies it answered, each with the deployment it was addressed to, the serverless
     endpoint whose URI it came in on and its contract, refusals: predicates on such a request that make it answer
     HTTP 400). With `body`, every answer is that body instead (an inference server's
@@ -631,12 +632,31 @@ def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_com
                 status, reply = 400, {"error": "refused by the test"}
             elif authorised:
                 answered.append(body)
+            if status == 200 and contract == "chat_completions" and body.get("stream"):
+                return self._stream(answer)
             payload = json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
+
+        def _stream(self, text: str) -> None:
+            """The answer as vLLM streams it: server-sent chunks of the reply, the finish, the usage, [DONE]."""
+            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1764633600,
+                     "model": "phi3-custom"}
+            words = text.split(" ")
+            events = [{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
+                                             "finish_reason": None}]}
+                      for piece in [words[0], *(f" {word}" for word in words[1:])]]
+            events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            events.append({**chunk, "choices": [], "usage": chat["usage"]})
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for event in events:
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
 
         def log_message(self, *args):
             return None

@@ -13,7 +13,7 @@ import requests
 from azure.identity import CredentialUnavailableError
 
 from phi3_pipeline.chat_flow import promptflow_chat
-from phi3_pipeline.cli.commands import run_pipeline_cli
+from phi3_pipeline.cli.commands import run_chat_cli, run_pipeline_cli
 from phi3_pipeline.config.errors import ConfigError, JobFailedError, PipelineError, TransientError
 from phi3_pipeline.config.settings import PipelineSettings
 from phi3_pipeline.targets.azure import clients
@@ -194,6 +194,19 @@ def test_plan_reads_only_and_prices_what_the_run_would_start(shape, prefect_api,
     assert "Standard_NC24ads_A100_v4 x1" in lines["deployment (Standard_NC24ads_A100_v4"]
     assert "up to 7.34 USD/hour" in out and "2026-11-25" in out
     assert "NC6s_v3" not in out and "Phi-3" not in out, "no retired size or model in a default plan"
+
+
+def test_token_auth_plan_shows_the_scoring_role_granted_to_the_signed_in_principal(prefect_api, azure_cloud, tmp_path,
+                                                                                    capsys):
+    assert run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path), "--plan"]) == 0
+    assert "AzureML Data Scientist" not in capsys.readouterr().out, "key auth grants no scoring role"
+    code = run_pipeline_cli([*AZURE_ARGS, "--local.workspace_dir", str(tmp_path), "--plan",
+                             "--azure.endpoint_auth", "token"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (line,) = [line for line in out.splitlines() if "AzureML Data Scientist" in line]
+    assert "on ws for you" in line and "get or create" in line and "no key is read" in line
+    assert {r.method for r in azure_cloud.transport.requests} == {"GET"}
 
 
 def test_the_sweep_removes_only_this_projects_endpoints_past_their_age(azure_cloud, settings):
@@ -727,6 +740,13 @@ def test_agent_asks_the_azure_deployment_in_both_contracts_addressed_to_it(prefe
         assert chat_agent.ask(ROOT / ".venv-agent", config, 60) == ANSWER
     assert [(request["contract"], request["deployment"]) for request in endpoint] == [
         ("input_data", "deploy-v1"), ("chat_completions", "deploy-v1")]
+    # a terminal chat in chat_completions streams, as vLLM on Azure does: the reply is shown as its chunks come
+    endpoint.clear()
+    chat = chat_agent._agent(ROOT / ".venv-agent", config, input="Who founded Microsoft?\nexit\n",
+                             capture_output=True, text=True, timeout=60)
+    assert chat.returncode == 0, chat.stderr
+    assert f"model> {ANSWER}\n" in chat.stdout
+    assert [request.get("stream") for request in endpoint] == [True]
 
 
 def test_token_auth_pipeline_reads_no_key_and_no_key_or_token_lands_anywhere(prefect_api, session_home, settings,
@@ -747,31 +767,43 @@ def test_token_auth_pipeline_reads_no_key_and_no_key_or_token_lands_anywhere(pre
 
     started = time.time()
     token = offline_token(SCORING_TOKEN_SCOPE)
+    CHAT_ARGS = [*AZURE_ARGS, "--azure.endpoint_auth", "token", "--connection_name", "phi3_azure_test",
+                 "--local.workspace_dir", str(settings.local.workspace_dir), "--question", "Who founded Microsoft?"]
     monkeypatch.setattr(azure.identity, "DefaultAzureCredential", OfflineCredential)  # Prompt flow's tool signs in
     settings = settings.model_copy(update={"azure": AZURE.model_copy(update={"endpoint_auth": "token"}),
                                            "chat_front_end": "both"})
     arm, transport = azure_cloud.arm, azure_cloud.transport
-    with scoring_stub(ANSWER, bearer=token) as (scoring_uri, answered, _):
-        arm.scoring_uri, arm.job_states = scoring_uri, ["Completed"]
+    with scoring_stub(ANSWER, bearer=token) as (live_uri, answered, _):
+        arm.scoring_uri, arm.job_states = live_uri, ["Completed"]
         result = full_pipeline(settings)
         assert result["answer"] == ANSWER
         # the gate's question, the go-live probe, then the smoke chat through Prompt flow and through the agent
         assert len(answered) == 4
         target = AzureTarget(settings)
-        config = target.agent_config(target.live_deployment(), "Who founded Microsoft?")
-        assert chat_agent.ask(ROOT / ".venv-agent", config, 60) == ANSWER
+        live = target.live_deployment()
+        for contract in ("input_data", "chat_completions"):
+            config = target.agent_config(live.model_copy(update={"contract": contract}), "Who founded Microsoft?")
+            assert chat_agent.ask(ROOT / ".venv-agent", config, 60) == ANSWER
+    console = "".join(capfd.readouterr())
+    assert run_chat_cli(CHAT_ARGS) == 2, "the endpoint is gone"
+    assert capfd.readouterr().err.strip().startswith(f"error: {live.deployment_name} (input_data): ")
+    endpoint_path = next(path for path in arm.resources if "/onlineEndpoints/" in path and "/deployments/" not in path)
+    with scoring_stub(ANSWER, bearer="a-token-the-endpoint-refuses") as (scoring_uri, _, _):
+        arm.resources[endpoint_path]["properties"]["scoringUri"] = scoring_uri  # up again, refusing our token
+        assert run_chat_cli(CHAT_ARGS) == 2, "the token is refused"
+    refused = capfd.readouterr().err.strip()
+    assert refused.startswith(f"error: {live.deployment_name} (input_data): ") and "401" in refused \
+        and len(refused.splitlines()) == 1
 
     assert transport.calls("POST", "/listKeys") == [], "no key is read"
-    endpoint = next(body for path, body in arm.resources.items()
-                    if "/onlineEndpoints/" in path and "/deployments/" not in path)
-    assert endpoint["properties"]["authMode"] == "AADToken"
+    assert arm.resources[endpoint_path]["properties"]["authMode"] == "AADToken"
     scorers = [body["properties"] for path, body in arm.resources.items() if "/roleAssignments/" in path
                and body["properties"]["principalId"] == SIGNED_IN_OBJECT_ID]
     assert [(grant["roleDefinitionId"].rsplit("/", 1)[-1], grant.get("principalType")) for grant in scorers] == [
         ("azureml-data-scientist", "User")]
     assert "AzureML Data Scientist (granted, to score with a token)" in json.dumps(result)
     (connection_put,) = transport.calls("PUT", "/connections/phi3_azure_test")
-    assert json.loads(connection_put.body)["properties"]["credentials"]["keys"] == {"endpoint": scoring_uri}
+    assert json.loads(connection_put.body)["properties"]["credentials"]["keys"] == {"endpoint": live_uri}
     local = promptflow_chat._client().connections.get("phi3_azure_test")
     assert dict(local.secrets) == {"token_scope": SCORING_TOKEN_SCOPE}
 
@@ -784,7 +816,7 @@ def test_token_auth_pipeline_reads_no_key_and_no_key_or_token_lands_anywhere(pre
     with get_client(sync_client=True) as client:
         shown = json.dumps([artifact.data for artifact in client.read_artifacts()], default=str) + "".join(
             log.message for log in client.read_logs())
-    shown += json.dumps(result) + "".join(capfd.readouterr())
+    shown += json.dumps(result) + console + refused
     assert not any(secret in shown for secret in secrets)
 
 
