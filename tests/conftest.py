@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-import threading
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from phi3_pipeline.cli.prefect_api import ServerDidNotStart, start_logged, wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[1]
+SESSION_HOME = pytest.StashKey[Path]()
 PREFECT_SERVER_START_S = 180
 # Small but real training settings for tests that need a model, not a good one.
 QUICK_TRAINING = {
@@ -44,11 +47,29 @@ def free_port() -> int:
 
 
 def pytest_configure(config):
-    """Prefect makes its log handlers once per process, on the sys.stderr of that moment: make them now, on the
-    session's stream, not on the `capsys` stream of whichever test first runs a flow (closed after that test)."""
+    """Prefect and Prompt flow make their log handlers once per process, on the sys.stderr of that moment: make
+    them now, on the session's stream, not on the `capsys` stream of whichever test first runs a flow or loads
+    Prompt flow (closed after that test: a later flow's log line then fails, and Prompt flow, which logs that
+    failure to the same stream, recurses)."""
     from prefect.logging.configuration import setup_logging
 
+    home = Path(tempfile.mkdtemp(prefix="phi3-test-home-"))
+    config.stash[SESSION_HOME] = home
+    os.environ.update({  # before Prompt flow is loaded: it reads its home folder once, on import
+        "PREFECT_HOME": str(home / "prefect"),
+        "PF_HOME_DIRECTORY": str(home / "promptflow"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_COLORS": "false",
+        "HF_HUB_OFFLINE": "1",  # nothing in the tests may reach a hub
+    })
+    from phi3_pipeline.chat_flow import promptflow_chat
+
     setup_logging()
+    promptflow_chat.load()
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.stash.get(SESSION_HOME, None) or "/nonexistent", ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -60,17 +81,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def session_home(tmp_path_factory) -> Path:
-    """Prefect and Prompt flow state of the whole test session, away from the user's home."""
-    home = tmp_path_factory.mktemp("home")
-    os.environ.update({
-        "PREFECT_HOME": str(home / "prefect"),
-        "PF_HOME_DIRECTORY": str(home / "promptflow"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_COLORS": "false",
-        "HF_HUB_OFFLINE": "1",  # nothing in the tests may reach a hub
-    })
-    return home
+def session_home(pytestconfig) -> Path:
+    """Prefect and Prompt flow state of the whole test session, away from the user's home (made, and named in
+    the environment, when the session starts)."""
+    return pytestconfig.stash[SESSION_HOME]
 
 
 def start_prefect_server(log_file: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
