@@ -405,6 +405,21 @@ def test_the_openai_client_gets_an_answer_with_usage_and_a_clear_400_for_a_strea
                                        stream=True)
 
 
+def test_disconnect_stop_ends_a_generation_at_the_next_token(deployed):
+    """What the server's disconnect check drives: a generation asked to stop gives back at most one token, and
+    the same question unasked runs to its own end."""
+    sys.path.insert(0, str(ROOT / "phi3_pipeline" / "serving"))
+    from chat_model import ChatModel
+
+    _, model, _ = deployed
+    chat = ChatModel(model.uri)
+    messages = CHAT["input_data"]["input_string"]
+    asked = []
+    stopped = chat.reply(messages, 0, 64, stop=lambda: asked.append(1) or True)
+    assert stopped.completion_tokens <= 1 and asked
+    assert chat.reply(messages, 0, 64, stop=lambda: False).completion_tokens >= stopped.completion_tokens
+
+
 AGENT_ENV = ROOT / ".venv-agent"
 
 

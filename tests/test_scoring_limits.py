@@ -1,6 +1,7 @@
 """The scoring server stays bounded: its request parser turns any body into a parsed request or a 400 (never a
-5xx), and its gate answers health probes at once, refuses oversized bodies (413) and extra concurrent
-generations (503 with Retry-After, at once). The gate runs here in front of a stand-in app on a real waitress
+5xx), and its gate answers health probes at once, refuses oversized bodies (413), queues requests beyond the
+generation slots (503 with Retry-After only beyond the queue's bound or wait limit) and cancels the generation of
+a client that went away. The gate runs here in front of a stand-in app on a real waitress
 server; the real model behind it is tested in test_local_target.py."""
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import waitress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phi3_pipeline.targets.local.scoring_server import ScoringGate, answer_waitress_errors_generically
+from phi3_pipeline.targets.local.scoring_server import (
+    GenerationQueue,
+    ScoringGate,
+    answer_waitress_errors_generically,
+    server_options,
+)
 from tests.conftest import ROOT, served_in_a_thread
 
 sys.path.insert(0, str(ROOT / "phi3_pipeline" / "serving"))
@@ -83,10 +89,13 @@ def test_any_body_is_parsed_or_refused_with_a_400_never_an_error(body, as_text):
     assert contract in ("input_data", "chat_completions")
 
 
+LIMITS = {"max_concurrent_generations": 1, "max_queued_requests": 2, "queue_wait_s": 3.0, "max_request_bytes": 4096}
+
+
 @pytest.fixture
 def gate():
-    """The gate (1 generation slot, 4 KiB bodies) on a real waitress server, before an app whose requests
-    block until released."""
+    """The gate (1 generation slot, 2 queue places waiting up to 3 s, 4 KiB bodies) on a real waitress server with
+    the local server's options, before an app whose requests block until released."""
     release, entered = threading.Event(), threading.Semaphore(0)
 
     def slow_app(environ, start_response):
@@ -96,39 +105,96 @@ def gate():
         return [b'{"output": "done"}']
 
     answer_waitress_errors_generically()
-    server = waitress.create_server(ScoringGate(slow_app, KEY, 4096, 1), host="127.0.0.1", port=0, threads=5,
-                                    max_request_body_size=8192)
+    queue = GenerationQueue(LIMITS["max_concurrent_generations"], LIMITS["max_queued_requests"],
+                            LIMITS["queue_wait_s"])
+    server = waitress.create_server(ScoringGate(slow_app, KEY, LIMITS["max_request_bytes"], queue), host="127.0.0.1",
+                                    port=0, **server_options(LIMITS))
     with served_in_a_thread(server.run, lambda: (release.set(), server.close())):
         yield f"http://127.0.0.1:{server.effective_port}", release, entered
 
 
-def test_the_health_probe_and_refusals_answer_at_once_while_every_slot_generates(gate):
+def test_request_queue_holds_requests_beyond_the_slots_and_refuses_only_beyond_its_bound(gate):
+    """One generating, two queued (answered once the slot frees), a fourth refused at once with Retry-After;
+    the health probe answers at once throughout."""
     base, release, entered = gate
     with ThreadPoolExecutor(4) as pool:
         busy = pool.submit(requests.post, f"{base}/score", json=valid(), headers=AUTH, timeout=30)
         assert entered.acquire(timeout=10), "the first request is generating"
+        queued = [pool.submit(requests.post, f"{base}/v1/chat/completions", json={"messages": USER}, headers=AUTH,
+                              timeout=30) for _ in range(2)]
+        time.sleep(0.5)  # both are in the queue
         started = time.monotonic()
         assert requests.get(f"{base}/", timeout=1).json() == {"status": "healthy"}
         refused = requests.post(f"{base}/score", json=valid(), headers=AUTH, timeout=2)
         assert time.monotonic() - started < 1
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
-        assert "busy" in refused.json()["error"]
+        assert "2 requests wait already (local.max_queued_requests)" in refused.json()["error"]
         release.set()
         assert busy.result().json() == {"output": "done"}
-    assert requests.post(f"{base}/v1/chat/completions", json={"messages": USER}, headers=AUTH, timeout=5).ok
+        assert [answer.result().json() for answer in queued] == [{"output": "done"}] * 2
 
 
-def test_oversized_bodies_get_a_json_413_and_a_wrong_key_a_401(gate):
+def test_request_queue_refuses_a_request_that_waited_past_its_limit(gate):
+    base, release, entered = gate
+    with ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(requests.post, f"{base}/score", json=valid(), headers=AUTH, timeout=30)
+        assert entered.acquire(timeout=10)
+        started = time.monotonic()
+        waited = requests.post(f"{base}/score", json=valid(), headers=AUTH, timeout=10)
+        assert 3 <= time.monotonic() - started < 5
+        assert waited.status_code == 503 and "within 3 s (local.queue_wait_s)" in waited.json()["error"]
+        release.set()
+        assert busy.result().ok
+
+
+def test_oversized_bodies_up_to_16_mb_get_the_json_413_and_a_wrong_key_a_401(gate):
+    """Every over-limit body a hostile client sends, small or 16 MB, plain or chunked, gets the same JSON 413 (not a
+    reset connection)."""
     base, _, _ = gate
-    too_big = requests.post(f"{base}/score", data=b"x" * 5000, headers={**AUTH, "Content-Type": "application/json"},
-                            timeout=5)
-    assert too_big.status_code == 413 and "local.max_request_bytes" in too_big.json()["error"]
-    try:  # refused by waitress before it is read; it may close the socket while the client still writes
-        assert requests.post(f"{base}/score", data=b"x" * 1_000_000, headers=AUTH, timeout=5).status_code == 413
-    except requests.ConnectionError:
-        pass
+    sizes = [5000, *(2**20 * megabytes for megabytes in (1, 2, 3, 4, 6, 8, 12, 16))]
+    for size in sizes:
+        too_big = requests.post(f"{base}/score", data=b"x" * size, headers={**AUTH, "Content-Type": "application/json"},
+                                timeout=30)
+        assert too_big.status_code == 413 and "local.max_request_bytes" in too_big.json()["error"], size
+    chunked = requests.post(f"{base}/score", data=iter([b"x" * 2**20] * 4), headers=AUTH, timeout=30)
+    assert chunked.status_code == 413 and "local.max_request_bytes" in chunked.json()["error"]
     assert requests.get(f"{base}/", timeout=1).ok
     assert requests.post(f"{base}/score", json=valid(), timeout=5).status_code == 401
+
+
+def test_disconnect_cancels_the_generation_of_a_client_that_went_away_within_a_second():
+    """The gate hands the scoring script waitress's own disconnect check: a generation (here a stand-in that
+    runs until told to stop) sees its client gone within a second of the socket closing, and the slot frees."""
+    from phi3_pipeline.serving import cancellation
+
+    entered, stopped_after = threading.Event(), []
+
+    def generating_app(environ, start_response):  # the first request generates until cancelled, later ones not
+        entered.set()
+        deadline = time.monotonic() + (0 if stopped_after else 30)
+        while time.monotonic() < deadline and not cancellation.requested():
+            time.sleep(0.01)
+        stopped_after.append(time.monotonic())
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"output": "cut short"}']
+
+    queue = GenerationQueue(LIMITS["max_concurrent_generations"], LIMITS["max_queued_requests"], 30)
+    server = waitress.create_server(ScoringGate(generating_app, KEY, 4096, queue), host="127.0.0.1", port=0,
+                                    **server_options(LIMITS))
+    with served_in_a_thread(server.run, server.close):
+        body = json.dumps(valid()).encode()
+        with socket.create_connection(("127.0.0.1", server.effective_port), timeout=5) as client:
+            client.sendall(f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            assert entered.wait(10), "the generation started"
+        gone_at = time.monotonic()  # the client closed its socket
+        deadline = gone_at + 5
+        while not stopped_after and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stopped_after and stopped_after[0] - gone_at < 1, "the generation ran on after its client went away"
+        answer = requests.post(f"http://127.0.0.1:{server.effective_port}/score", json=valid(), headers=AUTH,
+                               timeout=5)
+        assert answer.json() == {"output": "cut short"}, "the slot came free"
 
 
 def test_a_malformed_header_line_is_refused_without_echoing_it(gate):

@@ -169,7 +169,15 @@ class LocalSettings(StrictModel):
         30.0, gt=0, le=600, description="Seconds one request may generate; the answer so far is returned then."
     )
     max_concurrent_generations: int = Field(
-        2, ge=1, le=64, description="Requests generating at once; more are refused at once with 503 and Retry-After."
+        2, ge=1, le=64, description="Requests generating at once; more wait in the queue."
+    )
+    max_queued_requests: int = Field(
+        32, ge=0, le=1024, description="Requests waiting for a generation slot; more are refused at once with 503 "
+                                       "and Retry-After (as Azure's endpoints answer 429 beyond their queue).",
+    )
+    queue_wait_s: float = Field(
+        10.0, gt=0, le=600, description="Seconds a request waits in the queue before it is refused with 503 and "
+                                        "Retry-After.",
     )
     scoring_contract: ScoringContract = Field(
         "input_data", description="Request shape the chat flow and the pipeline use: input_data (the tutorial's "

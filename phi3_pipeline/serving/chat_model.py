@@ -6,6 +6,7 @@ flavour of the registered model, so the registry and the server load the model t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -59,8 +60,9 @@ class ChatModel:
         return self.reply(messages, temperature, max_new_tokens, max_time_s).text
 
     def reply(self, messages: list[dict], temperature: float, max_new_tokens: int,
-              max_time_s: float | None = None) -> Reply:
-        """`chat`'s answer with its token counts."""
+              max_time_s: float | None = None, stop: Callable[[], bool] | None = None) -> Reply:
+        """`chat`'s answer with its token counts; `stop` (checked at each new token) ends the generation early,
+        e.g. once the client has gone away."""
         inputs = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
@@ -81,11 +83,23 @@ class ChatModel:
                 max_time=max_time_s,
                 eos_token_id=self.tokenizer.eos_token_id,
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                stopping_criteria=self._stopping_when(stop),
                 **sampling,
             )
         new_tokens = output[0][prompt_tokens:]
         return Reply(self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip(), prompt_tokens,
                      len(new_tokens))
+
+    def _stopping_when(self, stop: Callable[[], bool] | None):
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        torch = self._torch
+
+        class WhenAsked(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), stop(), dtype=torch.bool, device=input_ids.device)
+
+        return StoppingCriteriaList([WhenAsked()] if stop else [])
 
     def predict(self, model_input, params: dict | None = None) -> list[str]:
         """MLflow pyfunc entry: a list (or DataFrame column 'messages') of conversations."""

@@ -29,6 +29,7 @@ from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: 
 from chat_model import DEFAULT_PARAMETERS, ChatModel, PromptTooLong  # noqa: E402
 
 from phi3_pipeline.chat_data.records import messages_fault  # noqa: E402 - the same rule as the training data
+from phi3_pipeline.serving import cancellation  # noqa: E402
 
 logger = logging.getLogger(__name__)
 MAX_NEW_TOKENS_LIMIT = int(os.environ.get("SCORING_MAX_NEW_TOKENS", "256"))
@@ -118,7 +119,7 @@ def run(raw_data):
     except BadRequest as error:
         return _error(str(error), error.contract)
     try:
-        reply = model.reply(messages, temperature, max_tokens, GENERATION_TIMEOUT_S)
+        reply = model.reply(messages, temperature, max_tokens, GENERATION_TIMEOUT_S, stop=cancellation.requested)
     except PromptTooLong as error:
         return _error(str(error), contract)
     if contract == "chat_completions":

@@ -13,9 +13,11 @@ import json
 import os
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from phi3_pipeline.serving import SCORE_SCRIPT
+from phi3_pipeline.serving import SCORE_SCRIPT, cancellation
 from phi3_pipeline.targets.workspace import write_json_atomic
 
 LOOPBACK = "127.0.0.1"
@@ -24,7 +26,15 @@ SCORE_PATH = "/score"
 # OpenAI-style routes of the catalog's inference server, answered by the same scoring script.
 CHAT_COMPLETIONS_PATHS = ("/chat/completions", "/v1/chat/completions")
 RETRY_AFTER_S = 1
-SPARE_THREADS = 4
+SPARE_THREADS = 32
+# Bodies waitress reads before the gate answers 413 (larger ones it refuses unread, closing the connection).
+WAITRESS_BODY_CAP = 32 * 1024 * 1024
+# How long a thread may hold the interpreter before another gets it (Python's default: 5 ms): generations hold it
+# between their tensor operations, and under a flood of requests each thread waits its turn behind all the others
+SWITCH_INTERVAL_S = 0.0005
+# How often a queued request looks whether its client is still there.
+DISCONNECT_POLL_S = 0.2
+GONE = "the client went away"
 
 
 def _json(start_response, status: str, payload: dict, *headers: tuple[str, str]) -> list[bytes]:
@@ -33,22 +43,57 @@ def _json(start_response, status: str, payload: dict, *headers: tuple[str, str])
     return [body]
 
 
+class GenerationQueue:
+    """At most `slots` requests generate at once; up to `max_waiting` more wait, each at most `wait_s`, for a
+    slot, as Azure's managed endpoints queue before they answer 429. Beyond that, or for a waiter whose client
+    has gone, no slot."""
+
+    def __init__(self, slots: int, max_waiting: int, wait_s: float):
+        self._slots = threading.BoundedSemaphore(slots)
+        self._waiting, self._lock = 0, threading.Lock()
+        self.max_waiting, self.wait_s = max_waiting, wait_s
+
+    def enter(self, client_gone: Callable[[], bool]) -> str | None:
+        """None once the caller holds a slot (it must `leave()`), else why not: full, timed out, or gone."""
+        if self._slots.acquire(blocking=False):
+            return None
+        with self._lock:
+            if self._waiting >= self.max_waiting:
+                return f"the server is busy: {self.max_waiting} requests wait already (local.max_queued_requests)"
+            self._waiting += 1
+        try:
+            deadline = time.monotonic() + self.wait_s
+            while (left := deadline - time.monotonic()) > 0:
+                if client_gone():
+                    return GONE
+                if self._slots.acquire(timeout=min(left, DISCONNECT_POLL_S)):
+                    return None
+            return f"no generation slot came free within {self.wait_s:g} s (local.queue_wait_s)"
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def leave(self) -> None:
+        self._slots.release()
+
+
 class ScoringGate:
     """WSGI middleware in front of the scoring app, so the server stays bounded and responsive:
     - `GET /` (the health probe) is answered here, without the app, whatever the load;
     - every other route needs `Authorization: Bearer <key>` (401);
-    - a body over `max_body_bytes` is refused with a JSON 413 (waitress itself refuses any body over twice
-      that without reading it, chunked ones included; its errors are JSON too, see below);
-    - at most `max_generations` requests are in the app at once: one more is refused at once (503,
-      Retry-After), not queued, so a client never waits behind a flood;
+    - a body over `max_body_bytes` is refused with a JSON 413 (waitress reads bodies up to WAITRESS_BODY_CAP,
+      so that any body up to there gets this answer, and refuses larger ones unread; its errors are JSON too);
+    - requests beyond the generation slots wait in `queue`; beyond its bound or its wait limit, a 503 with
+      Retry-After;
+    - a request whose client went away leaves the queue, and its generation stops at the next token;
     - the OpenAI-style chat routes are served by the scoring route (score.py tells the contract by the body).
     """
 
-    def __init__(self, app, key: str, max_body_bytes: int, max_generations: int):
+    def __init__(self, app, key: str, max_body_bytes: int, queue: GenerationQueue):
         self.app = app
         self.expected = f"Bearer {key}".encode()
         self.max_body_bytes = max_body_bytes
-        self.generating = threading.BoundedSemaphore(max_generations)
+        self.queue = queue
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == HEALTH_PATH and environ.get("REQUEST_METHOD") == "GET":
@@ -61,20 +106,30 @@ class ScoringGate:
         if not length.isdigit() or int(length) > self.max_body_bytes:
             return _json(start_response, "413 Request Entity Too Large",
                          {"error": f"request body over {self.max_body_bytes} bytes (local.max_request_bytes)"})
-        if not self.generating.acquire(blocking=False):
-            return _json(start_response, "503 Service Unavailable",
-                         {"error": "the server is busy generating other answers; retry shortly"},
+        client_gone = environ.get("waitress.client_disconnected", lambda: False)
+        refusal = self.queue.enter(client_gone)
+        if refusal is not None:
+            return _json(start_response, "503 Service Unavailable", {"error": refusal},
                          ("Retry-After", str(RETRY_AFTER_S)))
         try:
             if environ.get("PATH_INFO") in CHAT_COMPLETIONS_PATHS:
                 environ["PATH_INFO"] = SCORE_PATH
-            answer = self.app(environ, start_response)
-            try:
-                return list(answer)  # generated in full while the slot is held
-            finally:
-                getattr(answer, "close", lambda: None)()
+            with cancellation.bound(client_gone):
+                answer = self.app(environ, start_response)
+                try:
+                    return list(answer)  # generated in full while the slot is held
+                finally:
+                    getattr(answer, "close", lambda: None)()
         finally:
-            self.generating.release()
+            self.queue.leave()
+
+
+def server_options(limits: dict) -> dict:
+    """waitress's: a thread for every generation slot and queue place, and spare ones that answer health probes and
+    refusals while all of those are taken; a look-ahead read, which is how waitress sees a client go away."""
+    return {"threads": limits["max_concurrent_generations"] + limits["max_queued_requests"] + SPARE_THREADS,
+            "max_request_body_size": max(2 * limits["max_request_bytes"], WAITRESS_BODY_CAP),
+            "channel_request_lookahead": 1}
 
 
 def answer_waitress_errors_generically() -> None:
@@ -90,10 +145,19 @@ def answer_waitress_errors_generically() -> None:
     utilities.Error.to_response = to_response
 
 
+def share_the_cores(generations: int) -> None:
+    """Each generation computes on its share of the cores (torch would give each all of them: generations at once
+    would then run more threads than there are cores, and the threads answering probes and refusals would wait)."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // generations))
+
+
 def serve(deployment_dir: Path) -> None:
     import waitress
 
     answer_waitress_errors_generically()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     spec = json.loads((deployment_dir / "spec.json").read_text(encoding="utf-8"))
     limits = spec["limits"]
     os.environ["AZUREML_ENTRY_SCRIPT"] = str(SCORE_SCRIPT)
@@ -102,14 +166,14 @@ def serve(deployment_dir: Path) -> None:
     os.environ["SCORING_GENERATION_TIMEOUT_S"] = str(limits["generation_timeout_s"])
     os.environ["SCORING_DEPLOYMENT"] = deployment_dir.name
     key = Path(spec["key_file"]).read_text(encoding="utf-8").strip()
+    share_the_cores(limits["max_concurrent_generations"])
 
     from azureml_inference_server_http.server.create_app import create
 
-    app = ScoringGate(create(), key, limits["max_request_bytes"], limits["max_concurrent_generations"])
-    # threads beyond the generation slots answer health probes and refusals while every slot generates
-    server = waitress.create_server(app, host=LOOPBACK, port=spec["port"],
-                                    threads=limits["max_concurrent_generations"] + SPARE_THREADS,
-                                    max_request_body_size=2 * limits["max_request_bytes"])
+    queue = GenerationQueue(limits["max_concurrent_generations"], limits["max_queued_requests"],
+                            limits["queue_wait_s"])
+    app = ScoringGate(create(), key, limits["max_request_bytes"], queue)
+    server = waitress.create_server(app, host=LOOPBACK, port=spec["port"], **server_options(limits))
     write_json_atomic(deployment_dir / "state.json", {
         "pid": os.getpid(), "host": LOOPBACK, "port": server.effective_port,
         "model_version": spec["model_version"],

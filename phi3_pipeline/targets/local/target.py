@@ -229,7 +229,8 @@ class LocalTarget(Target):
         local = self.settings.local
         return {"max_new_tokens": local.max_new_tokens_limit, "max_request_bytes": local.max_request_bytes,
                 "generation_timeout_s": local.generation_timeout_s,
-                "max_concurrent_generations": local.max_concurrent_generations}
+                "max_concurrent_generations": local.max_concurrent_generations,
+                "max_queued_requests": local.max_queued_requests, "queue_wait_s": local.queue_wait_s}
 
     def deploy(self, model: ModelRef) -> DeploymentRef:
         """The model's server, started beside the live one (or found running); traffic moves in go_live."""

@@ -1,0 +1,29 @@
+"""Whether the request being answered on this thread was given up by its client.
+
+The local server's gate binds the server's own disconnect check (waitress's `waitress.client_disconnected`) for
+the request it hands to the scoring script, whose generation stops at the next token once it says so. Where no
+server binds one (Azure's inference server, the MLflow model), nothing is ever cancelled.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+_current = threading.local()
+
+
+@contextmanager
+def bound(client_gone: Callable[[], bool] | None) -> Iterator[None]:
+    """`client_gone` answers `requested()` on this thread for the block."""
+    _current.client_gone = client_gone
+    try:
+        yield
+    finally:
+        _current.client_gone = None
+
+
+def requested() -> bool:
+    client_gone = getattr(_current, "client_gone", None)
+    return bool(client_gone and client_gone())
