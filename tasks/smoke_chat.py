@@ -27,7 +27,8 @@ class SmokeChat(BaseModel):
 
     @property
     def label(self) -> str:
-        return "; ".join(f"{FRONT_ENDS[front_end]} answered: {answer[:80]}"
+        """One line, for the run summary's table: each front end's answer with its whitespace collapsed."""
+        return "; ".join(f"{FRONT_ENDS[front_end]} answered: {' '.join(answer.split())[:80]}"
                          for front_end, answer in self.answers.items())
 
 

@@ -120,3 +120,12 @@ def test_the_ui_form_shows_no_command_line_option():
     assert COMMAND_ONLY == {"config", "verbose", "older_than_hours", "ui", "ui_port"}
     form = full_pipeline.parameters.model_dump()["definitions"]["PipelineSettings"]["properties"]
     assert COMMAND_ONLY.isdisjoint(form) and "target" in form
+
+
+def test_the_smoke_chats_summary_line_is_one_line_whatever_the_answers_hold():
+    """A model's answer may hold line breaks: the run summary's row for the stage stays one line, each front end
+    named (a multi-line answer once cut the row after the first front end's answer)."""
+    from tasks.smoke_chat import SmokeChat
+
+    label = SmokeChat(answers={"promptflow": "Microsoft\n\nwas founded\tby", "agent_framework": "Bill\r\nGates"}).label
+    assert label == "Prompt flow answered: Microsoft was founded by; Agent Framework answered: Bill Gates"
