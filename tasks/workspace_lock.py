@@ -12,7 +12,6 @@ from prefect.context import FlowRunContext
 from phi3_pipeline.config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from phi3_pipeline.locks import WorkspaceBusyError, run_lock
 from tasks.run_target import stage_target
-from tasks.workspace_slot import workspace_slot
 
 
 def settings_of_this_run(given: PipelineSettings | dict, from_a_deployment: bool) -> PipelineSettings:
@@ -35,9 +34,8 @@ def _from_a_deployment() -> bool:
 
 
 def one_run_per_workspace(makes_workspace: bool, when_busy: Callable[..., object] | None = None):
-    """Decorate a flow so it holds its workspace's run lock, and then its slot on the Prefect server
-    (tasks/workspace_slot.py), from start to end (a second run waits, naming the holder, or with `wait` off fails
-    at once) and removes its own scratch folder when it ends. A plan only
+    """Decorate a flow so it holds its workspace's run lock from start to end (a second run waits, naming the
+    holder, or with `wait` off fails at once) and removes its own scratch folder when it ends. A plan only
     reads and takes no lock; without `makes_workspace` a workspace that does not exist is not made. `when_busy`,
     given the flow's arguments, returns what the flow returns, instead of waiting, when another run holds the
     workspace: a report whose `skipped` says why (None: wait as usual)."""
@@ -52,17 +50,11 @@ def one_run_per_workspace(makes_workspace: bool, when_busy: Callable[..., object
             try:
                 if lock_file is None:
                     return flow_function(settings, *args, **kwargs)
-                def waiting(holder: str) -> None:
-                    logger.info("another run holds this workspace (%s): waiting", holder)
-
-                flow_run = FlowRunContext.get().flow_run
                 with ExitStack() as held:
                     try:
-                        taken_now = held.enter_context(run_lock(lock_file, settings.wait and skipped is None,
-                                                                waiting))
-                        if taken_now:  # the outermost flow of this run; a subflow holds it through its parent
-                            held.enter_context(workspace_slot(target.workspace_key, flow_run.id,
-                                                              settings.wait and skipped is None, waiting))
+                        taken_now = held.enter_context(run_lock(
+                            lock_file, settings.wait and skipped is None,
+                            lambda holder: logger.info("another run holds this workspace (%s): waiting", holder)))
                     except WorkspaceBusyError as busy:
                         if skipped is None:
                             raise

@@ -208,8 +208,8 @@ def offline_token(scope: str) -> str:
     def part(claims: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
 
-    audience = scope.removesuffix("/.default")
-    return f"{part({'typ': 'JWT', 'alg': 'none'})}.{part({'aud': audience, 'oid': SIGNED_IN_OBJECT_ID, 'idtyp': 'user'})}.sig"
+    claims = {"aud": scope.removesuffix("/.default"), "oid": SIGNED_IN_OBJECT_ID, "idtyp": "user"}
+    return f"{part({'typ': 'JWT', 'alg': 'none'})}.{part(claims)}.sig"
 
 
 class OfflineCredential:
@@ -597,14 +597,14 @@ class FakeTemplateDeployments:
 @contextmanager
 def scoring_stub(answer: str, speaks: tuple[str, ...] = ("input_data", "chat_completions"), body: object = None,
                  bearer: str = ENDPOINT_KEY) -> Iterator[tuple[str, list[dict], list]]:
-    """A 127.0.0.1 stand-in for the endpoint's scoring URI, behind the key (or the token given as `bearer`), answering the contracts it `speaks`
-    as the catalog's inference server does (input_data on /score, chat_completions on /chat/completions, and on
-    /<endpoint>/v1/chat/completions as serverless endpoint <endpoint> does; any other route is a 404; a chat
-    completion asked with `stream` comes as vLLM's server-sent events). Yields
-    (scoring URI, the request bodies it answered, each with the deployment it was addressed to, the serverless
-    endpoint whose URI it came in on and its contract, refusals: predicates on such a request that make it answer
-    HTTP 400). With `body`, every answer is that body instead (an inference server's
-    failed answer)."""
+    """A 127.0.0.1 stand-in for the endpoint's scoring URI, behind the key (or the token given as `bearer`),
+    answering the contracts it `speaks` as the catalog's inference server does (input_data on /score,
+    chat_completions on /chat/completions, and on /<endpoint>/v1/chat/completions as serverless endpoint
+    <endpoint> does; any other route is a 404; a chat completion asked with `stream` comes as vLLM's server-sent
+    events). Yields (scoring URI, the request bodies it answered, each with the deployment it was addressed to,
+    the serverless endpoint whose URI it came in on and its contract, refusals: predicates on such a request that
+    make it answer HTTP 400). With `body`, every answer is that body instead (an inference server's failed
+    answer)."""
     answered: list[dict] = []
     refusals: list[Callable[[dict], bool]] = []
     chat = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1764633600, "model": "phi3-custom",

@@ -149,8 +149,8 @@ def running_task(api_url: str, flow_run_id: str, task_name: str) -> bool:
 def test_cancelled_run_during_fine_tune_and_during_deploy_stops_frees_the_workspace_and_the_old_model_serves(
         tmp_path_factory, session_home, tmp_path):
     """Cancelled from the API, as the UI's Cancel does, a run stops its stages, takes the failure path (its
-    candidate server goes, the model that served before keeps serving) and frees the run lock and its global
-    concurrency slot: the next run starts at once."""
+    candidate server goes, the model that served before keeps serving) and frees the run lock: the next run
+    starts at once."""
     from phi3_pipeline.stages import Stage
     from tests.test_kill import listening_ports
 
@@ -175,8 +175,6 @@ def test_cancelled_run_during_fine_tune_and_during_deploy_stops_frees_the_worksp
             assert requests.get(serving_before["scoring_uri"].removesuffix("score"), timeout=5).ok, \
                 f"the model that served before still serves after a cancel in {stage}"
             assert wait_for(lambda: len(listening_ports(workspace)) == 1, "the candidate server gone", 60)
-            limit = requests.post(f"{api_url}/v2/concurrency_limits/filter", json={}, timeout=10).json()
-            assert [entry["active_slots"] for entry in limit if entry["name"].startswith("phi3-workspace-")] == [0]
     finally:
         stopped_within(serving, signal.SIGTERM, 30)
         subprocess.run([sys.executable, "-m", "flows.teardown"], cwd=ROOT, capture_output=True, timeout=300,

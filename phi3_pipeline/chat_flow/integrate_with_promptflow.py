@@ -3,8 +3,9 @@
 It reads `endpoint`, `key` and `contract` (input_data, the tutorial's body, when absent) from a
 CustomConnection, posts the question in that contract with the key as a bearer token, raises on HTTP
 errors and returns the model's answer. A connection to a token-auth endpoint holds no key but the scope of the
-Microsoft Entra token to send, which is asked of azure-identity's DefaultAzureCredential at each call. It logs the response at DEBUG level like the tutorial, and never
-logs the key or the request headers. A thin adapter around one HTTP call (scoring_contract.py).
+Microsoft Entra token to send, which is asked of azure-identity's DefaultAzureCredential at each call. It logs
+the response at DEBUG level like the tutorial, and never logs the key, a token or the request headers. A thin
+adapter around one HTTP call (scoring_contract.py).
 """
 
 import logging

@@ -221,11 +221,6 @@ class Target(ABC):
                 continue
             shutil.rmtree(folder, ignore_errors=True)
 
-    @property
-    def workspace_key(self) -> str:
-        """A short name of the workspace the runs write to, for locks that span processes and machines."""
-        return naming.content_hash([str(self.local_root(create=False).resolve())])[:12]
-
     def run_lock_file(self, create: bool) -> Path | None:
         """The lock file that keeps runs on this workspace one at a time; None (without `create`) when the
         local folder does not exist, so a teardown of a workspace that never was makes nothing."""

@@ -21,8 +21,8 @@ from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from phi3_pipeline.config.errors import ConfigError, PipelineError
 from phi3_pipeline.chat_flow.scoring_contract import SCORING_TOKEN_SCOPE
+from phi3_pipeline.config.errors import ConfigError, PipelineError
 from phi3_pipeline.config.settings import AzureSettings
 from phi3_pipeline.targets.azure.entities import made_here
 

@@ -32,13 +32,13 @@ MANAGED_BY = "phi3-pipeline"
 LIVE_SINCE = "live-since"
 LEASE_UNTIL = "lease-until"  # on a deployment: until when runs going live (on any machine) leave it alone
 FINETUNE_OUTPUT = "registered_model"
-# The roles of SEED.md's identity that something uses, and the scope of each: the online endpoint runs as the
-# identity and pulls its model (storage) and image (registry) with them.
 # azure.endpoint_auth -> the endpoint's auth_mode (azure-ai-ml: "key", "aml_token" or "aad_token")
 ENDPOINT_AUTH_MODES = {"key": "key", "token": "aad_token"}
 # What lets the signed-in principal score a token-auth endpoint: its wildcards include
 # Microsoft.MachineLearningServices/workspaces/onlineEndpoints/score/action (how-to-authenticate-online-endpoint)
 SCORING_ROLE = ("AzureML Data Scientist", "workspace")
+# The roles of SEED.md's identity that something uses, and the scope of each: the online endpoint runs as the
+# identity and pulls its model (storage) and image (registry) with them.
 REQUIRED_ROLES = (
     ("Storage Blob Data Reader", "storage_account"),
     ("AcrPull", "container_registry"),
@@ -160,9 +160,10 @@ def registered_model(model_name: str, version: str, job_name: str, tags: dict[st
 
 def online_endpoint(azure: AzureSettings, name: str, tags: dict[str, str],
                     user_assigned_identity: bool = True) -> ManagedOnlineEndpoint:
-    """Key or Microsoft Entra token auth (`azure.endpoint_auth`); runs as the pipeline's identity, whose Storage Blob Data Reader and AcrPull grants are what a
-    deployment needs to pull its model and image. Without them (a workspace with no registry yet, so no AcrPull)
-    it runs as a system-assigned identity, which Azure grants what it needs itself."""
+    """Key or Microsoft Entra token auth (`azure.endpoint_auth`); runs as the pipeline's identity, whose Storage
+    Blob Data Reader and AcrPull grants are what a deployment needs to pull its model and image. Without them (a
+    workspace with no registry yet, so no AcrPull) it runs as a system-assigned identity, which Azure grants what
+    it needs itself."""
     identity = user_assigned(azure) if user_assigned_identity else IdentityConfiguration(type="system_assigned")
     return ManagedOnlineEndpoint(name=name, auth_mode=ENDPOINT_AUTH_MODES[azure.endpoint_auth], identity=identity,
                                  tags=tags)

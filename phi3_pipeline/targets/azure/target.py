@@ -109,16 +109,12 @@ class AzureTarget(Target):
         return {"catalog_model": self.model.asset_id, "hyperparameters": self.hyperparameters,
                 "cluster": self.azure.compute_name}
 
-    @property
-    def workspace_key(self) -> str:
-        """The Azure workspace's: the same on every machine, so runs from several machines meet on it."""
-        return content_hash([self.azure.subscription_id, self.azure.resource_group, self.azure.workspace_name])[:12]
-
     def local_root(self, create: bool = True) -> Path:
         """Files prepared here before upload (the split, the chat flow), in the private local workspace, one
         folder per Azure workspace."""
+        owner = content_hash([self.azure.subscription_id, self.azure.resource_group, self.azure.workspace_name])
         local = Workspace(self.settings.local.workspace_dir)
-        return local.dir("azure", self.workspace_key) if create else local.root / "azure" / self.workspace_key
+        return local.dir("azure", owner[:12]) if create else local.root / "azure" / owner[:12]
 
     # ---- names: derived from the workspace and the model, so a re-run finds what the last one made ----
     @property
