@@ -79,7 +79,7 @@ def probe_health(url: str, seconds: float, worst) -> None:
 
 
 def steady(url: str, auth: dict, clients: int, seconds: float, retry: bool = True) -> dict:
-    latencies, codes, health = [], [], [0.0]
+    latencies, codes = [], []
     deadline = time.monotonic() + seconds
 
     def client() -> None:
@@ -103,13 +103,13 @@ def steady(url: str, auth: dict, clients: int, seconds: float, retry: bool = Tru
         for _ in range(clients):
             pool.submit(client)
     probe.join()
-    health[0] = worst_health.value
+
     ok = [lat for lat, code in zip(latencies, codes, strict=True) if code == 200]
     return {"requests": len(codes), "ok": len(ok), "answers_per_s": round(len(ok) / seconds, 1),
             "refused_503": codes.count(503), "errors": sum(code not in (200, 503) for code in codes),
             "p50_s": round(statistics.median(ok), 3) if ok else None,
             "p95_s": round(statistics.quantiles(ok, n=20)[18], 3) if len(ok) > 1 else None,
-            "worst_health_s": round(health[0], 3)}
+            "worst_health_s": round(worst_health.value, 3)}
 
 
 def disconnect(url: str, auth: dict, pid: int, clients: int = 8) -> dict:

@@ -107,15 +107,15 @@ def remove_unused_roles(authorization: AuthorizationManagementClient, principal_
 
 
 def ensure_roles(authorization: AuthorizationManagementClient, principal_id: str, scopes: RoleScopes,
-                 roles: tuple[str, ...] | None = None, required: tuple[tuple[str, str], ...] = REQUIRED_ROLES,
+                 required: tuple[tuple[str, str], ...] = REQUIRED_ROLES,
                  principal_type: str | None = "ServicePrincipal") -> list[RoleGrant]:
-    """`required` (role, scope) granted to the principal (only those named in `roles`, if given); by default the
-    identity's: Storage Blob Data Reader on the storage, AcrPull on the registry (skipped while the workspace has
-    no registry: the caller says so and grants it later)."""
+    """The `required` (role, scope) granted to the principal; by default the identity's: Storage Blob Data Reader
+    on the storage, AcrPull on the registry (skipped while the workspace has no registry: the caller says so and
+    grants it later)."""
     grants = []
     for role, scope_field in required:
         scope = getattr(scopes, scope_field)
-        if (roles is not None and role not in roles) or scope is None:
+        if scope is None:
             continue
         name = role_assignment_name(scope, role, principal_id)
         definition_id = role_definition_id(authorization, scope, role)

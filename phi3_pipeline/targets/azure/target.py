@@ -181,7 +181,8 @@ class AzureTarget(Target):
         if scopes.container_registry is None:
             return False
         identity = self.clients.msi.user_assigned_identities.get(self.azure.resource_group, self.azure.identity_name)
-        grants = rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes, roles=("AcrPull",))
+        grants = rbac.ensure_roles(self.clients.authorization, identity.principal_id, scopes,
+                                   required=tuple(grant for grant in rbac.REQUIRED_ROLES if grant[0] == "AcrPull"))
         if any(grant.created for grant in grants):
             time.sleep(self.azure.role_propagation_s)
         return True
