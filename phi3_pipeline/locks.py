@@ -25,6 +25,12 @@ _held = threading.local()  # .files: the lock files this thread holds
 class WorkspaceBusyError(PipelineError):
     """Another run holds the workspace and this one was asked not to wait."""
 
+    @classmethod
+    def held_by(cls, holder: str, where: str = "") -> WorkspaceBusyError:
+        """The one wording of every layer's refusal (this lock, the Prefect slot, the Azure lease)."""
+        return cls(f"another run holds this workspace{where} ({holder}); run again when it ends, "
+                   "or leave out --no-wait to wait for it")
+
 
 def _holder(info_file: Path) -> str:
     try:
@@ -50,8 +56,7 @@ def run_lock(lock_file: Path, wait: bool, on_wait: Callable[[str], None]) -> Ite
         except BlockingIOError:
             holder = _holder(info_file)
             if not wait:
-                raise WorkspaceBusyError(f"another run holds this workspace ({holder}); run again when it ends, "
-                                         "or leave out --no-wait to wait for it") from None
+                raise WorkspaceBusyError.held_by(holder) from None
             on_wait(holder)
             fcntl.flock(handle, fcntl.LOCK_EX)
         info_file.write_text(f"pid {os.getpid()}, started {datetime.now(UTC).isoformat(timespec='seconds')}",

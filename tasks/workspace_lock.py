@@ -1,4 +1,6 @@
-"""One run per workspace: a flow holds its workspace's run lock from start to end."""
+"""One run per workspace: a flow holds its workspace's run lock from start to end, and with it what keeps runs
+on other machines off: the workspace's slot on a shared Prefect server (tasks/workspace_slot.py) and the
+target's own lease (on Azure, a blob lease in the workspace's storage)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from prefect.context import FlowRunContext
 from phi3_pipeline.config.settings import SETTINGS_WHERE_IT_RUNS, PipelineSettings
 from phi3_pipeline.locks import WorkspaceBusyError, run_lock
 from tasks.run_target import stage_target
+from tasks.workspace_slot import on_a_shared_server, workspace_slot
 
 
 def settings_of_this_run(given: PipelineSettings | dict, from_a_deployment: bool) -> PipelineSettings:
@@ -34,11 +37,11 @@ def _from_a_deployment() -> bool:
 
 
 def one_run_per_workspace(makes_workspace: bool, when_busy: Callable[..., object] | None = None):
-    """Decorate a flow so it holds its workspace's run lock from start to end (a second run waits, naming the
-    holder, or with `wait` off fails at once) and removes its own scratch folder when it ends. A plan only
-    reads and takes no lock; without `makes_workspace` a workspace that does not exist is not made. `when_busy`,
-    given the flow's arguments, returns what the flow returns, instead of waiting, when another run holds the
-    workspace: a report whose `skipped` says why (None: wait as usual)."""
+    """Decorate a flow so it holds its workspace's run lock, its Prefect slot and its lease from start to end (a
+    second run waits, naming the holder, or with `wait` off fails at once) and removes its own scratch folder when
+    it ends. A plan only reads and takes none of them; without `makes_workspace` a workspace that does not exist
+    is not made. `when_busy`, given the flow's arguments, returns what the flow returns, instead of waiting, when
+    another run holds the workspace: a report whose `skipped` says why (None: wait as usual)."""
     def decorate(flow_function):
         @functools.wraps(flow_function)
         def holding_the_workspace(settings: PipelineSettings = SETTINGS_WHERE_IT_RUNS, *args, **kwargs):
@@ -50,11 +53,19 @@ def one_run_per_workspace(makes_workspace: bool, when_busy: Callable[..., object
             try:
                 if lock_file is None:
                     return flow_function(settings, *args, **kwargs)
+                wait = settings.wait and skipped is None
+
+                def waiting(holder: str) -> None:
+                    logger.info("another run holds this workspace (%s): waiting", holder)
+
                 with ExitStack() as held:
                     try:
-                        taken_now = held.enter_context(run_lock(
-                            lock_file, settings.wait and skipped is None,
-                            lambda holder: logger.info("another run holds this workspace (%s): waiting", holder)))
+                        taken_now = held.enter_context(run_lock(lock_file, wait, waiting))
+                        if taken_now and on_a_shared_server():  # a subflow holds them through its parent
+                            held.enter_context(workspace_slot(target.workspace_key, FlowRunContext.get().flow_run.id,
+                                                              wait, waiting))
+                        if taken_now:
+                            held.enter_context(target.workspace_lease(wait, waiting, logger.warning))
                     except WorkspaceBusyError as busy:
                         if skipped is None:
                             raise

@@ -299,7 +299,8 @@ class FakeArm:
     """
 
     BASE = "https://management.azure.com"
-    COLLECTIONS = {"deployments", "versions", "computes", "jobs", "onlineEndpoints", "serverlessEndpoints"}
+    COLLECTIONS = {"deployments", "versions", "computes", "jobs", "onlineEndpoints", "serverlessEndpoints",
+                   "datastores"}
 
     def __init__(self, workspace_id: str, location: str = "eastus2"):
         self.workspace_id = workspace_id

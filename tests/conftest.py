@@ -158,9 +158,10 @@ def cloud(arm):
 
 @pytest.fixture
 def azure_cloud(arm, monkeypatch):
-    """The Azure target's real SDK clients, every request answered by the in-memory Resource Manager.
-    Blob uploads and the hub/project template deployments (which bypass the clients' transport) are
-    recorded instead of sent. Yields (arm, transport, uploads, template deployments)."""
+    """The Azure target's real SDK clients, every request answered by the in-memory Resource Manager, and the
+    workspace lease's by the fake Blob Storage (on a transport of its own). Blob uploads and the hub/project
+    template deployments (which bypass the clients' transport) are recorded instead of sent. Yields (arm,
+    transport, uploads, template deployments, storage, storage transport)."""
     from types import SimpleNamespace
 
     from azure.ai.ml._artifacts._blob_storage_helper import BlobStorageClient
@@ -168,8 +169,11 @@ def azure_cloud(arm, monkeypatch):
 
     from phi3_pipeline.targets.azure import clients
     from tests.azure_fakes import FakeTemplateDeployments, OfflineCredential, ScriptedTransport
+    from tests.storage_fakes import FakeBlobStorage
 
     transport = ScriptedTransport(arm)
+    storage = FakeBlobStorage()
+    storage_transport = ScriptedTransport(storage)
     uploads: list[tuple[str, str, str]] = []
     templates = FakeTemplateDeployments(arm)
 
@@ -181,8 +185,10 @@ def azure_cloud(arm, monkeypatch):
     monkeypatch.setattr(BlobStorageClient, "upload", upload)
     monkeypatch.setattr(_workspace_operations_base, "ArmDeploymentExecutor", templates.executor)
     monkeypatch.setattr(clients, "connect", lambda azure: clients.make_clients(
-        azure, clients.sign_in(azure, OfflineCredential()), transport=transport, retry_backoff_factor=0.01))
-    return SimpleNamespace(arm=arm, transport=transport, uploads=uploads, templates=templates)
+        azure, clients.sign_in(azure, OfflineCredential()), transport=transport, retry_backoff_factor=0.01,
+        storage_options={"transport": storage_transport, "retry_backoff_factor": 0.01}))
+    return SimpleNamespace(arm=arm, transport=transport, uploads=uploads, templates=templates, storage=storage,
+                           storage_transport=storage_transport)
 
 
 def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -20,6 +20,7 @@ from phi3_pipeline.targets.azure import clients
 from phi3_pipeline.targets.azure.target import AzureTarget
 from tests.azure_fakes import (
     AZURE,
+    SIGNED_IN_OBJECT_ID,
     ENDPOINT_KEY,
     GROUP,
     REGISTRY,
@@ -71,10 +72,12 @@ def test_the_pipeline_does_every_step_in_azure_and_a_rerun_creates_nothing(prefe
                              "phi3-pipeline-identity"]
     assert identity["tags"]["managed-by"] == "phi3-pipeline" and identity["tags"]["pipeline-run"] != "cli"
     grants = sorted((path.split("/providers/Microsoft.Authorization")[0].rsplit("/", 1)[-1],
-                     body["properties"]["roleDefinitionId"].rsplit("/", 1)[-1])
+                     body["properties"]["roleDefinitionId"].rsplit("/", 1)[-1],
+                     "you" if body["properties"]["principalId"] == SIGNED_IN_OBJECT_ID else "identity")
                     for path, body in arm.resources.items() if "/roleAssignments/" in path)
-    assert grants == [("ws", "azureml-metrics-writer-(preview)"), ("wsregistry", "acrpull"),
-                      ("wsstorage", "storage-blob-data-reader")]
+    assert grants == [("ws", "azureml-metrics-writer-(preview)", "identity"), ("wsregistry", "acrpull", "identity"),
+                      ("wsstorage", "storage-blob-data-contributor", "you"),
+                      ("wsstorage", "storage-blob-data-reader", "identity")], "the lease's role is the signed-in user's"
     assert sorted(name for _, name, _ in azure_cloud.uploads) == ["phi3-custom-test", "phi3-custom-train"]
     compute = arm.resources[f"{WORKSPACE}/computes/phi-ft-cluster"]
     cluster = compute["properties"]["properties"]
@@ -797,10 +800,10 @@ def test_token_auth_pipeline_reads_no_key_and_no_key_or_token_lands_anywhere(pre
 
     assert transport.calls("POST", "/listKeys") == [], "no key is read"
     assert arm.resources[endpoint_path]["properties"]["authMode"] == "AADToken"
-    scorers = [body["properties"] for path, body in arm.resources.items() if "/roleAssignments/" in path
-               and body["properties"]["principalId"] == SIGNED_IN_OBJECT_ID]
-    assert [(grant["roleDefinitionId"].rsplit("/", 1)[-1], grant.get("principalType")) for grant in scorers] == [
-        ("azureml-data-scientist", "User")]
+    yours = [body["properties"] for path, body in arm.resources.items() if "/roleAssignments/" in path
+             and body["properties"]["principalId"] == SIGNED_IN_OBJECT_ID]
+    assert sorted((grant["roleDefinitionId"].rsplit("/", 1)[-1], grant.get("principalType")) for grant in yours) == [
+        ("azureml-data-scientist", "User"), ("storage-blob-data-contributor", "User")]
     assert "AzureML Data Scientist (granted, to score with a token)" in json.dumps(result)
     (connection_put,) = transport.calls("PUT", "/connections/phi3_azure_test")
     assert json.loads(connection_put.body)["properties"]["credentials"]["keys"] == {"endpoint": live_uri}

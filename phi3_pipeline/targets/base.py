@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import psutil
@@ -229,6 +231,19 @@ class Target(ABC):
             return None
         (root / "locks").mkdir(exist_ok=True)
         return root / "locks" / "run.lock"
+
+    def workspace_lease(self, wait: bool, on_wait: Callable[[str], None],
+                        warn: Callable[[str], None]) -> AbstractContextManager:
+        """What keeps runs from other machines off the workspace while this run writes, held inside the run lock;
+        another holder: with `wait`, say who (`on_wait`) and wait, without, WorkspaceBusyError. A local workspace
+        lives on one machine, where the run lock is enough."""
+        return nullcontext()
+
+    @property
+    def workspace_key(self) -> str:
+        """A short name of the workspace the runs write to, the same on every machine that reaches it: the key of
+        locks that span processes and machines."""
+        return naming.content_hash([str(self.local_root(create=False).resolve())])[:12]
 
     @abstractmethod
     def ensure_identity(self) -> IdentityRef:

@@ -19,6 +19,7 @@ from azure.core.polling.base_polling import OperationFailed
 from azure.identity import DefaultAzureCredential
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
+from azure.storage.blob import BlobServiceClient
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from phi3_pipeline.chat_flow.scoring_contract import SCORING_TOKEN_SCOPE
@@ -38,8 +39,9 @@ SIGN_IN_HELP = (
 @dataclass(frozen=True)
 class AzureClients:
     """The clients of one workspace: ML (workspace, Foundry project and resource-group scope), identities,
-    role assignments, and the model-catalog registry. Making them sends no request (the registry client,
-    which looks its registry up when made, is made on first use)."""
+    role assignments, the model-catalog registry, and Blob Storage for the workspace lease (by account URL,
+    signed in as the user: no account key). Making them sends no request (the registry client, which looks its
+    registry up when made, is made on first use)."""
 
     ml: MLClient
     project_ml: MLClient
@@ -47,6 +49,7 @@ class AzureClients:
     msi: ManagedServiceIdentityClient
     authorization: AuthorizationManagementClient
     make_registry_ml: Callable[[], MLClient]
+    make_blob_service: Callable[[str], BlobServiceClient]
     credential: TokenCredential  # the sign-in, for a token-auth endpoint's scoring tokens
 
     @cached_property
@@ -88,8 +91,10 @@ def sign_in(azure: AzureSettings, credential: TokenCredential | None = None) -> 
     return credential
 
 
-def make_clients(azure: AzureSettings, credential: TokenCredential, **client_options) -> AzureClients:
-    """`client_options` go to every client (azure-core pipeline options such as `transport`)."""
+def make_clients(azure: AzureSettings, credential: TokenCredential, storage_options: dict | None = None,
+                 **client_options) -> AzureClients:
+    """`client_options` go to every client (azure-core pipeline options such as `transport`), `storage_options`
+    to Blob Storage's instead where given (another service: tests answer it with another fake)."""
     scope = (azure.subscription_id, azure.resource_group)
     return AzureClients(
         ml=MLClient(credential, *scope, azure.workspace_name, **client_options),
@@ -98,6 +103,8 @@ def make_clients(azure: AzureSettings, credential: TokenCredential, **client_opt
         msi=ManagedServiceIdentityClient(credential, azure.subscription_id, **client_options),
         authorization=AuthorizationManagementClient(credential, azure.subscription_id, **client_options),
         make_registry_ml=lambda: MLClient(credential, registry_name=azure.registry_name, **client_options),
+        make_blob_service=lambda account_url: BlobServiceClient(account_url, credential,
+                                                                **(storage_options or client_options)),
         credential=credential,
     )
 

@@ -37,6 +37,9 @@ ENDPOINT_AUTH_MODES = {"key": "key", "token": "aad_token"}
 # What lets the signed-in principal score a token-auth endpoint: its wildcards include
 # Microsoft.MachineLearningServices/workspaces/onlineEndpoints/score/action (how-to-authenticate-online-endpoint)
 SCORING_ROLE = ("AzureML Data Scientist", "workspace")
+# What lets the signed-in principal take the workspace lease (a blob lease is a blob write: Microsoft.Storage/
+# storageAccounts/blobServices/containers/blobs/write), and make its blob the first time
+LEASE_ROLE = ("Storage Blob Data Contributor", "storage_account")
 # The roles of SEED.md's identity that something uses, and the scope of each: the online endpoint runs as the
 # identity and pulls its model (storage) and image (registry) with them.
 REQUIRED_ROLES = (

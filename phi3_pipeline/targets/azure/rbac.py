@@ -20,6 +20,7 @@ from phi3_pipeline.config.errors import PipelineError
 from phi3_pipeline.config.settings import AzureSettings
 from phi3_pipeline.targets.azure.clients import SignedInPrincipal, found, get_or_create
 from phi3_pipeline.targets.azure.entities import (
+    LEASE_ROLE,
     REQUIRED_ROLES,
     SCORING_ROLE,
     UNUSED_ROLES,
@@ -84,10 +85,11 @@ def _create_assignment(authorization: AuthorizationManagementClient, scope: str,
     return True
 
 
-def ensure_scoring_role(authorization: AuthorizationManagementClient, principal: SignedInPrincipal,
-                        scopes: RoleScopes) -> RoleGrant:
-    """AzureML Data Scientist on the workspace for the signed-in principal, who scores a token-auth endpoint."""
-    (grant,) = ensure_roles(authorization, principal.object_id, scopes, required=(SCORING_ROLE,),
+def ensure_signed_in_role(authorization: AuthorizationManagementClient, principal: SignedInPrincipal,
+                          scopes: RoleScopes, role: tuple[str, str]) -> RoleGrant:
+    """A role the signed-in principal itself needs: SCORING_ROLE (it scores a token-auth endpoint) or LEASE_ROLE
+    (it takes the workspace lease)."""
+    (grant,) = ensure_roles(authorization, principal.object_id, scopes, required=(role,),
                             principal_type=principal.principal_type)
     return grant
 

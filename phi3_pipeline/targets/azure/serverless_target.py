@@ -5,7 +5,8 @@ endpoints live in the pipeline's Foundry project (`azure.project_name` in `azure
 workspace's storage and key vault), not in `azure.workspace_name`. The job is submitted without a compute; each
 model version gets its own serverless endpoint (there is no traffic split), and going live moves the record of
 what serves (the endpoint's `live-since` tag) and the connection to the new one, after the gate, before the old
-endpoint goes. No identity or role is needed: Azure runs the endpoint.
+endpoint goes. No identity is needed: Azure runs the endpoint. The workspace lease (and the role it needs) is
+the ML workspace's, as in managed mode: runs of both modes write to it.
 """
 
 from __future__ import annotations
@@ -214,6 +215,7 @@ class ServerlessAzureTarget(AzureTarget):
                                            if "computes" not in fact))]  # no VM of the user's to choose
         items += [PlanItem(resource="warning", action="warning", detail=note) for note in self.notices()]
         items += foundry.plan(self.clients.resource_group_ml, self.azure, self.settings.connection_name)
+        items.append(self._plan_lease_role())
         items += plan_resource_checks(self.check_resources())
         version = split.content_hash[:16]
         items += [PlanItem(resource=f"data asset {self.asset_name(part)}:{version} (in the project)",

@@ -9,20 +9,33 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
 from azure.ai.ml import MLClient
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.storage.blob import BlobClient
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from phi3_pipeline.chat_data.split_files import SplitFiles
 from phi3_pipeline.chat_flow import promptflow_chat
-from phi3_pipeline.config.errors import JobFailedError, PipelineError
+from phi3_pipeline.config.errors import ConfigError, JobFailedError, PipelineError
 from phi3_pipeline.config.naming import content_hash
 from phi3_pipeline.config.settings import PipelineSettings
-from phi3_pipeline.targets.azure import assets, catalog, clients, finetune, foundry, online, quota, rbac
+from phi3_pipeline.targets.azure import (
+    assets,
+    catalog,
+    clients,
+    finetune,
+    foundry,
+    online,
+    quota,
+    rbac,
+    workspace_lease,
+)
 from phi3_pipeline.targets.azure.entities import (
     LIVE_SINCE,
     deployment_lease,
@@ -52,6 +65,8 @@ from phi3_pipeline.targets.workspace import Workspace
 T = TypeVar("T")
 NO_REGISTRY = ("workspace {workspace} has no container registry yet (Azure creates one when first needed): the "
                "AcrPull grant waits until then; the deploy stage grants it once the registry exists")
+LEASE_ROLE_REFUSED = ("the workspace lease needs the role {role} on storage account {account} for the signed-in "
+                      "principal, and Azure refused {what}: ask an Owner of the storage account to grant it")
 SYSTEM_IDENTITY = ("workspace {workspace} still has no container registry, so the identity cannot get AcrPull: "
                    "endpoint {endpoint} runs as a system-assigned identity (Azure grants it what it needs)")
 
@@ -109,12 +124,71 @@ class AzureTarget(Target):
         return {"catalog_model": self.model.asset_id, "hyperparameters": self.hyperparameters,
                 "cluster": self.azure.compute_name}
 
+    @property
+    def workspace_key(self) -> str:
+        """The Azure workspace's: the same on every machine, so runs from several machines meet on it."""
+        return content_hash([self.azure.subscription_id, self.azure.resource_group, self.azure.workspace_name])[:12]
+
     def local_root(self, create: bool = True) -> Path:
         """Files prepared here before upload (the split, the chat flow), in the private local workspace, one
         folder per Azure workspace."""
-        owner = content_hash([self.azure.subscription_id, self.azure.resource_group, self.azure.workspace_name])
         local = Workspace(self.settings.local.workspace_dir)
-        return local.dir("azure", owner[:12]) if create else local.root / "azure" / owner[:12]
+        return local.dir("azure", self.workspace_key) if create else local.root / "azure" / self.workspace_key
+
+    # ---- the workspace lease: one writer across machines (workspace_lease.py) -------------------------
+    def _lease_blob(self) -> tuple[BlobClient, str]:
+        """The lease's blob, in the ML workspace's default datastore as the service describes it (in either mode:
+        both write to this workspace); and its storage account's name."""
+        store = self.clients.ml.datastores.get_default()
+        service = self.clients.make_blob_service(f"{store.protocol}://{store.account_name}.blob.{store.endpoint}")
+        return service.get_blob_client(store.container_name, workspace_lease.LEASE_BLOB), store.account_name
+
+    def _ensure_lease_role(self, account: str) -> rbac.RoleGrant:
+        """LEASE_ROLE on the ML workspace's storage account for the signed-in principal; refused (it may not grant
+        roles): one line naming the role and the account."""
+        workspace = self.clients.ml.workspaces.get(self.azure.workspace_name)
+        try:
+            return rbac.ensure_signed_in_role(self.clients.authorization,
+                                              clients.signed_in_principal(self.clients.credential),
+                                              self._scopes_of(workspace), rbac.LEASE_ROLE)
+        except HttpResponseError as error:
+            if error.status_code not in (401, 403):
+                raise
+            raise ConfigError(LEASE_ROLE_REFUSED.format(role=rbac.LEASE_ROLE[0], account=account,
+                                                        what="to grant it")) from None
+
+    def _plan_lease_role(self) -> PlanItem:
+        account = self.clients.ml.workspaces.get(self.azure.workspace_name).storage_account.rsplit("/", 1)[-1]
+        return PlanItem(resource=f"role {rbac.LEASE_ROLE[0]} on {account} for you", action="get or create",
+                        detail="the workspace lease: a run on another machine waits while this one writes")
+
+    @contextmanager
+    def workspace_lease(self, wait: bool, on_wait: Callable[[str], None],
+                        warn: Callable[[str], None]) -> Iterator[None]:
+        """The workspace's blob lease for the block. Refused for want of LEASE_ROLE: the role granted, and the lease
+        tried again while the grant takes effect (up to `azure.role_propagation_s`)."""
+        blob, account = self._lease_blob()
+        take = functools.partial(workspace_lease.held, blob, self.run_id, wait, on_wait, warn)
+        with ExitStack() as held:
+            try:
+                try:
+                    held.enter_context(take())
+                except workspace_lease.LeaseRoleMissing:
+                    if not self._ensure_lease_role(account).created:  # held, yet refused: a deny, a firewall
+                        raise ConfigError(LEASE_ROLE_REFUSED.format(role=rbac.LEASE_ROLE[0], account=account,
+                                                                    what="the lease although the role is held"))
+                    Retrying(retry=retry_if_exception_type(workspace_lease.LeaseRoleMissing), reraise=True,
+                             stop=stop_after_delay(self.azure.role_propagation_s),
+                             wait=wait_exponential_jitter(initial=1, max=15))(lambda: held.enter_context(take()))
+            except workspace_lease.LeaseRoleMissing:
+                raise ConfigError(f"{rbac.LEASE_ROLE[0]} on storage account {account} was granted to you just now "
+                                  f"and had not taken effect after {self.azure.role_propagation_s} s: run again in "
+                                  "a few minutes") from None
+            except HttpResponseError as error:
+                reason = str(error.message).splitlines()[0]
+                raise PipelineError(f"Azure refused the workspace lease on storage account {account} "
+                                    f"({error.status_code}): {reason}") from None
+            yield
 
     # ---- names: derived from the workspace and the model, so a re-run finds what the last one made ----
     @property
@@ -151,11 +225,12 @@ class AzureTarget(Target):
         a private attribute). `fresh`: the workspace read again."""
         if fresh:
             self.__dict__.pop("_workspace", None)
-        workspace = self._workspace
+        return self.workspace_identity(), self._scopes_of(self._workspace)
+
+    def _scopes_of(self, workspace) -> rbac.RoleScopes:
         group = f"/subscriptions/{self.azure.subscription_id}/resourceGroups/{self.azure.resource_group}"
-        return self.workspace_identity(), rbac.RoleScopes(
-            resource_group=group, workspace=workspace.id, storage_account=workspace.storage_account,
-            container_registry=workspace.container_registry)
+        return rbac.RoleScopes(resource_group=group, workspace=workspace.id, storage_account=workspace.storage_account,
+                               container_registry=workspace.container_registry)
 
     @translated
     def ensure_identity(self) -> IdentityRef:
@@ -165,10 +240,14 @@ class AzureTarget(Target):
         removed = rbac.remove_unused_roles(self.clients.authorization, identity.principal_id, scopes)
         roles = ", ".join([f"{g.role} ({'granted' if g.created else 'held'})" for g in grants]
                           + [f"{role} (removed: unused)" for role in removed])
+        you = clients.signed_in_principal(self.clients.credential)
+        mine = [(rbac.LEASE_ROLE, "for the workspace lease")]
         if self.azure.endpoint_auth == "token":  # the callers' tokens are the signed-in principal's
-            scorer = rbac.ensure_scoring_role(self.clients.authorization,
-                                              clients.signed_in_principal(self.clients.credential), scopes)
-            roles += f"; you: {scorer.role} ({'granted' if scorer.created else 'held'}, to score with a token)"
+            mine.append((rbac.SCORING_ROLE, "to score with a token"))
+        roles += "; you: " + ", ".join(
+            f"{grant.role} ({'granted' if grant.created else 'held'}, {why})"
+            for grant, why in ((rbac.ensure_signed_in_role(self.clients.authorization, you, scopes, role), why)
+                               for role, why in mine))
         warnings = [] if scopes.container_registry else [NO_REGISTRY.format(workspace=self.azure.workspace_name)]
         return IdentityRef(workspace_id=workspace_id, detail=f"{self.azure.identity_name}: {roles}", created=created,
                            warnings=warnings)
@@ -359,6 +438,7 @@ class AzureTarget(Target):
         items += [PlanItem(resource=f"role {role} on {scope.rsplit('/', 1)[-1]}", action="get or create")
                   if scope else PlanItem(resource=f"role {role}", action="deferred", detail="no registry yet")
                   for role, scope in ((r, getattr(scopes, f)) for r, f in rbac.REQUIRED_ROLES)]
+        items.append(self._plan_lease_role())
         if azure.endpoint_auth == "token":
             items.append(PlanItem(resource=f"role {rbac.SCORING_ROLE[0]} on {azure.workspace_name} for you",
                                   action="get or create",
