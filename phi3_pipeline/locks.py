@@ -20,6 +20,7 @@ from pathlib import Path
 from phi3_pipeline.config.errors import PipelineError
 
 _held = threading.local()  # .files: the lock files this thread holds
+_private_prefect_apis: set[str] = set()  # the Prefect API servers this process started for its own runs
 
 
 class WorkspaceBusyError(PipelineError):
@@ -68,3 +69,18 @@ def run_lock(lock_file: Path, wait: bool, on_wait: Callable[[str], None]) -> Ite
             held.discard(lock_file)
             info_file.unlink(missing_ok=True)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def private_prefect_api(url: str) -> Iterator[None]:
+    """Mark, for the block, the Prefect API at `url` as this process's own (a command's temporary server, which
+    serves no other run and dies with this one): runs under it take no slot there (tasks/workspace_slot.py)."""
+    _private_prefect_apis.add(url)
+    try:
+        yield
+    finally:
+        _private_prefect_apis.discard(url)
+
+
+def is_private_prefect_api(url: str) -> bool:
+    return url in _private_prefect_apis

@@ -33,8 +33,7 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder, StateType
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 
-from phi3_pipeline.cli.prefect_api import started_here
-from phi3_pipeline.locks import WorkspaceBusyError
+from phi3_pipeline.locks import WorkspaceBusyError, is_private_prefect_api
 
 # how long a run's slot outlives the run when it stops renewing it (a crash, a dead machine): Prefect's minimum
 LEASE_S = 60
@@ -48,7 +47,7 @@ def on_a_shared_server() -> bool:
     from prefect.settings import get_current_settings
 
     url = get_current_settings().api.url
-    return bool(url) and not started_here(url)
+    return bool(url) and not is_private_prefect_api(url)
 
 
 def limit_name(workspace_key: str) -> str:

@@ -3,6 +3,7 @@ its own (so the work-pool deployments of test_deployments.py stay as they are)."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import requests
 import yaml
 
 from deployments.serve import PREFECT_YAML, runner_deployments
-from tests.conftest import ROOT, start_prefect_server
+from tests.conftest import QUICK_TRAINING, ROOT, start_prefect_server
 from tests.test_deployments import run_the_pipeline_then_the_teardown
 
 pytestmark = pytest.mark.system  # a Prefect server, the deployments served by a process of their own, Ctrl-C
@@ -62,9 +63,9 @@ def wait_until_served(api_url: str) -> list[dict]:
     pytest.fail("deployments.serve did not register the four deployments")
 
 
-def serving_process(api_url: str) -> subprocess.Popen:
+def serving_process(api_url: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "deployments.serve"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PREFECT_API_URL": api_url})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PREFECT_API_URL": api_url, **env})
 
 
 def stopped_within(process: subprocess.Popen, how: int, seconds: float) -> float:
@@ -115,3 +116,73 @@ def test_served_deployments_run_the_pipeline_and_the_teardown_and_ctrl_c_leaves_
         serving.wait(60)
     assert serving.returncode is not None
     assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+
+
+def start_run(api_url: str, deployment_id: str, epochs: int) -> str:
+    """A run of the deployment, its training `epochs` (a new count: a new job)."""
+    pretrain, samples = (int(QUICK_TRAINING[f"PHI3_{name}"]) for name in ("TRAINING__BASE_PRETRAIN_STEPS",
+                                                                          "DATASET__SAMPLE_SIZE"))
+    settings = {"training": {"epochs": epochs, "base_pretrain_steps": pretrain}, "dataset": {"sample_size": samples}}
+    for attempt in range(5):  # a 2-core CI machine's busy server may answer 5xx for a moment (SQLite locked)
+        answer = requests.post(f"{api_url}/deployments/{deployment_id}/create_flow_run", timeout=30,
+                               json={"parameters": {"settings": settings}})
+        if answer.ok:
+            return answer.json()["id"]
+        time.sleep(2 ** attempt)
+    pytest.fail(f"the deployment made no flow run: {answer.status_code} {answer.text[:500]}")
+
+
+def state_of(api_url: str, flow_run_id: str) -> str:
+    return requests.get(f"{api_url}/flow_runs/{flow_run_id}", timeout=10).json()["state"]["type"]
+
+
+def wait_for(check, what: str, timeout: float = 300, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(every)
+    pytest.fail(f"{what}: not within {timeout} s")
+
+
+def running_task(api_url: str, flow_run_id: str, task_name: str) -> bool:
+    runs = requests.post(f"{api_url}/task_runs/filter", timeout=10, json={
+        "flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+    return any(run["name"].startswith(f"{task_name}-") and run["state"]["type"] == "RUNNING" for run in runs)
+
+
+def test_cancelled_run_during_fine_tune_and_during_deploy_stops_frees_the_workspace_and_the_old_model_serves(
+        tmp_path_factory, session_home, tmp_path):
+    """Cancelled from the API, as the UI's Cancel does, a run stops its stages, takes the failure path (its
+    candidate server goes, the model that served before keeps serving) and frees the run lock: the next run
+    starts at once."""
+    from phi3_pipeline.stages import Stage
+    from tests.test_kill import listening_ports
+
+    workspace = tmp_path / "ws"
+    server, api_url = prefect_server_of_its_own(tmp_path_factory)
+    serving = serving_process(api_url, PHI3_LOCAL__WORKSPACE_DIR=str(workspace), PREFECT_RUNNER_POLL_FREQUENCY="1")
+    try:
+        full = next(d for d in wait_until_served(api_url) if d["name"] == "full-pipeline")
+        first = start_run(api_url, full["id"], epochs=3)
+        assert wait_for(lambda: state_of(api_url, first) in ("COMPLETED", "FAILED", "CRASHED") and
+                        state_of(api_url, first), "the first run") == "COMPLETED"
+        endpoint_file = next((workspace / "endpoints").glob("*.json"))
+        serving_before = json.loads(endpoint_file.read_text())
+        for epochs, stage in ((4, Stage.FINE_TUNE), (5, Stage.DEPLOY)):  # a new job each time: it retrains
+            run = start_run(api_url, full["id"], epochs)
+            wait_for(lambda: running_task(api_url, run, stage.task_name), f"{stage} running")
+            requests.post(f"{api_url}/flow_runs/{run}/set_state", timeout=10,
+                          json={"state": {"type": "CANCELLING"}, "force": True})
+            assert wait_for(lambda: state_of(api_url, run) in ("CANCELLED", "COMPLETED", "FAILED", "CRASHED") and
+                            state_of(api_url, run), f"the run cancelled in {stage}", timeout=120) == "CANCELLED"
+            assert json.loads(endpoint_file.read_text())["traffic"] == serving_before["traffic"], stage
+            assert requests.get(serving_before["scoring_uri"].removesuffix("score"), timeout=5).ok, \
+                f"the model that served before still serves after a cancel in {stage}"
+            assert wait_for(lambda: len(listening_ports(workspace)) == 1, "the candidate server gone", 60)
+    finally:
+        stopped_within(serving, signal.SIGTERM, 30)
+        subprocess.run([sys.executable, "-m", "flows.teardown"], cwd=ROOT, capture_output=True, timeout=300,
+                       env={**os.environ, "PREFECT_API_URL": api_url, "PHI3_LOCAL__WORKSPACE_DIR": str(workspace)})
+        server.terminate()
+        server.wait(30)

@@ -31,16 +31,11 @@ from pathlib import Path
 import requests
 
 from phi3_pipeline.cli.prefect_internals import TESTED_PREFECT, drain_to_the_server, prefect_is_tested
+from phi3_pipeline.locks import private_prefect_api
 
 SERVER_LOG = "phi3-pipeline-api-server.log"
 SERVER_MODULE = "phi3_pipeline.cli.api_server"
 HEALTH_POLL_S = 0.05
-_STARTED_HERE: set[str] = set()  # the API URLs of the servers this process started for its runs
-
-
-def started_here(api: str) -> bool:
-    """Whether `api` is a server this process started for its own run: nobody else's (tasks/workspace_slot.py)."""
-    return api in _STARTED_HERE
 
 
 class ServerDidNotStart(RuntimeError):
@@ -136,18 +131,17 @@ def _pointed_at(api: str) -> Iterator[None]:
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     os.environ["PREFECT_API_URL"] = api
-    _STARTED_HERE.add(api)
     try:
         # no flow-run heartbeats: nothing watches them on a server that stops with the run, and a sync flow's
         # end waits for the heartbeat thread's current 1 s sleep (Prefect 3.8: 0.5 s a run on average)
-        with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), \
+                private_prefect_api(api):
             try:
                 yield
             finally:
                 drain_to_the_server(timeout_s=10)
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        _STARTED_HERE.discard(api)
 
 
 @contextmanager
