@@ -1,12 +1,10 @@
 """Load on the local scoring server: N clients for T seconds, then 1 MB prompts beside a health probe, then
 clients that give up mid-generation.
 
-    python bench/load_scoring.py [--clients 16] [--seconds 60] [--no-retry] [--workspace DIR] [--rambling]
+    python bench/load_scoring.py [--clients 16] [--seconds 60] [--no-retry] [--workspace DIR]
 
 Trains and deploys the built-in model in a fresh workspace (about a minute) unless --workspace names one
-whose live deployment should be used; what it started, it stops. --rambling trains it for one short epoch
-without its pretraining, so that it has not learnt to stop and its answers run to max_new_tokens: the
-disconnect figure needs answers long enough to cut short (the well-trained model's end within 0.1 s). Clients honour 503's Retry-After, or with
+whose live deployment should be used; what it started, it stops. Clients honour 503's Retry-After, or with
 --no-retry send their next request at once, as a client that does not retry does.
 Prints, for the steady load, requests, answers per second, errors (anything but 200 and 503), 503 refusals,
 p50/p95 latency and the worst health probe; for the flood (4 clients sending 1 MB prompts for 10 s) the worst
@@ -44,11 +42,10 @@ SMALL = {"input_data": {"input_string": [{"role": "user", "content": "Who founde
 HUGE = {"input_data": {"input_string": [{"role": "user", "content": "x" * 1_000_000}]}}
 
 
-def live_server(workspace: Path | None, rambling: bool) -> tuple[str, dict, int, LocalTarget | None]:
+def live_server(workspace: Path | None) -> tuple[str, dict, int, LocalTarget | None]:
     """(scoring URI, auth header, server pid, the target to tear down if this made the deployment)."""
-    training = {"epochs": 1, "base_pretrain_steps": 0} if rambling else {"epochs": 3, "base_pretrain_steps": 40}
     settings = PipelineSettings(local={"workspace_dir": workspace or Path(tempfile.mkdtemp()) / "ws"},
-                                training=training, dataset={"sample_size": 200})
+                                training={"epochs": 3, "base_pretrain_steps": 40}, dataset={"sample_size": 200})
     target = LocalTarget(settings)
     deployment, made = target.live_deployment(), None
     if deployment is None:
@@ -178,9 +175,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--no-retry", action="store_true", help="clients send their next request at once")
     parser.add_argument("--workspace", type=Path)
-    parser.add_argument("--rambling", action="store_true", help="a model whose answers run to max_new_tokens")
     args = parser.parse_args()
-    url, auth, pid, made = live_server(args.workspace, args.rambling)
+    url, auth, pid, made = live_server(args.workspace)
     stop, peak = threading.Event(), [0.0]
     threading.Thread(target=peak_rss, args=(pid, stop, peak), daemon=True).start()
     try:
@@ -197,7 +193,7 @@ def main() -> None:
           f"request {worst['small_s']:.3f} s (answers {sorted(worst['small_codes'])})")
     if cancelled["whole_answer_s"] < 1:
         print(f"disconnect: not measurable here: this model's longest answer takes {cancelled['whole_answer_s']} s "
-              "(it ends early): run with --rambling")
+              "(it ends early); tests/test_scoring_limits.py holds the gate to 1 s with a generation that runs on")
     else:
         print(f"disconnect: 8 clients gone 0.3 s into a 256-token answer (one takes {cancelled['whole_answer_s']} s "
               f"whole): the server computed {cancelled['busy_after_disconnect_s']} s longer")
