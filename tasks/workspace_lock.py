@@ -61,10 +61,10 @@ def one_run_per_workspace(makes_workspace: bool, when_busy: Callable[..., object
                 with ExitStack() as held:
                     try:
                         taken_now = held.enter_context(run_lock(lock_file, wait, waiting))
-                        if taken_now and on_a_shared_server():  # a subflow holds them through its parent
-                            held.enter_context(workspace_slot(target.workspace_key, FlowRunContext.get().flow_run.id,
-                                                              wait, waiting))
-                        if taken_now:
+                        if taken_now:  # the run's outermost flow: a subflow holds these through its parent
+                            if on_a_shared_server():
+                                held.enter_context(workspace_slot(target.workspace_key,
+                                                                  FlowRunContext.get().flow_run.id, wait, waiting))
                             held.enter_context(target.workspace_lease(wait, waiting, logger.warning))
                     except WorkspaceBusyError as busy:
                         if skipped is None:

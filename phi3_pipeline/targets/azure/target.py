@@ -146,19 +146,22 @@ class AzureTarget(Target):
     def _ensure_lease_role(self, account: str) -> rbac.RoleGrant:
         """LEASE_ROLE on the ML workspace's storage account for the signed-in principal; refused (it may not grant
         roles): one line naming the role and the account."""
-        workspace = self.clients.ml.workspaces.get(self.azure.workspace_name)
         try:
             return rbac.ensure_signed_in_role(self.clients.authorization,
                                               clients.signed_in_principal(self.clients.credential),
-                                              self._scopes_of(workspace), rbac.LEASE_ROLE)
+                                              self._scopes_of(self._ml_workspace()), rbac.LEASE_ROLE)
         except HttpResponseError as error:
             if error.status_code not in (401, 403):
                 raise
             raise ConfigError(LEASE_ROLE_REFUSED.format(role=rbac.LEASE_ROLE[0], account=account,
                                                         what="to grant it")) from None
 
+    def _ml_workspace(self):
+        """The ML workspace (`azure.workspace_name`), read now: in serverless mode `_workspace` is the project."""
+        return self.clients.ml.workspaces.get(self.azure.workspace_name)
+
     def _plan_lease_role(self) -> PlanItem:
-        account = self.clients.ml.workspaces.get(self.azure.workspace_name).storage_account.rsplit("/", 1)[-1]
+        account = self._ml_workspace().storage_account.rsplit("/", 1)[-1]
         return PlanItem(resource=f"role {rbac.LEASE_ROLE[0]} on {account} for you", action="get or create",
                         detail="the workspace lease: a run on another machine waits while this one writes")
 
