@@ -134,6 +134,21 @@ def test_request_queue_holds_requests_beyond_the_slots_and_refuses_only_beyond_i
         assert [answer.result().json() for answer in queued] == [{"output": "done"}] * 2
 
 
+def test_request_queue_health_probe_is_answered_while_clients_hold_more_connections_than_waitress_default(gate):
+    """Clients' connections beyond waitress's default limit of 100 (a flood of clients, and those closing) do not
+    keep the health probe from being accepted."""
+    base, _, _ = gate
+    port = int(base.rsplit(":", 1)[1])
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(120)]
+    try:
+        started = time.monotonic()
+        assert requests.get(f"{base}/", timeout=5).json() == {"status": "healthy"}
+        assert time.monotonic() - started < 1
+    finally:
+        for connection in held:
+            connection.close()
+
+
 def test_request_queue_refuses_a_request_that_waited_past_its_limit(gate):
     base, release, entered = gate
     with ThreadPoolExecutor(2) as pool:

@@ -27,6 +27,10 @@ SCORE_PATH = "/score"
 CHAT_COMPLETIONS_PATHS = ("/chat/completions", "/v1/chat/completions")
 RETRY_AFTER_S = 1
 SPARE_THREADS = 32
+# Open connections waitress keeps per thread. Its default limit (100 in all) stops it accepting while clients that
+# were answered and closed still count, until its loop reaps them: under 64 clients sending at once, the health
+# probe then waited 1.1 s to be accepted (bench/load_scoring.py); with room for 5 per thread, 0.05 s.
+CONNECTIONS_PER_THREAD = 5
 # Bodies waitress reads before the gate answers 413 (larger ones it refuses unread, closing the connection).
 WAITRESS_BODY_CAP = 32 * 1024 * 1024
 # How long a thread may hold the interpreter before another gets it (Python's default: 5 ms): generations hold it
@@ -126,8 +130,10 @@ class ScoringGate:
 
 def server_options(limits: dict) -> dict:
     """waitress's: a thread for every generation slot and queue place, and spare ones that answer health probes and
-    refusals while all of those are taken; a look-ahead read, which is how waitress sees a client go away."""
-    return {"threads": limits["max_concurrent_generations"] + limits["max_queued_requests"] + SPARE_THREADS,
+    refusals while all of those are taken; room for the connections of that many clients and of those closing; a
+    look-ahead read, which is how waitress sees a client go away."""
+    threads = limits["max_concurrent_generations"] + limits["max_queued_requests"] + SPARE_THREADS
+    return {"threads": threads, "connection_limit": CONNECTIONS_PER_THREAD * threads,
             "max_request_body_size": max(2 * limits["max_request_bytes"], WAITRESS_BODY_CAP),
             "channel_request_lookahead": 1}
 

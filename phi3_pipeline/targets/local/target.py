@@ -225,7 +225,8 @@ class LocalTarget(Target):
                              contract=self.settings.local.scoring_contract, run_id=spec.get("run_id", ""),
                              live_since=datetime.fromtimestamp(since, UTC).isoformat() if live else "")
 
-    def _serving_limits(self) -> dict:
+    def serving_limits(self) -> dict:
+        """What the scoring server is held to (its spec's `limits`), from `local.*`."""
         local = self.settings.local
         return {"max_new_tokens": local.max_new_tokens_limit, "max_request_bytes": local.max_request_bytes,
                 "generation_timeout_s": local.generation_timeout_s,
@@ -240,7 +241,7 @@ class LocalTarget(Target):
             state = endpoint.server_state(deployment_dir)
             spec = read_json(deployment_dir / "spec.json") or {}
             if state and (spec.get("key_sha256") != self.ws.key_fingerprint()  # the key was replaced
-                          or spec.get("limits") != self._serving_limits()):  # or the server's limits changed
+                          or spec.get("limits") != self.serving_limits()):  # or the server's limits changed
                 endpoint.stop_server(state)
                 state = None
             created = state is None
@@ -248,7 +249,7 @@ class LocalTarget(Target):
                 state = endpoint.start_server(deployment_dir, {
                     "model_dir": model.uri, "model_version": model.version, "job_name": model.job_name,
                     "run_id": self.run_id, "key_file": str(self.ws.key_file), "key_sha256": self.ws.key_fingerprint(),
-                    "port": self.settings.local.port, "limits": self._serving_limits()})
+                    "port": self.settings.local.port, "limits": self.serving_limits()})
             elif spec.get("run_id") != self.run_id and deployment_dir.name not in endpoint.traffic():
                 # a candidate a killed run left: this run adopts it, and its failure clean-up removes it
                 write_json_atomic(deployment_dir / "spec.json", {**spec, "run_id": self.run_id})
