@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tasks.workspace_slot import LEASE_S
-from tests.conftest import ROOT
+from tests.conftest import ROOT, start_prefect_server
 
 # A flow that holds the workspace slot of KEY until killed, saying so on its output.
 HOLDER = textwrap.dedent("""
@@ -85,6 +85,37 @@ def test_global_limit_one_run_per_workspace_names_the_holder_and_frees_a_killed_
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.mark.system
+def test_global_limit_slot_of_a_killed_run_frees_after_its_prefect_server_restarted(tmp_path):
+    """The server restarts while a killed run's slot is taken: it finds the run's lease on disk (prefect.toml's
+    lease storage; Prefect's default keeps leases in memory, and the slot would stay taken for good) and frees
+    the slot once the lease has run out."""
+    server_env = {"PREFECT_HOME": str(tmp_path / "prefect")}  # a database and leases of its own, across restarts
+    server, api_url = start_prefect_server(tmp_path / "server.log", server_env)
+    processes = []
+    try:
+        key = uuid.uuid4().hex[:12]
+        killed = holder(api_url, key, wait=False, name="killed-holder")
+        processes.append(killed)
+        said(killed, "holding")
+        os.killpg(killed.pid, signal.SIGKILL)
+        server.terminate()
+        server.wait(30)
+        server, api_url = start_prefect_server(tmp_path / "restarted.log", server_env)
+        restarted_at = time.monotonic()
+        waiter = holder(api_url, key, wait=True, name="after-restart")
+        processes.append(waiter)
+        said(waiter, "holding", timeout=LEASE_S + 120)
+        assert time.monotonic() - restarted_at < LEASE_S + 60
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        server.terminate()
+        server.wait(30)
 
 
 def test_global_limit_is_taken_on_a_shared_server_only_not_on_a_commands_own_temporary_one(monkeypatch):
