@@ -1,12 +1,13 @@
-"""Whether queued requests with the same parameters would be answered faster by one batched `generate` call than
-the way the local scoring server answers them (each request its own call, `max_concurrent_generations` at once).
+"""Whether requests with the same parameters are answered faster by one batched `generate` call than each by its
+own call: what decided that the local scoring server batches (`local.max_batch_size`).
 
     python bench/batched_generate.py MODEL_DIR [--requests 96] [--max-new-tokens 32]
 
 MODEL_DIR is a registered model (e.g. WORKSPACE/registry/phi3-custom/1) or any Hugging Face checkpoint folder.
-Prints answers per second and generated tokens per second for the server's way (2 threads, one request per call,
-each on its share of the cores, as scoring_server.share_the_cores sets) and for batches of 2 to 16 requests (one
-call at a time on all the cores, and two at a time on a share each), same prompts, same sampling.
+Prints answers per second and generated tokens per second for one request per call (2 threads, each on its share
+of the cores, as scoring_server.share_the_cores sets: the server with `local.max_batch_size = 1`) and for batches
+of 2 to 16 requests (one call at a time on all the cores, and two at a time on a share each, as the server runs
+them), same prompts, same sampling, through the server's own ChatModel.replies.
 """
 
 from __future__ import annotations
@@ -38,23 +39,10 @@ def one_per_call(chat: ChatModel, work: list[list[dict]], max_new_tokens: int) -
 
 
 def batched(chat: ChatModel, work: list[list[dict]], max_new_tokens: int, batch: int) -> int:
-    """Generated tokens (up to each answer's end of sequence), answering `batch` conversations per call."""
-    tokenizer = chat.tokenizer
-    tokenizer.padding_side = "left"
-    pad = tokenizer.pad_token_id or tokenizer.eos_token_id
-    tokens = 0
-    for start in range(0, len(work), batch):
-        prompts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-                   for messages in work[start:start + batch]]
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            output = chat.model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=True,
-                                         temperature=TEMPERATURE, eos_token_id=tokenizer.eos_token_id,
-                                         pad_token_id=pad)
-        for row in output[:, inputs["input_ids"].shape[1]:]:
-            ended = (row == tokenizer.eos_token_id).nonzero()
-            tokens += int(ended[0]) + 1 if len(ended) else len(row)
-    return tokens
+    """Generated tokens, answering `batch` conversations per call."""
+    return sum(reply.completion_tokens for start in range(0, len(work), batch)
+               for reply in chat.replies([chat.encode(messages, max_new_tokens)
+                                          for messages in work[start:start + batch]], TEMPERATURE, max_new_tokens))
 
 
 def timed(threads: int, answer) -> tuple[float, int]:
@@ -86,12 +74,12 @@ def main() -> None:
 
     def report(label: str, seconds: float, tokens: int, baseline: float | None = None) -> float:
         per_s = len(work) / seconds
-        ratio = f", {per_s / baseline:.2f}x the server's way" if baseline else ""
+        ratio = f", {per_s / baseline:.2f}x unbatched" if baseline else ""
         print(f"{label:<44} {per_s:6.1f} answers/s {tokens / seconds:8.0f} tokens/s{ratio}")
         return per_s
 
     halves = [work[0::2], work[1::2]]
-    baseline = report("server's way: 2 threads, 1 request per call",
+    baseline = report("2 threads, 1 request per call (no batching)",
                       *timed(2, lambda i: one_per_call(chat, halves[i], args.max_new_tokens)))
     for batch in (2, 4, 8, 16):
         report(f"1 thread, batches of {batch}",

@@ -420,6 +420,24 @@ def test_disconnect_stop_ends_a_generation_at_the_next_token(deployed):
     assert chat.reply(messages, 0, 64, stop=lambda: False).completion_tokens >= stopped.completion_tokens
 
 
+def test_request_queue_a_batched_call_answers_each_conversation_as_its_own_call_does(deployed):
+    """Conversations of different lengths answered together (left-padded) get, greedily, the answers each gets
+    alone; a row whose client has gone stops while the others run on."""
+    sys.path.insert(0, str(ROOT / "phi3_pipeline" / "serving"))
+    from chat_model import ChatModel
+
+    _, model, _ = deployed
+    chat = ChatModel(model.uri)
+    conversations = [[{"role": "user", "content": question}] for question in
+                     ("Hi", "Who founded Microsoft?", "What is the capital of France, and why is it so large?")]
+    alone = [chat.reply(messages, 0, 24) for messages in conversations]
+    prompts = [chat.encode(messages, 24) for messages in conversations]
+    assert len({len(prompt) for prompt in prompts}) == 3, "the batch needs padding"
+    assert chat.replies(prompts, 0, 24) == alone
+    gone = chat.replies(prompts, 0, 24, stops=[lambda: False, lambda: True, lambda: False])
+    assert [gone[0], gone[2]] == [alone[0], alone[2]]
+
+
 AGENT_ENV = ROOT / ".venv-agent"
 
 

@@ -23,6 +23,7 @@ from phi3_pipeline.targets.local.scoring_server import (
     GenerationQueue,
     ScoringGate,
     answer_waitress_errors_generically,
+    answered_at_once,
     server_options,
 )
 from tests.conftest import ROOT, served_in_a_thread
@@ -89,7 +90,8 @@ def test_any_body_is_parsed_or_refused_with_a_400_never_an_error(body, as_text):
     assert contract in ("input_data", "chat_completions")
 
 
-LIMITS = {"max_concurrent_generations": 1, "max_queued_requests": 2, "queue_wait_s": 3.0, "max_request_bytes": 4096}
+LIMITS = {"max_concurrent_generations": 1, "max_batch_size": 1, "max_queued_requests": 2, "queue_wait_s": 3.0,
+          "max_request_bytes": 4096}
 
 
 @pytest.fixture
@@ -105,8 +107,7 @@ def gate():
         return [b'{"output": "done"}']
 
     answer_waitress_errors_generically()
-    queue = GenerationQueue(LIMITS["max_concurrent_generations"], LIMITS["max_queued_requests"],
-                            LIMITS["queue_wait_s"])
+    queue = GenerationQueue(answered_at_once(LIMITS), LIMITS["max_queued_requests"], LIMITS["queue_wait_s"])
     server = waitress.create_server(ScoringGate(slow_app, KEY, LIMITS["max_request_bytes"], queue), host="127.0.0.1",
                                     port=0, **server_options(LIMITS))
     with served_in_a_thread(server.run, lambda: (release.set(), server.close())):
@@ -187,13 +188,13 @@ def test_disconnect_cancels_the_generation_of_a_client_that_went_away_within_a_s
     def generating_app(environ, start_response):  # the first request generates until cancelled, later ones not
         entered.set()
         deadline = time.monotonic() + (0 if stopped_after else 30)
-        while time.monotonic() < deadline and not cancellation.requested():
+        while time.monotonic() < deadline and not cancellation.current_check()():
             time.sleep(0.01)
         stopped_after.append(time.monotonic())
         start_response("200 OK", [("Content-Type", "application/json")])
         return [b'{"output": "cut short"}']
 
-    queue = GenerationQueue(LIMITS["max_concurrent_generations"], LIMITS["max_queued_requests"], 30)
+    queue = GenerationQueue(answered_at_once(LIMITS), LIMITS["max_queued_requests"], 30)
     server = waitress.create_server(ScoringGate(generating_app, KEY, 4096, queue), host="127.0.0.1", port=0,
                                     **server_options(LIMITS))
     with served_in_a_thread(server.run, server.close):

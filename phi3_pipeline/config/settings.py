@@ -169,11 +169,17 @@ class LocalSettings(StrictModel):
         30.0, gt=0, le=600, description="Seconds one request may generate; the answer so far is returned then."
     )
     max_concurrent_generations: int = Field(
-        2, ge=1, le=64, description="Requests generating at once; more wait in the queue."
+        2, ge=1, le=64, description="Generate calls at once, each on its share of the CPU cores."
+    )
+    max_batch_size: int = Field(
+        8, ge=1, le=64, description="Requests with the same temperature and length limit answered by one generate "
+                                    "call (1: each by its own). Up to max_concurrent_generations x max_batch_size "
+                                    "requests are answered at once; more wait in the queue.",
     )
     max_queued_requests: int = Field(
-        32, ge=0, le=1024, description="Requests waiting for a generation slot; more are refused at once with 503 "
-                                       "and Retry-After (as Azure's endpoints answer 429 beyond their queue).",
+        32, ge=0, le=1024, description="Requests waiting beyond those answered at once; more are refused at once "
+                                       "with 503 and Retry-After (as Azure's endpoints answer 429 beyond their "
+                                       "queue).",
     )
     queue_wait_s: float = Field(
         10.0, gt=0, le=600, description="Seconds a request waits in the queue before it is refused with 503 and "

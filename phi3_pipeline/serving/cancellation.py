@@ -16,7 +16,7 @@ _current = threading.local()
 
 @contextmanager
 def bound(client_gone: Callable[[], bool] | None) -> Iterator[None]:
-    """`client_gone` answers `requested()` on this thread for the block."""
+    """`client_gone` is this thread's `current_check()` for the block."""
     _current.client_gone = client_gone
     try:
         yield
@@ -24,6 +24,7 @@ def bound(client_gone: Callable[[], bool] | None) -> Iterator[None]:
         _current.client_gone = None
 
 
-def requested() -> bool:
+def current_check() -> Callable[[], bool]:
+    """This thread's request's check, to be asked from another thread (the one generating a batch)."""
     client_gone = getattr(_current, "client_gone", None)
-    return bool(client_gone and client_gone())
+    return (lambda: bool(client_gone())) if client_gone else (lambda: False)

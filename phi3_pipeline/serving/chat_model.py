@@ -59,47 +59,67 @@ class ChatModel:
         plus `max_new_tokens` exceed the model's positions."""
         return self.reply(messages, temperature, max_new_tokens, max_time_s).text
 
+    def encode(self, messages: list[dict], max_new_tokens: int) -> list[int]:
+        """The conversation's prompt tokens; PromptTooLong if they and `max_new_tokens` exceed the model's
+        positions."""
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True)["input_ids"]
+        if max_new_tokens >= self.max_positions:
+            raise PromptTooLong(f"max_new_tokens {max_new_tokens} leaves no room for the conversation: the model "
+                                f"has {self.max_positions} positions")
+        if len(prompt) + max_new_tokens > self.max_positions:
+            raise PromptTooLong(f"the conversation is {len(prompt)} tokens; with max_new_tokens {max_new_tokens} "
+                                f"the model takes at most {self.max_positions - max_new_tokens} input tokens "
+                                f"({self.max_positions} positions)")
+        return list(prompt)
+
     def reply(self, messages: list[dict], temperature: float, max_new_tokens: int,
               max_time_s: float | None = None, stop: Callable[[], bool] | None = None) -> Reply:
         """`chat`'s answer with its token counts; `stop` (checked at each new token) ends the generation early,
         e.g. once the client has gone away."""
-        inputs = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        prompt_tokens = inputs["input_ids"].shape[1]
-        if max_new_tokens >= self.max_positions:
-            raise PromptTooLong(f"max_new_tokens {max_new_tokens} leaves no room for the conversation: the model "
-                                f"has {self.max_positions} positions")
-        if prompt_tokens + max_new_tokens > self.max_positions:
-            raise PromptTooLong(f"the conversation is {prompt_tokens} tokens; with max_new_tokens {max_new_tokens} "
-                                f"the model takes at most {self.max_positions - max_new_tokens} input tokens "
-                                f"({self.max_positions} positions)")
+        return self.replies([self.encode(messages, max_new_tokens)], temperature, max_new_tokens, max_time_s,
+                            [stop] if stop else None)[0]
+
+    def replies(self, prompts: list[list[int]], temperature: float, max_new_tokens: int,
+                max_time_s: float | None = None, stops: list[Callable[[], bool]] | None = None) -> list[Reply]:
+        """Answers to encoded prompts (`encode`), generated together in one call (left-padded), each ending at
+        its own end of sequence or when its `stops` entry says so; the call stops after `max_time_s`."""
+        torch = self._torch
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        eos = self.tokenizer.eos_token_id
+        width = max(len(prompt) for prompt in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(prompt)) + prompt for prompt in prompts])
+        attention_mask = torch.tensor([[0] * (width - len(prompt)) + [1] * len(prompt) for prompt in prompts])
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        with self._torch.no_grad():
+        with torch.no_grad():
             output = self.model.generate(
-                **inputs,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=1,
                 max_time=max_time_s,
-                eos_token_id=self.tokenizer.eos_token_id,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                stopping_criteria=self._stopping_when(stop),
+                eos_token_id=eos,
+                pad_token_id=pad,
+                stopping_criteria=self._stopping_when(stops),
                 **sampling,
             )
-        new_tokens = output[0][prompt_tokens:]
-        return Reply(self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip(), prompt_tokens,
-                     len(new_tokens))
+        answers = []
+        for prompt, row in zip(prompts, output[:, width:].tolist(), strict=True):
+            new_tokens = row[:row.index(eos) + 1] if eos in row else row  # what follows the end is padding
+            answers.append(Reply(self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip(), len(prompt),
+                                 len(new_tokens)))
+        return answers
 
-    def _stopping_when(self, stop: Callable[[], bool] | None):
+    def _stopping_when(self, stops: list[Callable[[], bool]] | None):
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         torch = self._torch
 
         class WhenAsked(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), stop(), dtype=torch.bool, device=input_ids.device)
+                return torch.tensor([stop() for stop in stops], dtype=torch.bool, device=input_ids.device)
 
-        return StoppingCriteriaList([WhenAsked()] if stop else [])
+        return StoppingCriteriaList([WhenAsked()] if stops else [])
 
     def predict(self, model_input, params: dict | None = None) -> list[str]:
         """MLflow pyfunc entry: a list (or DataFrame column 'messages') of conversations."""

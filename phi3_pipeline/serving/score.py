@@ -30,15 +30,20 @@ from chat_model import DEFAULT_PARAMETERS, ChatModel, PromptTooLong  # noqa: E40
 
 from phi3_pipeline.chat_data.records import messages_fault  # noqa: E402 - the same rule as the training data
 from phi3_pipeline.serving import cancellation  # noqa: E402
+from phi3_pipeline.serving.batching import GenerationBatcher  # noqa: E402
 
 logger = logging.getLogger(__name__)
 MAX_NEW_TOKENS_LIMIT = int(os.environ.get("SCORING_MAX_NEW_TOKENS", "256"))
 GENERATION_TIMEOUT_S = float(os.environ.get("SCORING_GENERATION_TIMEOUT_S", "30"))
+# generate calls at once, and requests of the same parameters answered by one call (the local server's limits)
+GENERATE_CALLS = int(os.environ.get("SCORING_MAX_CONCURRENT_GENERATIONS", "1"))
+MAX_BATCH = int(os.environ.get("SCORING_MAX_BATCH_SIZE", "1"))
 # Below this a temperature divides the logits past float range and the probabilities become NaN.
 MIN_TEMPERATURE = 0.01
 # what an OpenAI-style answer names as its model: the deployment (which serves one model version)
 MODEL_NAME = os.environ.get("SCORING_DEPLOYMENT", "")
 model: ChatModel | None = None
+batcher: GenerationBatcher | None = None
 
 
 class BadRequest(ValueError):
@@ -56,8 +61,11 @@ def _error(message: str, contract: str) -> AMLResponse:
 
 
 def init() -> None:
-    global model
+    global model, batcher
     model = ChatModel(os.environ["AZUREML_MODEL_DIR"])
+    batcher = GenerationBatcher(
+        lambda sampling, prompts, stops: model.replies(prompts, *sampling, GENERATION_TIMEOUT_S, stops),
+        GENERATE_CALLS, MAX_BATCH)
     logger.info("model loaded")
 
 
@@ -119,9 +127,10 @@ def run(raw_data):
     except BadRequest as error:
         return _error(str(error), error.contract)
     try:
-        reply = model.reply(messages, temperature, max_tokens, GENERATION_TIMEOUT_S, stop=cancellation.requested)
+        prompt = model.encode(messages, max_tokens)
     except PromptTooLong as error:
         return _error(str(error), contract)
+    reply = batcher.answer((temperature, max_tokens), prompt, cancellation.current_check())
     if contract == "chat_completions":
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": MODEL_NAME, "choices": [

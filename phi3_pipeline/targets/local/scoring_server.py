@@ -48,7 +48,7 @@ def _json(start_response, status: str, payload: dict, *headers: tuple[str, str])
 
 
 class GenerationQueue:
-    """At most `slots` requests generate at once; up to `max_waiting` more wait, each at most `wait_s`, for a
+    """At most `slots` requests are answered at once; up to `max_waiting` more wait, each at most `wait_s`, for a
     slot, as Azure's managed endpoints queue before they answer 429. Beyond that, or for a waiter whose client
     has gone, no slot."""
 
@@ -87,7 +87,7 @@ class ScoringGate:
     - every other route needs `Authorization: Bearer <key>` (401);
     - a body over `max_body_bytes` is refused with a JSON 413 (waitress reads bodies up to WAITRESS_BODY_CAP,
       so that any body up to there gets this answer, and refuses larger ones unread; its errors are JSON too);
-    - requests beyond the generation slots wait in `queue`; beyond its bound or its wait limit, a 503 with
+    - requests beyond those answered at once wait in `queue`; beyond its bound or its wait limit, a 503 with
       Retry-After;
     - a request whose client went away leaves the queue, and its generation stops at the next token;
     - the OpenAI-style chat routes are served by the scoring route (score.py tells the contract by the body).
@@ -128,11 +128,16 @@ class ScoringGate:
             self.queue.leave()
 
 
+def answered_at_once(limits: dict) -> int:
+    """Requests the scoring script answers at once: its generate calls, each for a batch (serving/batching.py)."""
+    return limits["max_concurrent_generations"] * limits["max_batch_size"]
+
+
 def server_options(limits: dict) -> dict:
-    """waitress's: a thread for every generation slot and queue place, and spare ones that answer health probes and
-    refusals while all of those are taken; room for the connections of that many clients and of those closing; a
-    look-ahead read, which is how waitress sees a client go away."""
-    threads = limits["max_concurrent_generations"] + limits["max_queued_requests"] + SPARE_THREADS
+    """waitress's: a thread for every request answered at once and every queue place, and spare ones that answer
+    health probes and refusals while all of those are taken; room for the connections of that many clients and of
+    those closing; a look-ahead read, which is how waitress sees a client go away."""
+    threads = answered_at_once(limits) + limits["max_queued_requests"] + SPARE_THREADS
     return {"threads": threads, "connection_limit": CONNECTIONS_PER_THREAD * threads,
             "max_request_body_size": max(2 * limits["max_request_bytes"], WAITRESS_BODY_CAP),
             "channel_request_lookahead": 1}
@@ -170,14 +175,15 @@ def serve(deployment_dir: Path) -> None:
     os.environ["AZUREML_MODEL_DIR"] = spec["model_dir"]
     os.environ["SCORING_MAX_NEW_TOKENS"] = str(limits["max_new_tokens"])
     os.environ["SCORING_GENERATION_TIMEOUT_S"] = str(limits["generation_timeout_s"])
+    os.environ["SCORING_MAX_CONCURRENT_GENERATIONS"] = str(limits["max_concurrent_generations"])
+    os.environ["SCORING_MAX_BATCH_SIZE"] = str(limits["max_batch_size"])
     os.environ["SCORING_DEPLOYMENT"] = deployment_dir.name
     key = Path(spec["key_file"]).read_text(encoding="utf-8").strip()
     share_the_cores(limits["max_concurrent_generations"])
 
     from azureml_inference_server_http.server.create_app import create
 
-    queue = GenerationQueue(limits["max_concurrent_generations"], limits["max_queued_requests"],
-                            limits["queue_wait_s"])
+    queue = GenerationQueue(answered_at_once(limits), limits["max_queued_requests"], limits["queue_wait_s"])
     app = ScoringGate(create(), key, limits["max_request_bytes"], queue)
     server = waitress.create_server(app, host=LOOPBACK, port=spec["port"], **server_options(limits))
     write_json_atomic(deployment_dir / "state.json", {

@@ -231,6 +231,7 @@ class LocalTarget(Target):
         return {"max_new_tokens": local.max_new_tokens_limit, "max_request_bytes": local.max_request_bytes,
                 "generation_timeout_s": local.generation_timeout_s,
                 "max_concurrent_generations": local.max_concurrent_generations,
+                "max_batch_size": local.max_batch_size,
                 "max_queued_requests": local.max_queued_requests, "queue_wait_s": local.queue_wait_s}
 
     def deploy(self, model: ModelRef) -> DeploymentRef:
