@@ -1,11 +1,11 @@
 """The local target's training job on a CPU or a GPU, outside the pipeline: seconds and losses of two jobs.
 
     python bench/training_job.py DIR             # in the project's venv: writes DIR (data, specs, run.sh)
-    bash DIR/run.sh PYTHON                       # on any machine whose PYTHON has torch, transformers and peft
+    bash DIR/run.sh PYTHON                       # on any machine whose PYTHON has torch, transformers, peft, trl
 
 `small` is the default run (the built-in sample's 192 training conversations, 8 epochs, batch 16); `large`
 is 3,200 conversations, 2 epochs, batch 64, 256 tokens. Each job builds its own tiny base model first. The
-job needs only torch, transformers and peft: run.sh gives it two stub modules for the project's settings
+job needs only torch, transformers, peft and trl (with datasets and accelerate): run.sh gives it two stub modules for the project's settings
 package, so the GPU machine needs none of the project's other dependencies. One JSON line per job.
 """
 

@@ -116,9 +116,15 @@ class TrainingSettings(StrictModel):
     base_model: str = Field(
         BUILTIN_BASE_MODEL,
         description=(
-            f"{BUILTIN_BASE_MODEL} (a small Phi-3-architecture model built offline) or the path of a local "
-            "Hugging Face checkpoint, e.g. a downloaded Phi-3-mini-4k-instruct."
+            f"{BUILTIN_BASE_MODEL} (a small Phi-3-architecture model built offline), a Hugging Face Hub id (e.g. "
+            "microsoft/Phi-4-mini-instruct: downloaded into the Hugging Face cache, or read from it offline), or "
+            "the path of a local Hugging Face checkpoint."
         ),
+    )
+    base_model_revision: str = Field(
+        "", pattern=r"^[\w./-]*$",
+        description="Branch, tag or commit of a Hub base_model; empty: main. The job is pinned to the commit it "
+                    "names when the run starts: a new upstream commit trains anew, a pinned one never does.",
     )
     learning_rate: float = Field(5e-3, gt=0.0, le=1.0, description="Peak learning rate of the LoRA fine-tune.")
     lr_scheduler_type: SchedulerType = Field("cosine", description="Learning-rate schedule.")
@@ -391,6 +397,11 @@ class PipelineSettings(BaseSettings):
     @field_validator("training", mode="after")
     @classmethod
     def _base_model_exists(cls, value: TrainingSettings) -> TrainingSettings:
+        if is_hub_id(value.base_model):
+            return value  # resolved against the Hub or its cache when the run starts (targets/local/hub.py)
+        if value.base_model_revision:
+            raise ValueError("training.base_model_revision is for a Hugging Face Hub base_model (org/name), not "
+                             f"{value.base_model}")
         if value.base_model != BUILTIN_BASE_MODEL:
             _check_checkpoint(Path(value.base_model).expanduser(), value.base_model)
         return value
@@ -480,14 +491,21 @@ def unknown_environment_settings(model: type[BaseModel], environ: dict[str, str]
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+# org/name as the Hugging Face Hub spells repository ids
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+def is_hub_id(base_model: str) -> bool:
+    """A Hugging Face Hub id, not a local folder (a relative path that exists is the folder)."""
+    return bool(HUB_ID.match(base_model)) and not Path(base_model).exists()
 
 
 def _check_checkpoint(path: Path, given: str) -> None:
     """A Hugging Face checkpoint folder: a config.json that parses, and a tokenizer."""
     config = path / "config.json"
     if not config.is_file():
-        raise ValueError(f"training.base_model must be {BUILTIN_BASE_MODEL} or a local Hugging Face checkpoint "
-                         f"folder with a config.json; not found: {given}")
+        raise ValueError(f"training.base_model must be {BUILTIN_BASE_MODEL}, a Hugging Face Hub id (org/name) or "
+                         f"a local Hugging Face checkpoint folder with a config.json; not found: {given}")
     try:
         parsed = json.loads(config.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:

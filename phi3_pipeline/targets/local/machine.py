@@ -21,5 +21,8 @@ def visible_gpu() -> tuple[str, float] | None:
         return None
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
 def checkpoint_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.glob("*") if f.suffix in (".safetensors", ".bin"))
+    return sum(f.stat().st_size for f in path.glob("*") if f.suffix in WEIGHT_SUFFIXES)

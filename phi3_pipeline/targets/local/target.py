@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import psutil
@@ -15,7 +16,7 @@ from phi3_pipeline.chat_data.split_files import TEST_FILE, TRAIN_FILE, SplitFile
 from phi3_pipeline.chat_flow import promptflow_chat
 from phi3_pipeline.config.errors import JobFailedError
 from phi3_pipeline.config.naming import base_model_identity, content_hash
-from phi3_pipeline.config.settings import BUILTIN_BASE_MODEL, PipelineSettings
+from phi3_pipeline.config.settings import BUILTIN_BASE_MODEL, PipelineSettings, is_hub_id
 from phi3_pipeline.targets.base import (
     SMOKE_PROBE,
     ConnectionRef,
@@ -31,7 +32,7 @@ from phi3_pipeline.targets.base import (
     TeardownReport,
     plan_resource_checks,
 )
-from phi3_pipeline.targets.local import machine, processes, registry
+from phi3_pipeline.targets.local import hub, machine, processes, registry
 from phi3_pipeline.targets.local.online import LocalEndpoint
 from phi3_pipeline.targets.workspace import Workspace, read_json, write_json_atomic
 
@@ -61,10 +62,23 @@ class LocalTarget(Target):
         super().__init__(settings, run_id)
         self.ws = Workspace(settings.local.workspace_dir)
 
+    @cached_property
+    def hub_base_model(self) -> hub.HubModel | None:
+        """A Hub base model at the commit this run trains: asked once per run (the target is the run's)."""
+        training = self.settings.training
+        return hub.resolve(training.base_model, training.base_model_revision) \
+            if is_hub_id(training.base_model) else None
+
+    def base_model_identity(self) -> str:
+        """A Hub model's id and commit, or the built-in name, or a hash of a local checkpoint's files."""
+        if self.hub_base_model is not None:
+            return self.hub_base_model.identity
+        return base_model_identity(self.settings.training.base_model)
+
     def job_inputs(self) -> dict:
         """The base model's weights, every training setting and the seed."""
-        return {"base_model": base_model_identity(self.settings.training.base_model),
-                "training": self.settings.training.model_dump(exclude={"base_model"}),
+        return {"base_model": self.base_model_identity(),
+                "training": self.settings.training.model_dump(exclude={"base_model", "base_model_revision"}),
                 "seed": self.settings.dataset.seed}
 
     def notices(self) -> list[str]:
@@ -99,7 +113,9 @@ class LocalTarget(Target):
         if base == BUILTIN_BASE_MODEL:
             memory_gib, disk_gib, gpu_gib = BUILTIN_MEMORY_GIB, BUILTIN_DISK_GIB, BUILTIN_GPU_GIB
         else:  # fp32 weights in training (+ LoRA optimiser state) and once more in the server
-            weights_gib = machine.checkpoint_bytes(Path(base).expanduser()) / GiB
+            hub_model = self.hub_base_model  # sized from the Hub's file list, before any download
+            weights = hub_model.weight_bytes if hub_model else machine.checkpoint_bytes(Path(base).expanduser())
+            weights_gib = weights / GiB
             memory_gib, disk_gib, gpu_gib = 2.5 * weights_gib + 1.5, 3 * weights_gib + 0.2, 2 * weights_gib + 0.5
         self.ws.ensure()
         memory = psutil.virtual_memory().available / GiB
@@ -150,6 +166,8 @@ class LocalTarget(Target):
         base_key = content_hash({"data": dataset.content_hash, "steps": training["base_pretrain_steps"],
                                  "seed": self.settings.dataset.seed, "len": training["max_seq_length"],
                                  "batch": training["batch_size"]})
+        if self.hub_base_model is not None:  # the job trains from the cache's folder, downloaded now if missing
+            training["base_model"] = str(hub.download(self.hub_base_model))
         return {**training, "train_file": dataset.train_uri, "test_file": dataset.test_uri,
                 "seed": self.settings.dataset.seed,
                 "base_cache_dir": str(self.ws.root / "base_models" / base_key[:16])}
@@ -200,7 +218,8 @@ class LocalTarget(Target):
         version, created = registry.register(
             self.ws, self.settings.model_name, self._job_dir(job.name) / "output" / "model",
             lineage={"job_name": job.name, "data_hash": dataset.content_hash, "train_uri": dataset.train_uri,
-                     "test_uri": dataset.test_uri, "base_model": self.settings.training.base_model,
+                     "test_uri": dataset.test_uri,
+                     "base_model": self.hub_base_model.identity if self.hub_base_model else self.settings.training.base_model,
                      "metrics": job.metrics})
         return ModelRef(name=self.settings.model_name, version=version, job_name=job.name, created=created,
                         uri=str(registry.model_dir(self.ws, self.settings.model_name, version)))
@@ -305,6 +324,9 @@ class LocalTarget(Target):
         servers = [d.name for d in self.endpoint.deployments() if self.endpoint.server_state(d)]
         items = [item(f"endpoint key in {self.ws.root}", self.ws.key_file.exists())]
         items += plan_resource_checks(self.check_resources())
+        if (hub_model := self.hub_base_model) is not None:
+            items.append(item(f"base model {hub_model.identity}", hub_model.snapshot is not None,
+                              f"{hub_model.weight_bytes / GiB:.2f} GiB of weights in the Hugging Face cache"))
         items += [
             item(f"dataset {split.content_hash[:16]}",
                  (self.ws.root / "datasets" / split.content_hash[:16] / TEST_FILE).exists()),

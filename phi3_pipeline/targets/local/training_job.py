@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
@@ -89,67 +88,57 @@ def build_tokenizer(texts: list[str]):
     return fast
 
 
-def batches(encoded: list[list[int]], batch_size: int, rng: random.Random):
-    order = list(range(len(encoded)))
-    rng.shuffle(order)
-    for start in range(0, len(order), batch_size):
-        yield [encoded[i] for i in order[start : start + batch_size]]
+# The attention and MLP projections of the Phi-3 architecture (Phi-3, Phi-3.5 and Phi-4-mini share it): what LoRA
+# adapts; other architectures get every linear layer.
+PHI3_PROJECTIONS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+EVAL_BATCH_SIZE = 32
+# A model whose weights take more than this share of the GPU's memory trains with gradient checkpointing.
+CHECKPOINTING_SHARE = 0.25
 
 
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
-    """Pad (input_ids, labels) pairs; padding and masked positions carry label -100."""
+def sft_dataset(rows: list[tuple[list[int], list[int]]]):
+    """Token ids and which of them the loss is computed on (TRL makes the labels from `assistant_masks`)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [ids for ids, _ in rows],
+                              "assistant_masks": [[int(label != -100) for label in labels] for _, labels in rows]})
+
+
+def lora_targets(model) -> list[str] | str:
+    return PHI3_PROJECTIONS if getattr(model.config, "model_type", "") == "phi3" else "all-linear"
+
+
+def hardware_settings(model) -> dict:
+    """bf16 where the GPU computes in it, and gradient checkpointing where the weights take much of its memory."""
     import torch
 
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for index, (row_ids, row_labels) in enumerate(rows):
-        ids[index, : len(row_ids)] = torch.tensor(row_ids)
-        mask[index, : len(row_ids)] = 1
-        labels[index, : len(row_labels)] = torch.tensor(row_labels)
-    return ids, mask, labels
+    if not torch.cuda.is_available():
+        return {"use_cpu": True}
+    weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    return {"bf16": torch.cuda.is_bf16_supported(),
+            "gradient_checkpointing": weights > CHECKPOINTING_SHARE * torch.cuda.get_device_properties(0).total_memory}
 
 
-def train_steps(model, encoded, *, steps, batch_size, learning_rate, scheduler, warmup_ratio, pad_id, seed,
-                on_step):
-    """Plain AdamW loop with a transformers scheduler; calls on_step(step, loss, lr) after each step."""
-    import torch
-    from transformers import get_scheduler
+def sft_trainer(model, tokenizer, train, evaluation, *, phase: str, reporter: JobReporter, step_offset: int,
+                output_dir: Path, seed: int, epochs: int = 1, max_steps: int = -1, **hyperparameters):
+    """TRL's SFTTrainer on already tokenized conversations, in padding-free batches (each conversation its own
+    sequence, none padded), reporting each step's loss to the job's files."""
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    schedule = get_scheduler(scheduler, optimizer, num_warmup_steps=int(steps * warmup_ratio),
-                             num_training_steps=steps)
-    rng = random.Random(seed)
-    model.train()
-    step = 0
-    while step < steps:
-        for rows in batches(encoded, batch_size, rng):
-            ids, mask, labels = (t.to(model.device) for t in collate(rows, pad_id))
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            step += 1
-            on_step(step, loss.item(), schedule.get_last_lr()[0])
-            if step >= steps:
-                break
+    class ReportSteps(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                reporter.step(phase, step_offset + state.global_step, logs["loss"], logs.get("learning_rate", 0.0))
 
-
-def evaluate_loss(model, encoded, pad_id, batch_size=32) -> float:
-    import torch
-
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            ids, mask, labels = (t.to(model.device) for t in collate(encoded[start : start + batch_size], pad_id))
-            total += model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() * ids.shape[0]
-            count += ids.shape[0]
-    return total / max(count, 1)
+    config = SFTConfig(
+        output_dir=str(output_dir), num_train_epochs=epochs, max_steps=max_steps, seed=seed, data_seed=seed,
+        per_device_eval_batch_size=EVAL_BATCH_SIZE, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
+        save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+        padding_free=True, max_length=None,  # conversations are truncated to max_seq_length when encoded
+        dataloader_pin_memory=False, **hardware_settings(model), **hyperparameters)
+    return SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=evaluation,
+                      processing_class=tokenizer, callbacks=[ReportSteps()])
 
 
 def build_tiny_base(spec: dict, train: list[list[dict]], reporter: JobReporter, step_offset: int) -> Path:
@@ -166,15 +155,14 @@ def build_tiny_base(spec: dict, train: list[list[dict]], reporter: JobReporter, 
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                         **TINY_ARCHITECTURE)
     torch.manual_seed(spec["seed"])
-    model = Phi3ForCausalLM(config).to("cuda" if torch.cuda.is_available() else "cpu")
+    model = Phi3ForCausalLM(config)
     max_len = spec["max_seq_length"]
     encoded = [(ids, ids) for ids in (tokenizer(text + "<|end|>")["input_ids"][:max_len] for text in texts)]
-    train_steps(
-        model, encoded, steps=spec["base_pretrain_steps"], batch_size=spec["batch_size"], learning_rate=3e-3,
-        scheduler="cosine", warmup_ratio=0.05, pad_id=tokenizer.pad_token_id, seed=spec["seed"],
-        on_step=lambda step, loss, lr: reporter.step("base-pretrain", step_offset + step, loss, lr),
-    )
     staging = base_dir.with_name(base_dir.name + f".{os.getpid()}.tmp")
+    sft_trainer(model, tokenizer, sft_dataset(encoded), None, phase="base-pretrain", reporter=reporter,
+                step_offset=step_offset, output_dir=staging.with_suffix(".trainer"), seed=spec["seed"],
+                max_steps=spec["base_pretrain_steps"], per_device_train_batch_size=spec["batch_size"],
+                learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=0.05).train()
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     try:
@@ -220,29 +208,25 @@ def run(job_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device)
-    train_ids = encode_chats(tokenizer, train, spec["max_seq_length"])
-    test_ids = encode_chats(tokenizer, test, spec["max_seq_length"])
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    train_ids = sft_dataset(encode_chats(tokenizer, train, spec["max_seq_length"]))
+    test_ids = sft_dataset(encode_chats(tokenizer, test, spec["max_seq_length"]))
     # The built-in base never saw the chat-template tokens, so its embeddings train fully beside the
     # LoRA adapter (the usual recipe when a fine-tune introduces new special tokens).
     model = get_peft_model(model, LoraConfig(r=spec["lora_rank"], lora_alpha=spec["lora_alpha"],
-                                             lora_dropout=0.0, target_modules="all-linear",
+                                             lora_dropout=0.0, target_modules=lora_targets(model),
                                              modules_to_save=["embed_tokens", "lm_head"] if builtin else None,
                                              task_type="CAUSAL_LM"))
-    eval_before = evaluate_loss(model, test_ids, tokenizer.pad_token_id)
-    losses: list[float] = []
-
-    def on_step(step: int, loss: float, lr: float) -> None:
-        losses.append(loss)
-        reporter.step("fine-tune", base_steps + step, loss, lr)
-
-    torch.manual_seed(spec["seed"])
-    train_steps(model, train_ids, steps=ft_steps, batch_size=spec["batch_size"],
-                learning_rate=spec["learning_rate"], scheduler=spec["lr_scheduler_type"],
-                warmup_ratio=spec["warmup_ratio"], pad_id=tokenizer.pad_token_id, seed=spec["seed"],
-                on_step=on_step)
-    eval_after = evaluate_loss(model, test_ids, tokenizer.pad_token_id)
+    trainer = sft_trainer(model, tokenizer, train_ids, test_ids, phase="fine-tune", reporter=reporter,
+                          step_offset=base_steps, output_dir=job_dir / "trainer", seed=spec["seed"],
+                          epochs=spec["epochs"], per_device_train_batch_size=spec["batch_size"],
+                          learning_rate=spec["learning_rate"], lr_scheduler_type=spec["lr_scheduler_type"],
+                          warmup_steps=spec["warmup_ratio"])
+    eval_before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    losses = [record["loss"] for record in trainer.state.log_history if "loss" in record]
+    eval_after = trainer.evaluate()["eval_loss"]
+    model = trainer.model
 
     output = job_dir / "output"
     model.save_pretrained(output / "adapter")
@@ -255,7 +239,7 @@ def run(job_dir: Path) -> None:
         "train_loss_last": sum(losses[-window:]) / window,
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
-        "fine_tune_steps": ft_steps,
+        "fine_tune_steps": trainer.state.global_step,
         "train_rows": len(train),
         "test_rows": len(test),
         "seconds": round(time.time() - reporter.started_at, 2),

@@ -1,0 +1,93 @@
+"""Base models named by a Hugging Face Hub id (`microsoft/Phi-4-mini-instruct`): resolved to a commit, which is
+part of the fine-tune job's identity, and kept in the Hugging Face cache.
+
+Online, the Hub says which commit a revision names (a branch moves; a commit is pinned) and how large its weights
+are, before anything is downloaded. Offline (`HF_HUB_OFFLINE`, or the Hub cannot be reached), the cache says it:
+`refs/<revision>` and `snapshots/<commit>/`, as `hf download` leaves them. A model that is missing, gated, or not
+in the cache while offline is one ConfigError naming training.base_model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import HfApi, constants, is_offline_mode, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from phi3_pipeline.config.errors import ConfigError
+from phi3_pipeline.targets.local.machine import WEIGHT_SUFFIXES, checkpoint_bytes
+
+DEFAULT_REVISION = "main"
+# the files of a checkpoint that are downloaded (its config, tokenizer, chat template and safetensors weights)
+CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.py"]
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A Hub model at one commit; `snapshot` is its folder in the cache once there."""
+
+    repo_id: str
+    commit: str
+    weight_bytes: int
+    snapshot: Path | None
+
+    @property
+    def identity(self) -> str:
+        return f"{self.repo_id}@{self.commit}"
+
+
+def _named(repo_id: str, revision: str) -> str:
+    return f"training.base_model {repo_id}" + (f" (training.base_model_revision {revision})" if revision else "")
+
+
+def _cached(repo_id: str, revision: str) -> Path | None:
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or DEFAULT_REVISION, local_files_only=True,
+                                      allow_patterns=CHECKPOINT_PATTERNS))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, FileNotFoundError):
+        return None
+
+
+def resolve(repo_id: str, revision: str = "") -> HubModel:
+    """The commit `revision` (default: main) names and its weights' size: asked of the Hub, or read from the cache
+    when offline. ConfigError for a missing or gated model, or for one not cached while offline."""
+    named = _named(repo_id, revision)
+    if not is_offline_mode():
+        try:
+            info = HfApi().model_info(repo_id, revision=revision or None, files_metadata=True)
+        except GatedRepoError:
+            raise ConfigError(f"{named} is gated: accept its terms at {constants.ENDPOINT}/{repo_id} and sign in "
+                              "(`hf auth login`, or HF_TOKEN)") from None
+        except RevisionNotFoundError:
+            raise ConfigError(f"{named}: no such revision on the Hugging Face Hub") from None
+        except RepositoryNotFoundError:
+            raise ConfigError(f"{named} is not on the Hugging Face Hub (or it is private: sign in with "
+                              "`hf auth login`, or HF_TOKEN)") from None
+        except (httpx2.TransportError, OfflineModeIsEnabled):
+            pass  # no network: the cache answers
+        else:
+            weights = sum(sibling.size or 0 for sibling in info.siblings or ()
+                          if sibling.rfilename.endswith(WEIGHT_SUFFIXES))
+            return HubModel(repo_id, info.sha, weights, _cached(repo_id, info.sha))
+    snapshot = _cached(repo_id, revision)
+    if snapshot is None:
+        why = "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hugging Face Hub cannot be reached"
+        raise ConfigError(f"{named} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}: download "
+                          f"it where there is a network (`hf download {repo_id}"
+                          f"{' --revision ' + revision if revision else ''}`) into that cache")
+    return HubModel(repo_id, snapshot.name, checkpoint_bytes(snapshot), snapshot)
+
+
+def download(model: HubModel) -> Path:
+    """The model's folder in the cache, downloaded at its commit when missing (with the Hub's progress bars)."""
+    if model.snapshot is not None:
+        return model.snapshot
+    return Path(snapshot_download(model.repo_id, revision=model.commit, allow_patterns=CHECKPOINT_PATTERNS))

@@ -1,0 +1,133 @@
+"""Base models named by Hugging Face Hub id on the local target (phi3_pipeline/targets/local/hub.py): resolved to a
+commit that names the job, read from the cache offline, refused in one line when missing, gated or too large."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+
+from phi3_pipeline.config.errors import ConfigError, InsufficientResourcesError
+from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.targets.base import raise_if_short
+from phi3_pipeline.targets.local import hub
+from phi3_pipeline.targets.local.target import LocalTarget
+from tests.conftest import run_cli
+from tests.hub_fakes import FIRST_COMMIT, REPO_ID, SECOND_COMMIT, cache_snapshot, fake_hub, make_checkpoint, model_info
+
+GATED = (403, {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access to model is restricted."}, {})
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("hub-checkpoint"))
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache, offline (as `HF_HUB_OFFLINE=1` sets it)."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def target_for(tmp_path: Path, revision: str = "") -> LocalTarget:
+    return LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "ws"},
+                                        training={"base_model": REPO_ID, "base_model_revision": revision}))
+
+
+def test_hub_id_offline_is_read_from_the_cache_and_its_commit_names_the_job(hf_cache, checkpoint, tmp_path):
+    first = cache_snapshot(hf_cache, checkpoint, FIRST_COMMIT)
+    model = hub.resolve(REPO_ID)
+    assert (model.commit, model.snapshot) == (FIRST_COMMIT, first)
+    assert model.weight_bytes == (checkpoint / "model.safetensors").stat().st_size
+    first_job = target_for(tmp_path).job_name("data")
+
+    cache_snapshot(hf_cache, checkpoint, SECOND_COMMIT)  # upstream moved main: the next run trains anew
+    assert hub.resolve(REPO_ID).commit == SECOND_COMMIT
+    assert target_for(tmp_path).job_name("data") != first_job
+    assert target_for(tmp_path, revision=FIRST_COMMIT).job_name("data") == first_job, "a pinned commit never does"
+
+
+@pytest.mark.parametrize("revision, expected", [
+    ("", "training.base_model nobody/absent is not in the Hugging Face cache"),
+    ("v9", "(training.base_model_revision v9) is not in the Hugging Face cache"),
+])
+def test_hub_id_not_in_the_cache_offline_says_what_to_download(hf_cache, revision, expected):
+    with pytest.raises(ConfigError) as refused:
+        hub.resolve("nobody/absent", revision)
+    assert expected in str(refused.value) and "HF_HUB_OFFLINE is set" in str(refused.value)
+    assert f"`hf download nobody/absent{' --revision v9' if revision else ''}`" in str(refused.value)
+
+
+@pytest.mark.parametrize("repo_id, expected", [
+    ("org/gated-model", "training.base_model org/gated-model is gated: accept its terms at"),
+    ("org/no-such-model", "training.base_model org/no-such-model is not on the Hugging Face Hub"),
+])
+def test_hub_id_gated_or_missing_on_the_hub_is_one_config_error(hf_cache, monkeypatch, repo_id, expected):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with fake_hub({"org/gated-model": GATED}) as url:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+        with pytest.raises(ConfigError, match=expected):
+            hub.resolve(repo_id)
+
+
+def test_hub_id_is_sized_from_the_hub_before_any_download_and_refused_when_it_does_not_fit(
+        hf_cache, monkeypatch, tmp_path):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with fake_hub({REPO_ID: model_info(REPO_ID, SECOND_COMMIT, 400 * 2**30)}) as url:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+        target = target_for(tmp_path)
+        assert target.job_inputs()["base_model"] == f"{REPO_ID}@{SECOND_COMMIT}"
+        with pytest.raises(InsufficientResourcesError, match="memory"):
+            raise_if_short(target.check_resources())
+    assert list(hf_cache.iterdir()) == [], "nothing was downloaded"
+
+
+def test_hub_id_settings_a_revision_belongs_to_a_hub_model_and_an_existing_folder_is_a_folder(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="training.base_model_revision is for a Hugging Face Hub base_model"):
+        PipelineSettings(training={"base_model": "phi3-builtin-tiny", "base_model_revision": "main"})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "mine").mkdir(parents=True)  # "models/mine" looks like org/name, but is a folder here
+    with pytest.raises(ValueError, match="local Hugging Face checkpoint folder with a config.json"):
+        PipelineSettings(training={"base_model": "models/mine"})
+
+
+@pytest.mark.system
+def test_hub_id_whole_pipeline_offline_from_the_cache_then_a_new_commit_trains_anew(
+        prefect_server, checkpoint, tmp_path):
+    """The pipeline by Hub id with no network: trained from the cache's snapshot, served and chatted with; the
+    same commit re-run trains nothing, a new commit on main trains anew, and a pinned commit never does."""
+    cache = tmp_path / "hf-cache"
+    first = cache_snapshot(cache, checkpoint, FIRST_COMMIT)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "ws")}
+    args = ["--training.base_model", REPO_ID, "--training.epochs", "1", "--dataset.sample_size", "200"]
+
+    def run(*extra: str) -> set[Path]:
+        result = run_cli("flows.full_pipeline", *args, *extra, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert any(line.startswith("A: ") for line in result.stdout.splitlines()), result.stdout
+        return set((tmp_path / "ws" / "jobs").glob("*/spec.json"))
+
+    jobs = run()
+    assert [json.loads(spec.read_text())["base_model"] for spec in jobs] == [str(first)]
+    second = cache_snapshot(cache, checkpoint, SECOND_COMMIT)
+    new_jobs = run() - jobs
+    assert [json.loads(spec.read_text())["base_model"] for spec in new_jobs] == [str(second)]
+    assert run("--training.base_model_revision", FIRST_COMMIT) == jobs | new_jobs, "the pinned commit's job"
+
+
+@pytest.mark.system
+def test_hub_id_missing_from_the_cache_offline_is_one_error_line_before_any_work(prefect_server, tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
+           "PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "ws")}
+    result = run_cli("flows.full_pipeline", "--training.base_model", "microsoft/Phi-4-mini-instruct", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training.base_model microsoft/Phi-4-mini-instruct is not in the Hugging Face "
+                           "cache") and "hf download microsoft/Phi-4-mini-instruct" in last, result.stderr
+    assert not (tmp_path / "ws" / "jobs").exists() and not (tmp_path / "ws" / "datasets").exists()
