@@ -108,21 +108,37 @@ def lora_targets(model) -> list[str] | str:
     return PHI3_PROJECTIONS if getattr(model.config, "model_type", "") == "phi3" else "all-linear"
 
 
-def hardware_settings(model) -> dict:
-    """bf16 where the GPU computes in it, and gradient checkpointing where the weights take much of its memory."""
+def on_this_machine() -> tuple[dict, dict]:
+    """How the model is loaded and how it trains here (from_pretrained's and SFTConfig's options). On a GPU: bf16
+    weights where it computes in bf16, and flash attention where installed, whose variable-length kernel is what
+    makes padding-free batches pay. Elsewhere, fp32 and padded batches: with PyTorch's attention a padding-free
+    batch is one long sequence whose attention grows with the square of its tokens (bench/README.md)."""
+    import torch
+    from transformers.utils import is_flash_attn_2_available
+
+    if not torch.cuda.is_available():
+        return {"dtype": torch.float32, "attn_implementation": None}, {"use_cpu": True}
+    bf16 = torch.cuda.is_bf16_supported()
+    flash = bf16 and is_flash_attn_2_available()
+    return ({"dtype": torch.bfloat16 if bf16 else torch.float32,
+             "attn_implementation": "flash_attention_2" if flash else None},
+            {"bf16": bf16, "padding_free": flash})
+
+
+def needs_checkpointing(model) -> bool:
+    """Gradient checkpointing where the weights take more than CHECKPOINTING_SHARE of the GPU's memory."""
     import torch
 
     if not torch.cuda.is_available():
-        return {"use_cpu": True}
+        return False
     weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
-    return {"bf16": torch.cuda.is_bf16_supported(),
-            "gradient_checkpointing": weights > CHECKPOINTING_SHARE * torch.cuda.get_device_properties(0).total_memory}
+    return weights > CHECKPOINTING_SHARE * torch.cuda.get_device_properties(0).total_memory
 
 
 def sft_trainer(model, tokenizer, train, evaluation, *, phase: str, reporter: JobReporter, step_offset: int,
                 output_dir: Path, seed: int, epochs: int = 1, max_steps: int = -1, **hyperparameters):
-    """TRL's SFTTrainer on already tokenized conversations, in padding-free batches (each conversation its own
-    sequence, none padded), reporting each step's loss to the job's files."""
+    """TRL's SFTTrainer on already tokenized conversations, batched as `on_this_machine` says (padding-free where
+    flash attention runs), reporting each step's loss to the job's files."""
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -135,8 +151,9 @@ def sft_trainer(model, tokenizer, train, evaluation, *, phase: str, reporter: Jo
         output_dir=str(output_dir), num_train_epochs=epochs, max_steps=max_steps, seed=seed, data_seed=seed,
         per_device_eval_batch_size=EVAL_BATCH_SIZE, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-        padding_free=True, max_length=None,  # conversations are truncated to max_seq_length when encoded
-        dataloader_pin_memory=False, **hardware_settings(model), **hyperparameters)
+        max_length=None,  # conversations are truncated to max_seq_length when encoded
+        dataloader_pin_memory=False, gradient_checkpointing=needs_checkpointing(model), **on_this_machine()[1],
+        **hyperparameters)
     return SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=evaluation,
                       processing_class=tokenizer, callbacks=[ReportSteps()])
 
@@ -153,7 +170,7 @@ def build_tiny_base(spec: dict, train: list[list[dict]], reporter: JobReporter, 
     tokenizer = build_tokenizer(texts)
     config = Phi3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        **TINY_ARCHITECTURE)
+                        attn_implementation=on_this_machine()[0]["attn_implementation"], **TINY_ARCHITECTURE)
     torch.manual_seed(spec["seed"])
     model = Phi3ForCausalLM(config)
     max_len = spec["max_seq_length"]
@@ -208,7 +225,7 @@ def run(job_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_path, **on_this_machine()[0])
     train_ids = sft_dataset(encode_chats(tokenizer, train, spec["max_seq_length"]))
     test_ids = sft_dataset(encode_chats(tokenizer, test, spec["max_seq_length"]))
     # The built-in base never saw the chat-template tokens, so its embeddings train fully beside the
