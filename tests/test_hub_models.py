@@ -122,12 +122,26 @@ def test_hub_id_whole_pipeline_offline_from_the_cache_then_a_new_commit_trains_a
 
 
 @pytest.mark.system
-def test_hub_id_missing_from_the_cache_offline_is_one_error_line_before_any_work(prefect_server, tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
-           "PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "ws")}
-    result = run_cli("flows.full_pipeline", "--training.base_model", "microsoft/Phi-4-mini-instruct", env=env)
-    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+@pytest.mark.parametrize("case, expected, exit_code", [
+    ("missing offline", "error: training.base_model microsoft/Phi-4-mini-instruct is not in the Hugging Face cache",
+     2),
+    ("gated", "error: training.base_model microsoft/Phi-4-mini-instruct is gated: accept its terms at", 2),
+    ("too large", "error: memory short by", 1),  # the machine is short, not the input wrong
+])
+def test_hub_id_missing_gated_or_too_large_is_one_error_line_before_any_work(prefect_server, tmp_path, case,
+                                                                             expected, exit_code):
+    """From the terminal: one `error:` line, and nothing made in the workspace (no dataset, no job) and nothing
+    downloaded."""
+    repo_id = "microsoft/Phi-4-mini-instruct"
+    answers = {"gated": {repo_id: GATED}, "too large": {repo_id: model_info(repo_id, FIRST_COMMIT, 400 * 2**30)}}
+    env = {"HF_HUB_CACHE": str(tmp_path / "hf-cache"), "PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "ws")}
+    with fake_hub(answers.get(case, {})) as url:
+        env.update({"HF_HUB_OFFLINE": "1"} if case == "missing offline" else {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": url})
+        result = run_cli("flows.full_pipeline", "--training.base_model", repo_id, env=env)
+    assert result.returncode == exit_code and "Traceback" not in result.stderr + result.stdout
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: training.base_model microsoft/Phi-4-mini-instruct is not in the Hugging Face "
-                           "cache") and "hf download microsoft/Phi-4-mini-instruct" in last, result.stderr
+    assert last.startswith(expected), result.stderr
+    if case == "missing offline":
+        assert f"hf download {repo_id}" in last
     assert not (tmp_path / "ws" / "jobs").exists() and not (tmp_path / "ws" / "datasets").exists()
+    assert not (tmp_path / "hf-cache").exists() or not any((tmp_path / "hf-cache").iterdir())
