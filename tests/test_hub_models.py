@@ -83,8 +83,11 @@ def test_hub_id_is_sized_from_the_hub_before_any_download_and_refused_when_it_do
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
         target = target_for(tmp_path)
         assert target.job_inputs()["base_model"] == f"{REPO_ID}@{SECOND_COMMIT}"
+        checks = target.check_resources()
         with pytest.raises(InsufficientResourcesError, match="memory"):
-            raise_if_short(target.check_resources())
+            raise_if_short(checks)
+    cache_check = next(check for check in checks if check.resource.endswith("(the Hugging Face cache)"))
+    assert str(hf_cache) in cache_check.resource and cache_check.needed == 400.1, "the download's own disk"
     assert list(hf_cache.iterdir()) == [], "nothing was downloaded"
 
 

@@ -1,6 +1,6 @@
 """Requests with the same sampling parameters that wait together are answered by one `generate` call.
 
-On a CPU a small model's generation costs mostly per step, not per row: one call for 8 requests answered 3.6 times
+On a CPU a small model's generation costs mostly per step, not per row: calls for 8 requests answered 3.3 to 3.8 times
 as many a second as 8 calls (bench/batched_generate.py). Each request's thread hands its prompt in and waits; when
 fewer than `calls` calls run, a waiting thread takes up to `max_batch` waiting prompts of its own parameters
 (itself among them when it is early enough in line) and runs their call, then hands each thread its answer.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -21,7 +21,7 @@ class _Waiting:
     stop: Callable[[], bool]
     answer: Any = None
     error: BaseException | None = None
-    done: bool = field(default=False)
+    done: bool = False
 
 
 class GenerationBatcher:

@@ -56,6 +56,11 @@ def _cached(repo_id: str, revision: str) -> Path | None:
         return None
 
 
+def cache_dir() -> Path:
+    """Where models are downloaded to (HF_HUB_CACHE, or HF_HOME/hub, or ~/.cache/huggingface/hub)."""
+    return Path(constants.HF_HUB_CACHE)
+
+
 def resolve(repo_id: str, revision: str = "") -> HubModel:
     """The commit `revision` (default: main) names and its weights' size: asked of the Hub, or read from the cache
     when offline. ConfigError for a missing or gated model, or for one not cached while offline."""
@@ -80,7 +85,7 @@ def resolve(repo_id: str, revision: str = "") -> HubModel:
     snapshot = _cached(repo_id, revision)
     if snapshot is None:
         why = "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hugging Face Hub cannot be reached"
-        raise ConfigError(f"{named} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}: download "
+        raise ConfigError(f"{named} is not in the Hugging Face cache ({cache_dir()}) and {why}: download "
                           f"it where there is a network (`hf download {repo_id}"
                           f"{' --revision ' + revision if revision else ''}`) into that cache")
     return HubModel(repo_id, snapshot.name, checkpoint_bytes(snapshot), snapshot)

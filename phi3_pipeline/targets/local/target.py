@@ -109,11 +109,11 @@ class LocalTarget(Target):
 
     # ---- quota ---------------------------------------------------------------------------------
     def check_resources(self) -> list[ResourceCheck]:
-        base = self.settings.training.base_model
+        base, hub_model = self.settings.training.base_model, self.hub_base_model
         if base == BUILTIN_BASE_MODEL:
             memory_gib, disk_gib, gpu_gib = BUILTIN_MEMORY_GIB, BUILTIN_DISK_GIB, BUILTIN_GPU_GIB
         else:  # fp32 weights in training (+ LoRA optimiser state) and once more in the server
-            hub_model = self.hub_base_model  # sized from the Hub's file list, before any download
+            # a Hub model is sized from the Hub's file list, before any download
             weights = hub_model.weight_bytes if hub_model else machine.checkpoint_bytes(Path(base).expanduser())
             weights_gib = weights / GiB
             memory_gib, disk_gib, gpu_gib = 2.5 * weights_gib + 1.5, 3 * weights_gib + 0.2, 2 * weights_gib + 0.5
@@ -128,6 +128,13 @@ class LocalTarget(Target):
             ResourceCheck(resource="CPU cores", needed=1, available=os.cpu_count() or 1, unit="cores",
                           advice="run on a machine with at least one core"),
         ]
+        if hub_model is not None and hub_model.snapshot is None:  # the download lands in the Hugging Face cache
+            cache = hub.cache_dir()
+            cache_free = shutil.disk_usage(next(p for p in (cache, *cache.parents) if p.exists())).free / GiB
+            checks.append(ResourceCheck(resource=f"disk at {cache} (the Hugging Face cache)",
+                                        needed=round(hub_model.weight_bytes / GiB + 0.1, 2),
+                                        available=round(cache_free, 2), unit="GiB",
+                                        advice="free disk space or set HF_HUB_CACHE to a larger disk"))
         gpu = machine.visible_gpu()
         if gpu is not None:
             name, free_gib = gpu
