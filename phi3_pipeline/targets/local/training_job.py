@@ -1,8 +1,8 @@
 """The local fine-tune job: runs in its own process, like a cloud job, and reports through files.
 
-`python -m phi3_pipeline.targets.local.training_job JOB_DIR` reads JOB_DIR/spec.json, writes JOB_DIR/status.json
-(atomically, after every step) and JOB_DIR/metrics.jsonl, and leaves the merged model and the LoRA
-adapter under JOB_DIR/output. The default base model is a small Phi-3-architecture model built
+`python -m phi3_pipeline.targets.local.training_job JOB_DIR` reads JOB_DIR/spec.json, trains with TRL's
+SFTTrainer, writes JOB_DIR/status.json (atomically, after every step) and JOB_DIR/metrics.jsonl, and leaves the
+merged model and the LoRA adapter under JOB_DIR/output. The default base model is a small Phi-3-architecture model built
 offline (tokenizer trained on the data, then some language-model training of its own), cached by
 content so that several jobs share it.
 """
