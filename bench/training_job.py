@@ -32,7 +32,7 @@ P="$W/phi3_pipeline"; mkdir -p "$P/config" "$P/targets/local"
 echo 'BUILTIN_BASE_MODEL = "@BUILTIN@"' > "$P/config/settings.py"
 touch "$P/__init__.py" "$P/config/__init__.py" "$P/targets/__init__.py" "$P/targets/local/__init__.py"
 cp "$HERE/errors.py" "$P/config/"; cp "$HERE/locks.py" "$P/"
-cp "$HERE/workspace.py" "$P/targets/"; cp "$HERE/training_job.py" "$P/targets/local/"
+cp "$HERE/workspace.py" "$P/targets/"; cp "$HERE/machine.py" "$HERE/training_job.py" "$P/targets/local/"
 for job in small large; do
   J="$W/jobs/$job"; mkdir -p "$J"
   sed "s#@DATA@#$HERE#g; s#@JOB@#$J#g" "$HERE/$job.json" > "$J/spec.json"
@@ -55,7 +55,8 @@ def prepare(folder: Path) -> None:
                 "train_file": f"@DATA@/{name}_train.jsonl", "test_file": f"@DATA@/{name}_test.jsonl"}
         (folder / f"{name}.json").write_text(json.dumps(spec))
     package = ROOT / "phi3_pipeline"
-    for module in ("config/errors.py", "locks.py", "targets/workspace.py", "targets/local/training_job.py"):
+    for module in ("config/errors.py", "locks.py", "targets/workspace.py", "targets/local/machine.py",
+                   "targets/local/training_job.py"):
         shutil.copy(package / module, folder)
     (folder / "run.sh").write_text(RUN_SH.replace("@BUILTIN@", BUILTIN_BASE_MODEL))
     print(f"prepared {folder}: run `bash {folder}/run.sh PYTHON`")

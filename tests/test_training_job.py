@@ -1,8 +1,14 @@
 """The local fine-tune's trainer (phi3_pipeline/targets/local/training_job.py): what TRL's SFTTrainer is given to
-learn from, and which layers LoRA adapts."""
+learn from, which layers LoRA adapts, and when QLoRA is chosen (targets/local/machine.py)."""
 
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
+
+from phi3_pipeline.config.errors import ConfigError
+from phi3_pipeline.targets.local.machine import fine_tune_method
 from phi3_pipeline.targets.local.training_job import (
     PHI3_PROJECTIONS,
     JobReporter,
@@ -11,7 +17,13 @@ from phi3_pipeline.targets.local.training_job import (
     sft_dataset,
     sft_trainer,
 )
-from tests.hub_fakes import make_checkpoint
+from tests.hub_fakes import FIRST_COMMIT, REPO_ID, fake_hub, make_checkpoint, model_info
+
+def without_bitsandbytes_but(monkeypatch, present: bool) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (object() if present else None)
+                        if name == "bitsandbytes" else find_spec(name, *args))
+
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who founded Microsoft?"},
                 {"role": "assistant", "content": "Bill Gates and Paul Allen."},
@@ -44,3 +56,53 @@ def test_lora_adapts_the_phi_attention_and_mlp_projections(tmp_path):
     assert lora_targets(model) == PHI3_PROJECTIONS
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     assert set(PHI3_PROJECTIONS) <= names, "the projections LoRA targets exist in the Phi-3 architecture"
+
+
+@pytest.mark.parametrize("asked, gpu, bitsandbytes, expected", [
+    ("auto", None, False, ("lora", "LoRA (no GPU: on the CPU)")),
+    ("auto", ("H100", 40.0), False, ("lora", "LoRA (it fits)")),
+    ("auto", ("L4", 10.0), True, ("qlora", "QLoRA, 4-bit (LoRA would need 16.5 GiB, 10.0 GiB are free)")),
+    ("auto", ("T4", 3.0), True, ("lora", "LoRA (QLoRA would not fit either)")),
+    ("lora", ("L4", 10.0), True, ("lora", "LoRA (asked for)")),
+    ("qlora", ("H100", 40.0), True, ("qlora", "QLoRA, 4-bit (asked for)")),
+])
+def test_the_fine_tune_method_is_lora_unless_the_gpu_is_short_for_it_and_qlora_fits(monkeypatch, asked, gpu,
+                                                                                     bitsandbytes, expected):
+    """8 GiB of 16-bit weights: LoRA needs 16.5 GiB of GPU memory, QLoRA 5 GiB."""
+    without_bitsandbytes_but(monkeypatch, present=bitsandbytes)
+    assert fine_tune_method(asked, 8.0, gpu) == expected
+
+
+@pytest.mark.parametrize("gpu, expected", [
+    (None, "training.method qlora needs a CUDA GPU"),
+    (("L4", 10.0), "needs bitsandbytes: pip install bitsandbytes"),
+])
+def test_qlora_without_a_gpu_or_bitsandbytes_is_one_config_error(monkeypatch, gpu, expected):
+    without_bitsandbytes_but(monkeypatch, present=False)
+    with pytest.raises(ConfigError, match=expected):
+        fine_tune_method("qlora", 8.0, gpu)
+
+
+def test_the_quota_stage_says_the_method_and_a_qlora_job_is_another_job(monkeypatch, tmp_path):
+    """A Hub model of 8 GiB and a GPU with 10 GiB free, short for LoRA: the GPU check names QLoRA and why and is
+    sized for it, and the job QLoRA trains has a name of its own."""
+    import huggingface_hub.constants
+
+    from phi3_pipeline.config.settings import PipelineSettings
+    from phi3_pipeline.targets.local import machine
+    from phi3_pipeline.targets.local.target import LocalTarget
+
+    without_bitsandbytes_but(monkeypatch, present=True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    settings = PipelineSettings(local={"workspace_dir": tmp_path / "ws"}, training={"base_model": REPO_ID})
+    with fake_hub({REPO_ID: model_info(REPO_ID, FIRST_COMMIT, 8 * 2**30)}) as url:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+        lora_job = LocalTarget(settings).job_name("data")  # no GPU here: LoRA
+        monkeypatch.setattr(machine, "visible_gpu", lambda: ("L4", 10.0))
+        target = LocalTarget(settings)
+        gpu_check = next(check for check in target.check_resources() if check.resource.startswith("GPU memory"))
+        qlora_job = target.job_name("data")
+    assert gpu_check.resource == "GPU memory (L4) for QLoRA, 4-bit (LoRA would need 16.5 GiB, 10.0 GiB are free)"
+    assert (gpu_check.needed, gpu_check.short_by) == (5.0, 0)
+    assert qlora_job != lora_job

@@ -126,6 +126,11 @@ class TrainingSettings(StrictModel):
         description="Branch, tag or commit of a Hub base_model; empty: main. The job is pinned to the commit it "
                     "names when the run starts: a new upstream commit trains anew, a pinned one never does.",
     )
+    method: Literal["auto", "lora", "qlora"] = Field(
+        "auto", description="lora (adapters on the model's weights as loaded), qlora (the weights in 4 bits, with "
+                            "bitsandbytes, on a CUDA GPU) or auto: LoRA unless the GPU's free memory is short for it "
+                            "and QLoRA fits. The quota stage says which it chose and why.",
+    )
     learning_rate: float = Field(5e-3, gt=0.0, le=1.0, description="Peak learning rate of the LoRA fine-tune.")
     lr_scheduler_type: SchedulerType = Field("cosine", description="Learning-rate schedule.")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming up.")

@@ -1,11 +1,17 @@
-"""What this machine offers the local target: the GPU training would use and a checkpoint's size."""
+"""What this machine offers the local target: the GPU training would use, a checkpoint's size, and the fine-tune
+method that fits."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 from pathlib import Path
+
+from phi3_pipeline.config.errors import ConfigError
+
+LORA, QLORA = "lora", "qlora"
 
 
 def visible_gpu() -> tuple[str, float] | None:
@@ -26,3 +32,31 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 def checkpoint_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*") if f.suffix in WEIGHT_SUFFIXES)
+
+
+def gpu_need_gib(method: str, weights_gib: float) -> float:
+    """GPU memory a fine-tune takes for weights of `weights_gib` on disk (16-bit): LoRA holds them as loaded, twice
+    over at peak with activations; QLoRA holds a quarter of them in 4 bits, with room for their dequantised layer
+    and the activations."""
+    return 2 * weights_gib + 0.5 if method == LORA else 0.5 * weights_gib + 1.0
+
+
+def fine_tune_method(asked: str, weights_gib: float, gpu: tuple[str, float] | None) -> tuple[str, str]:
+    """The method (`training.method`, auto resolved) and why, as the quota stage says it. QLoRA needs a CUDA GPU
+    and bitsandbytes: asked for without them, a ConfigError."""
+    lora_gib, qlora_gib = gpu_need_gib(LORA, weights_gib), gpu_need_gib(QLORA, weights_gib)
+    lora_short = gpu is not None and lora_gib > gpu[1]
+    if asked == QLORA or (asked == "auto" and lora_short and qlora_gib <= gpu[1]):
+        if gpu is None:
+            raise ConfigError("training.method qlora needs a CUDA GPU (4-bit weights with bitsandbytes); none is "
+                              "visible here: set training.method=lora")
+        why = "asked for" if asked == QLORA else f"LoRA would need {lora_gib:.1f} GiB, {gpu[1]:.1f} GiB are free"
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError(f"QLoRA ({why}) needs bitsandbytes: pip install bitsandbytes, or set "
+                              "training.method=lora and free GPU memory")
+        return QLORA, f"QLoRA, 4-bit ({why})"
+    if asked == LORA:
+        return LORA, "LoRA (asked for)"
+    if gpu is None:
+        return LORA, "LoRA (no GPU: on the CPU)"
+    return LORA, f"LoRA ({'QLoRA would not fit either' if lora_short else 'it fits'})"

@@ -38,11 +38,10 @@ from phi3_pipeline.targets.workspace import Workspace, read_json, write_json_ato
 
 TRAINING_MODULE = "phi3_pipeline.targets.local.training_job"
 GiB = 1024**3
-# Built-in model, measured 2026-11-25 on CPU: training job peak RSS 0.47 GiB, scoring server 0.40 GiB;
-# the rest is headroom for the pipeline process itself (Prefect, Prompt flow).
-BUILTIN_MEMORY_GIB = 1.5
-BUILTIN_DISK_GIB = 0.2
-BUILTIN_GPU_GIB = 0.5
+# What a run needs beside the weights (the built-in model's whole need, its weights counting as nothing), measured
+# 2026-11-25 on CPU: training job peak RSS 0.47 GiB, scoring server 0.40 GiB; the rest is headroom for the pipeline
+# process itself (Prefect, Prompt flow). Per GiB of weights W: memory 2.5 W, disk 3 W (machine.gpu_need_gib: GPU).
+BASE_MEMORY_GIB, BASE_DISK_GIB = 1.5, 0.2
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
@@ -75,11 +74,27 @@ class LocalTarget(Target):
             return self.hub_base_model.identity
         return base_model_identity(self.settings.training.base_model)
 
+    def weights_gib(self) -> float:
+        """The base model's weights on disk (a Hub model's from the Hub's file list, before any download); the
+        built-in model's count as nothing."""
+        base = self.settings.training.base_model
+        if base == BUILTIN_BASE_MODEL:
+            return 0.0
+        hub_model = self.hub_base_model
+        return (hub_model.weight_bytes if hub_model else machine.checkpoint_bytes(Path(base).expanduser())) / GiB
+
+    @cached_property
+    def fine_tune_method(self) -> tuple[str, str]:
+        """LoRA or QLoRA, and why (`training.method`, auto resolved once per run against the GPU's free memory)."""
+        return machine.fine_tune_method(self.settings.training.method, self.weights_gib(), machine.visible_gpu())
+
     def job_inputs(self) -> dict:
-        """The base model's weights, every training setting and the seed."""
+        """The base model's weights, every training setting, the seed, and QLoRA where it is the method (LoRA, the
+        default, adds nothing, so that earlier jobs keep their names)."""
+        method = self.fine_tune_method[0]
         return {"base_model": self.base_model_identity(),
-                "training": self.settings.training.model_dump(exclude={"base_model", "base_model_revision"}),
-                "seed": self.settings.dataset.seed}
+                "training": self.settings.training.model_dump(exclude={"base_model", "base_model_revision", "method"}),
+                "seed": self.settings.dataset.seed, **({"method": method} if method != machine.LORA else {})}
 
     def notices(self) -> list[str]:
         """A local.port the live server does not hold: say what a run will do with it."""
@@ -109,14 +124,11 @@ class LocalTarget(Target):
 
     # ---- quota ---------------------------------------------------------------------------------
     def check_resources(self) -> list[ResourceCheck]:
-        base, hub_model = self.settings.training.base_model, self.hub_base_model
-        if base == BUILTIN_BASE_MODEL:
-            memory_gib, disk_gib, gpu_gib = BUILTIN_MEMORY_GIB, BUILTIN_DISK_GIB, BUILTIN_GPU_GIB
-        else:  # fp32 weights in training (+ LoRA optimiser state) and once more in the server
-            # a Hub model is sized from the Hub's file list, before any download
-            weights = hub_model.weight_bytes if hub_model else machine.checkpoint_bytes(Path(base).expanduser())
-            weights_gib = weights / GiB
-            memory_gib, disk_gib, gpu_gib = 2.5 * weights_gib + 1.5, 3 * weights_gib + 0.2, 2 * weights_gib + 0.5
+        """Memory, disk and GPU memory for the base model and the method (weights W GiB: fp32 in training with the
+        LoRA optimiser's state, and once more in the server)."""
+        weights_gib, hub_model = self.weights_gib(), self.hub_base_model
+        method, why = self.fine_tune_method
+        memory_gib, disk_gib = 2.5 * weights_gib + BASE_MEMORY_GIB, 3 * weights_gib + BASE_DISK_GIB
         self.ws.ensure()
         memory = psutil.virtual_memory().available / GiB
         disk = shutil.disk_usage(self.ws.root).free / GiB
@@ -138,7 +150,8 @@ class LocalTarget(Target):
         gpu = machine.visible_gpu()
         if gpu is not None:
             name, free_gib = gpu
-            checks.append(ResourceCheck(resource=f"GPU memory ({name})", needed=round(gpu_gib, 2),
+            checks.append(ResourceCheck(resource=f"GPU memory ({name}) for {why}",
+                                        needed=round(machine.gpu_need_gib(method, weights_gib), 2),
                                         available=round(free_gib, 2), unit="GiB",
                                         advice="free GPU memory, or set CUDA_VISIBLE_DEVICES= to train on the CPU"))
         port = self.settings.local.port
@@ -175,6 +188,7 @@ class LocalTarget(Target):
                                  "batch": training["batch_size"]})
         if self.hub_base_model is not None:  # the job trains from the cache's folder, downloaded now if missing
             training["base_model"] = str(hub.download(self.hub_base_model))
+        training["method"] = self.fine_tune_method[0]
         return {**training, "train_file": dataset.train_uri, "test_file": dataset.test_uri,
                 "seed": self.settings.dataset.seed,
                 "base_cache_dir": str(self.ws.root / "base_models" / base_key[:16])}

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from phi3_pipeline.config.settings import BUILTIN_BASE_MODEL
+from phi3_pipeline.targets.local.machine import QLORA
 from phi3_pipeline.targets.workspace import write_json_atomic
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
@@ -158,6 +159,37 @@ def sft_trainer(model, tokenizer, train, evaluation, *, phase: str, reporter: Jo
                       processing_class=tokenizer, callbacks=[ReportSteps()])
 
 
+def load_base(base_path: Path, method: str):
+    """The base model to put the adapter on: as `on_this_machine` loads it, or for QLoRA in 4 bits (NF4, bf16
+    compute, double quantisation: the QLoRA paper's recipe), prepared for training on quantised weights."""
+    from transformers import AutoModelForCausalLM
+
+    options = on_this_machine()[0]
+    if method != QLORA:
+        return AutoModelForCausalLM.from_pretrained(base_path, **options)
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quantization, **options)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+
+
+def merged_model(model, base_path: Path, adapter_dir: Path, method: str):
+    """The base with the adapter merged in: a QLoRA adapter onto the base in 16 bits (4-bit weights are not
+    merged into)."""
+    if method != QLORA:
+        return model.merge_and_unload()
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+
+
 def build_tiny_base(spec: dict, train: list[list[dict]], reporter: JobReporter, step_offset: int) -> Path:
     """Make (or reuse) the small Phi-3-architecture base model; its folder is keyed by the spec's hash."""
     import torch
@@ -208,7 +240,7 @@ def encode_chats(tokenizer, conversations: list[list[dict]], max_len: int) -> li
 def run(job_dir: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     spec = json.loads((job_dir / "spec.json").read_text(encoding="utf-8"))
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -225,7 +257,8 @@ def run(job_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, **on_this_machine()[0])
+    method = spec.get("method", "lora")
+    model = load_base(base_path, method)
     train_ids = sft_dataset(encode_chats(tokenizer, train, spec["max_seq_length"]))
     test_ids = sft_dataset(encode_chats(tokenizer, test, spec["max_seq_length"]))
     # The built-in base never saw the chat-template tokens, so its embeddings train fully beside the
@@ -247,7 +280,7 @@ def run(job_dir: Path) -> None:
 
     output = job_dir / "output"
     model.save_pretrained(output / "adapter")
-    merged = model.merge_and_unload()
+    merged = merged_model(model, base_path, output / "adapter", method)
     merged.save_pretrained(output / "model")
     tokenizer.save_pretrained(output / "model")
     window = max(1, min(5, len(losses) // 4))
