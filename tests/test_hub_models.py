@@ -67,10 +67,13 @@ def test_hub_id_not_in_the_cache_offline_says_what_to_download(hf_cache, revisio
 @pytest.mark.parametrize("repo_id, expected", [
     ("org/gated-model", "training.base_model org/gated-model is gated: accept its terms at"),
     ("org/no-such-model", "training.base_model org/no-such-model is not on the Hugging Face Hub"),
+    ("org/bin-only", "training.base_model org/bin-only has no safetensors weights on the Hugging Face Hub"),
 ])
 def test_hub_id_gated_or_missing_on_the_hub_is_one_config_error(hf_cache, monkeypatch, repo_id, expected):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    with fake_hub({"org/gated-model": GATED}) as url:
+    bin_only = (200, {}, {"id": "org/bin-only", "sha": FIRST_COMMIT,
+                          "siblings": [{"rfilename": "pytorch_model.bin", "size": 2**30}]})
+    with fake_hub({"org/gated-model": GATED, "org/bin-only": bin_only}) as url:
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
         with pytest.raises(ConfigError, match=expected):
             hub.resolve(repo_id)

@@ -16,18 +16,20 @@ import httpx2
 from huggingface_hub import HfApi, constants, is_offline_mode, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
+    HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 
-from phi3_pipeline.config.errors import ConfigError
-from phi3_pipeline.targets.local.machine import WEIGHT_SUFFIXES, checkpoint_bytes
+from phi3_pipeline.config.errors import ConfigError, TransientError
+from phi3_pipeline.targets.local.machine import checkpoint_bytes
 
 DEFAULT_REVISION = "main"
 # the files of a checkpoint that are downloaded (its config, tokenizer, chat template and safetensors weights)
-CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.py"]
+SAFETENSORS = ".safetensors"
+CHECKPOINT_PATTERNS = ["*.json", f"*{SAFETENSORS}", "*.model", "*.jinja", "*.txt", "*.py"]
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,11 @@ def resolve(repo_id: str, revision: str = "") -> HubModel:
         except (httpx2.TransportError, OfflineModeIsEnabled):
             pass  # no network: the cache answers
         else:
-            weights = sum(sibling.size or 0 for sibling in info.siblings or ()
-                          if sibling.rfilename.endswith(WEIGHT_SUFFIXES))
-            return HubModel(repo_id, info.sha, weights, _cached(repo_id, info.sha))
+            weights = [sibling.size or 0 for sibling in info.siblings or () if sibling.rfilename.endswith(SAFETENSORS)]
+            if not weights:
+                raise ConfigError(f"{named} has no safetensors weights on the Hugging Face Hub (the only kind "
+                                  "downloaded): choose another model or a local folder")
+            return HubModel(repo_id, info.sha, sum(weights), _cached(repo_id, info.sha))
     snapshot = _cached(repo_id, revision)
     if snapshot is None:
         why = "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hugging Face Hub cannot be reached"
@@ -92,7 +96,12 @@ def resolve(repo_id: str, revision: str = "") -> HubModel:
 
 
 def download(model: HubModel) -> Path:
-    """The model's folder in the cache, downloaded at its commit when missing (with the Hub's progress bars)."""
-    if model.snapshot is not None:
+    """The model's folder in the cache at its commit, with the Hub's progress bars for what is missing (online,
+    the Hub's own download also completes a folder an interrupted download left); offline, the cached folder."""
+    if is_offline_mode() and model.snapshot is not None:
         return model.snapshot
-    return Path(snapshot_download(model.repo_id, revision=model.commit, allow_patterns=CHECKPOINT_PATTERNS))
+    try:
+        return Path(snapshot_download(model.repo_id, revision=model.commit, allow_patterns=CHECKPOINT_PATTERNS))
+    except (httpx2.TransportError, HfHubHTTPError) as error:
+        raise TransientError(f"downloading {model.identity} from the Hugging Face Hub failed ({error}); what was "
+                             "downloaded is kept, and the next try goes on from there") from None
