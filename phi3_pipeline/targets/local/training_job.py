@@ -127,7 +127,7 @@ def on_this_machine() -> tuple[dict, dict]:
 
 
 def needs_checkpointing(model) -> bool:
-    """Gradient checkpointing where the weights take more than CHECKPOINTING_SHARE of the GPU's memory."""
+    """Activation (gradient) checkpointing where the weights take more than CHECKPOINTING_SHARE of the GPU's memory."""
     import torch
 
     if not torch.cuda.is_available():
@@ -153,7 +153,7 @@ def sft_trainer(model, tokenizer, train, evaluation, *, phase: str, reporter: Jo
         per_device_eval_batch_size=EVAL_BATCH_SIZE, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
         max_length=None,  # conversations are truncated to max_seq_length when encoded
-        dataloader_pin_memory=False, gradient_checkpointing=needs_checkpointing(model), **on_this_machine()[1],
+        dataloader_pin_memory=False, activation_checkpointing=needs_checkpointing(model), **on_this_machine()[1],
         **hyperparameters)
     return SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=evaluation,
                       processing_class=tokenizer, callbacks=[ReportSteps()])
