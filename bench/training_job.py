@@ -5,8 +5,9 @@
 
 `small` is the default run (the built-in sample's 192 training conversations, 8 epochs, batch 16); `large`
 is 3,200 conversations, 2 epochs, batch 64, 256 tokens. Each job builds its own tiny base model first. The
-job needs only torch, transformers, peft and trl (with datasets and accelerate): run.sh gives it two stub modules for the project's settings
-package, so the GPU machine needs none of the project's other dependencies. One JSON line per job.
+job needs only torch, transformers, peft and trl (with datasets and accelerate): run.sh gives it two stub
+modules for the project's settings package, so the GPU machine needs none of the project's other dependencies.
+One JSON line per job.
 """
 
 from __future__ import annotations

@@ -142,7 +142,8 @@ def test_hub_id_missing_gated_or_too_large_is_one_error_line_before_any_work(pre
     answers = {"gated": {repo_id: GATED}, "too large": {repo_id: model_info(repo_id, FIRST_COMMIT, 400 * 2**30)}}
     env = {"HF_HUB_CACHE": str(tmp_path / "hf-cache"), "PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "ws")}
     with fake_hub(answers.get(case, {})) as url:
-        env.update({"HF_HUB_OFFLINE": "1"} if case == "missing offline" else {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": url})
+        offline = case == "missing offline"
+        env.update({"HF_HUB_OFFLINE": "1"} if offline else {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": url})
         result = run_cli("flows.full_pipeline", "--training.base_model", repo_id, env=env)
     assert result.returncode == exit_code and "Traceback" not in result.stderr + result.stdout
     last = result.stderr.strip().splitlines()[-1]

@@ -240,7 +240,8 @@ class LocalTarget(Target):
             self.ws, self.settings.model_name, self._job_dir(job.name) / "output" / "model",
             lineage={"job_name": job.name, "data_hash": dataset.content_hash, "train_uri": dataset.train_uri,
                      "test_uri": dataset.test_uri,
-                     "base_model": self.hub_base_model.identity if self.hub_base_model else self.settings.training.base_model,
+                     "base_model": (self.hub_base_model.identity if self.hub_base_model
+                                    else self.settings.training.base_model),
                      "metrics": job.metrics})
         return ModelRef(name=self.settings.model_name, version=version, job_name=job.name, created=created,
                         uri=str(registry.model_dir(self.ws, self.settings.model_name, version)))
