@@ -84,9 +84,14 @@ class LocalTarget(Target):
         return (hub_model.weight_bytes if hub_model else machine.checkpoint_bytes(Path(base).expanduser())) / GiB
 
     @cached_property
+    def gpu(self) -> tuple[str, float] | None:
+        """The GPU training would use and its free GiB, read once per run: the method and the quota check agree."""
+        return machine.visible_gpu()
+
+    @cached_property
     def fine_tune_method(self) -> tuple[str, str]:
         """LoRA or QLoRA, and why (`training.method`, auto resolved once per run against the GPU's free memory)."""
-        return machine.fine_tune_method(self.settings.training.method, self.weights_gib(), machine.visible_gpu())
+        return machine.fine_tune_method(self.settings.training.method, self.weights_gib(), self.gpu)
 
     def job_inputs(self) -> dict:
         """The base model's weights, every training setting, the seed, and QLoRA where it is the method (LoRA, the
@@ -147,9 +152,8 @@ class LocalTarget(Target):
                                         needed=round(hub_model.weight_bytes / GiB + 0.1, 2),
                                         available=round(cache_free, 2), unit="GiB",
                                         advice="free disk space or set HF_HUB_CACHE to a larger disk"))
-        gpu = machine.visible_gpu()
-        if gpu is not None:
-            name, free_gib = gpu
+        if self.gpu is not None:
+            name, free_gib = self.gpu
             checks.append(ResourceCheck(resource=f"GPU memory ({name}) for {why}",
                                         needed=round(machine.gpu_need_gib(method, weights_gib), 2),
                                         available=round(free_gib, 2), unit="GiB",

@@ -2,8 +2,8 @@
 
 `python -m phi3_pipeline.targets.local.training_job JOB_DIR` reads JOB_DIR/spec.json, trains with TRL's
 SFTTrainer, writes JOB_DIR/status.json (atomically, after every step) and JOB_DIR/metrics.jsonl, and leaves the
-merged model and the LoRA adapter under JOB_DIR/output. The default base model is a small Phi-3-architecture model built
-offline (tokenizer trained on the data, then some language-model training of its own), cached by
+merged model and the LoRA adapter under JOB_DIR/output. The default base model is a small Phi-3-architecture
+model built offline (tokenizer trained on the data, then some language-model training of its own), cached by
 content so that several jobs share it.
 """
 
@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from phi3_pipeline.config.settings import BUILTIN_BASE_MODEL
-from phi3_pipeline.targets.local.machine import QLORA
+from phi3_pipeline.targets.local.machine import LORA, QLORA
 from phi3_pipeline.targets.workspace import write_json_atomic
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
@@ -257,7 +257,7 @@ def run(job_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    method = spec.get("method", "lora")
+    method = spec.get("method", LORA)
     model = load_base(base_path, method)
     train_ids = sft_dataset(encode_chats(tokenizer, train, spec["max_seq_length"]))
     test_ids = sft_dataset(encode_chats(tokenizer, test, spec["max_seq_length"]))
