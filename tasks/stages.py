@@ -26,13 +26,13 @@ class StageSummary:
 
     def run(self, stage: Stage, task, *args):
         started = time.perf_counter()
-        state = task(*args, return_state=True)
-        seconds = round(time.perf_counter() - started, 2)
-        try:
+        try:  # a cancel (Prefect's TerminationSignal) or Ctrl-C raises from the task call itself, state or not
+            state = task(*args, return_state=True)
             result = state.result()
         except BaseException:
-            self.records.append(StageRecord(stage, "failed", seconds))
+            self.records.append(StageRecord(stage, "failed", round(time.perf_counter() - started, 2)))
             raise
+        seconds = round(time.perf_counter() - started, 2)
         if state.name == "Cached":
             outcome = "reused (cached)"
         elif hasattr(result, "created"):

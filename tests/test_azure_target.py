@@ -390,6 +390,41 @@ def test_a_new_model_that_fails_going_live_hands_the_traffic_back_to_the_old_one
     assert "Cleaned up: deploy-v2" in notice
 
 
+def test_a_run_cancelled_while_its_candidate_deploys_removes_it_and_the_old_model_keeps_the_traffic(
+        prefect_api, settings, azure_cloud, endpoint, monkeypatch):
+    """Prefect cancels a run with SIGTERM, which its engine raises (TerminationSignal) from the stage's task call
+    itself, with no state to read: the failure path still knows the deploy stage started and removes the
+    candidate, which would otherwise bill."""
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+
+    from flows.full_pipeline import full_pipeline
+
+    full_pipeline(settings)
+    real_deploy = AzureTarget.deploy
+
+    def cancelled_while_deploying(self, model):
+        real_deploy(self, model)
+        raise TerminationSignal(signal.SIGTERM)
+
+    monkeypatch.setattr(AzureTarget, "deploy", cancelled_while_deploying)
+    retrained = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"sample_size": 210})})
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Prefect's engine then sends SIGTERM to pytest
+    try:
+        with pytest.raises(TerminationSignal):
+            full_pipeline(retrained)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    arm = azure_cloud.arm
+    endpoint_path = next(p for p in arm.resources if "/onlineEndpoints/" in p and "/deployments/" not in p)
+    assert arm.resources[endpoint_path]["properties"]["traffic"] == {"deploy-v1": 100}
+    assert [p.rsplit("/", 1)[1] for p in arm.resources if "/deployments/" in p] == ["deploy-v1"]
+    notice = requests.post(f"{prefect_api}/artifacts/filter", timeout=10, json={
+        "artifacts": {"key": {"any_": ["failure-notice"]}}, "sort": "CREATED_DESC", "limit": 1}).json()[0]["data"]
+    assert "failed at stage: deploy" in notice and "Cleaned up: deploy-v2" in notice
+
+
 def test_a_good_go_live_stays_when_the_old_deployment_cannot_be_removed(prefect_api, settings, azure_cloud,
                                                                          endpoint):
     from flows.full_pipeline import full_pipeline

@@ -291,6 +291,29 @@ def test_teardown_stops_the_server_and_is_idempotent(trained):
     assert not list((target.ws.root / "deployments").glob("*"))
 
 
+def test_a_server_a_killed_run_left_loading_its_model_is_stopped_by_the_teardown(trained):
+    """A run can be killed (or cancelled) while its candidate loads the model, before the server writes where it
+    listens: the teardown still finds the server by the pid the run wrote, and stops it."""
+    target, dataset, name = trained
+    model = target.register_model(target.job_result(name), dataset)
+    deploying = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from phi3_pipeline.config.settings import PipelineSettings as S; "
+        "from phi3_pipeline.targets.base import ModelRef as M; from phi3_pipeline.targets.local.target import LocalTarget; "
+        "LocalTarget(S.model_validate_json(sys.argv[1])).deploy(M.model_validate_json(sys.argv[2]))"),
+        target.settings.model_dump_json(), model.model_dump_json()], cwd=ROOT)
+    deployment_dir = target.ws.root / "deployments" / f"{model.name}-v{model.version}"
+    deadline = time.monotonic() + 60
+    while not (servers := [p for p in psutil.process_iter(["cmdline"])
+                           if str(deployment_dir) in " ".join(p.info["cmdline"] or [])]):
+        assert time.monotonic() < deadline, "no server started"
+        time.sleep(0.01)
+    deploying.kill()
+    deploying.wait(10)
+    assert not (deployment_dir / "state.json").exists(), "the server was still loading"
+    assert f"server {deployment_dir.name}" in target.teardown().removed
+    assert not servers[0].is_running() or servers[0].status() == psutil.STATUS_ZOMBIE
+
+
 def test_a_gpu_short_of_memory_is_reported_with_the_cpu_way_out(tmp_path, monkeypatch):
     fake_smi = tmp_path / "bin" / "nvidia-smi"
     fake_smi.parent.mkdir()

@@ -1,7 +1,8 @@
 """The local endpoint: a scoring server per deployment, and the endpoint's traffic, as files in the workspace.
 
-`deployments/<name>/` holds what a server serves (`spec.json`), where it listens once healthy (`state.json`,
-written by the server) and its log; `endpoints/<endpoint>.json` holds the traffic and since when it is live
+`deployments/<name>/` holds what a server serves (`spec.json`), its pid from the moment it is started
+(`server.pid`: a server still loading its model has no state yet, and must be found to be stopped), where it
+listens once healthy (`state.json`, written by the server) and its log; `endpoints/<endpoint>.json` holds the traffic and since when it is live
 (what the reaper ages). A deployment's server is ours only while its pid runs the scoring-server module.
 """
 
@@ -19,6 +20,7 @@ from phi3_pipeline.targets.workspace import Workspace, read_json, write_json_ato
 
 SERVER_MODULE = "phi3_pipeline.targets.local.scoring_server"
 SERVER_START_TIMEOUT_S = 180
+PID_FILE = "server.pid"
 
 
 class LocalEndpoint:
@@ -75,9 +77,11 @@ class LocalEndpoint:
             port = 0
         if port and not processes.port_is_free(port):
             raise ConfigError(f"local.port {port} is in use on 127.0.0.1: stop what listens there or set local.port=0")
+        _stop(_started_pid(deployment_dir))  # one a killed run left loading would write its state over ours
         (deployment_dir / "state.json").unlink(missing_ok=True)
         write_json_atomic(deployment_dir / "spec.json", {**spec, "port": port})
         pid = processes.spawn(SERVER_MODULE, deployment_dir, "server.log")
+        (deployment_dir / PID_FILE).write_text(str(pid), encoding="utf-8")
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             state = read_json(deployment_dir / "state.json")
@@ -96,12 +100,26 @@ class LocalEndpoint:
 
     @staticmethod
     def remove(deployment_dir: Path) -> bool:
-        """Stop the deployment's server and remove its folder; whether a server was running."""
+        """Stop the deployment's server, healthy or still starting, and remove its folder; whether one ran."""
         state = LocalEndpoint.server_state(deployment_dir)
-        if state:
-            processes.stop_process(state["pid"])
+        running = _stop(state["pid"] if state else _started_pid(deployment_dir))
         shutil.rmtree(deployment_dir, ignore_errors=True)
-        return state is not None
+        return running
+
+
+def _started_pid(deployment_dir: Path) -> int | None:
+    try:
+        return int((deployment_dir / PID_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _stop(pid: int | None) -> bool:
+    """Stop the server `pid` if it is still ours; whether it was."""
+    running = processes.process_alive(pid, SERVER_MODULE)
+    if running:
+        processes.stop_process(pid)
+    return running
 
 
 def _answers(state: dict) -> bool:
