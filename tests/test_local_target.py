@@ -23,6 +23,7 @@ from phi3_pipeline.targets.local.target import LocalTarget
 from phi3_pipeline.targets.workspace import write_json_atomic
 from tests.conftest import ROOT
 
+QUESTIONS = ["Who founded Microsoft?", "What is the capital of France?", "Name a primary colour."]
 CHAT = {"input_data": {"input_string": [{"role": "user", "content": "Who founded Microsoft?"}],
                        "parameters": {"temperature": 0.7, "max_new_tokens": 24}}}
 
@@ -127,6 +128,55 @@ def test_a_local_hugging_face_checkpoint_can_be_the_base_model(trained):
     adapter_config = target.ws.root / "jobs" / other_job / "output" / "adapter" / "adapter_config.json"
     adapter = json.loads(adapter_config.read_text())
     assert adapter["base_model_name_or_path"] == str(checkpoint)
+
+
+def test_a_job_told_not_to_merge_is_served_as_its_base_plus_adapter_which_answers_as_the_merged_model(
+        trained, tmp_path):
+    """Where the merged copies do not fit (or training.merge_adapter=never) the registry holds the adapter, which
+    names its base, and the scoring server loads both; greedy answers are those of the merged model."""
+    from phi3_pipeline.serving.chat_model import ChatModel
+
+    target, dataset, name = trained
+    output = target.ws.root / "jobs" / name / "output"
+    merged, unmerged = ChatModel(output / "model"), ChatModel(output / "adapter")
+    prompts = [merged.encode([{"role": "user", "content": question}], 16) for question in QUESTIONS]
+    assert [r.text for r in merged.replies(prompts, 0.0, 16)] == [r.text for r in unmerged.replies(prompts, 0.0, 16)]
+
+    training = target.settings.training.model_copy(update={"base_model": str(output / "model"), "epochs": 2,
+                                                           "merge_adapter": "never"})
+    local = target.settings.local.model_copy(update={"workspace_dir": tmp_path / "ws"})
+    other = LocalTarget(target.settings.model_copy(update={"training": training, "local": local}))
+    other.ensure_identity()
+    job = other.job_name(dataset.content_hash)
+    assert other.find_or_submit_job(job, dataset) is True
+    assert wait_for_job(other, job).state == "Completed"
+    assert not (other.ws.root / "jobs" / job / "output" / "model").exists(), "nothing merged was written"
+    model = other.register_model(other.job_result(job), dataset)
+    assert list(Path(model.uri).rglob("adapter_config.json")) and not list(Path(model.uri).rglob("config.json"))
+    try:
+        deployment = other.deploy(model)
+        assert other.ask(deployment, QUESTIONS[0], 16)
+    finally:
+        other.teardown()
+
+
+def test_a_model_memory_cannot_serve_is_one_config_error_from_the_deploy(trained, tmp_path):
+    """The server sizes the model before loading it: a context no memory holds one answer of stops the deploy
+    with the server's one line, and no server is left."""
+    from phi3_pipeline.config.errors import ConfigError
+    from phi3_pipeline.targets.base import ModelRef
+
+    target, dataset, name = trained
+    model_dir = tmp_path / "model"
+    shutil.copytree(target.ws.root / "jobs" / name / "output" / "model", model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2**40}))
+    local = target.settings.local.model_copy(update={"workspace_dir": tmp_path / "ws"})
+    other = LocalTarget(target.settings.model_copy(update={"local": local}))
+    other.ensure_identity()
+    with pytest.raises(ConfigError, match=r"^serving this model needs .* GiB of CPU memory .* GiB are free"):
+        other.deploy(ModelRef(name="too-long", version=1, job_name=name, created=True, uri=str(model_dir)))
+    assert other.teardown().removed == [], "no server was left running"
 
 
 def test_registry_versions_with_lineage_and_loads_as_mlflow_model(trained):

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 
 from phi3_pipeline.config.errors import ConfigError
-from phi3_pipeline.targets.local.machine import fine_tune_method
+from phi3_pipeline.targets.local.machine import fine_tune_method, merge_choice
 from phi3_pipeline.targets.local.training_job import (
     PHI3_PROJECTIONS,
     JobReporter,
@@ -106,3 +106,15 @@ def test_the_quota_stage_says_the_method_and_a_qlora_job_is_another_job(monkeypa
     assert gpu_check.resource == "GPU memory (L4) for QLoRA, 4-bit (LoRA would need 16.5 GiB, 10.0 GiB are free)"
     assert (gpu_check.needed, gpu_check.short_by) == (5.0, 0)
     assert qlora_job != lora_job
+
+
+@pytest.mark.parametrize("asked, free_gib, expected", [
+    ("auto", 100.0, (True, "merged (it fits)")),
+    ("auto", 20.0, (False, "base + adapter (the merged copies would need 16.0 GiB more)")),
+    ("always", 1.0, (True, "merged (asked for)")),
+    ("never", 100.0, (False, "base + adapter (asked for)")),
+])
+def test_the_adapter_is_merged_unless_the_merged_copies_do_not_fit_on_disk(asked, free_gib, expected):
+    """8 GiB of 16-bit weights, 8.2 GiB of the job's other files: merging writes 16 GiB more (the job's output and
+    the registry's copy)."""
+    assert merge_choice(asked, 8.0, free_gib, 8.2) == expected

@@ -131,6 +131,13 @@ class TrainingSettings(StrictModel):
                             "bitsandbytes, on a CUDA GPU) or auto: LoRA unless the GPU's free memory is short for it "
                             "and QLoRA fits. The quota stage says which it chose and why.",
     )
+    merge_adapter: Literal["auto", "always", "never"] = Field(
+        "auto", description="Serve the base model with the LoRA adapter merged in (answers as fast as the base; "
+                            "the merged weights are written twice, the job's output and the registry's copy) or "
+                            "the base plus the adapter (megabytes; the base is read from where the job read it). "
+                            "auto merges when the merged copies fit on the workspace's disk. It applies to jobs "
+                            "started from then on: a finished job keeps its form.",
+    )
     learning_rate: float = Field(5e-3, gt=0.0, le=1.0, description="Peak learning rate of the LoRA fine-tune.")
     lr_scheduler_type: SchedulerType = Field("cosine", description="Learning-rate schedule.")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming up.")
@@ -173,8 +180,10 @@ class LocalSettings(StrictModel):
         return value
     port: int = Field(0, ge=0, le=65535, description="Scoring server port on 127.0.0.1; 0 picks a free port.")
     max_new_tokens_limit: int = Field(256, ge=1, le=4096, description="Cap on max_new_tokens a request may ask.")
-    max_request_bytes: int = Field(
-        65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body the scoring server reads (413 above)."
+    max_request_bytes: int | None = Field(
+        None, ge=1024, le=16 * 1024 * 1024,
+        description="Largest request body the scoring server reads (413 above); unset: what the model's context "
+                    "length can take, 16 bytes per token of context, at least 64 KiB.",
     )
     generation_timeout_s: float = Field(
         30.0, gt=0, le=600, description="Seconds one request may generate; the answer so far is returned then."

@@ -1,4 +1,5 @@
-"""Chat with a causal language model saved in Hugging Face format (the merged fine-tuned model).
+"""Chat with a causal language model saved in Hugging Face format: the merged fine-tuned model, or a LoRA adapter
+whose `adapter_config.json` names its base.
 
 Shared by score.py (the scoring script of the local deployment) and by the MLflow pyfunc
 flavour of the registered model, so the registry and the server load the model the same way.
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 DEFAULT_PARAMETERS = {"temperature": 0.7, "max_new_tokens": 128}
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's
 
 
 class PromptTooLong(ValueError):
@@ -26,14 +28,23 @@ class Reply(NamedTuple):
 
 
 def find_checkpoint(model_dir: str | Path) -> Path:
-    """The folder holding config.json under a model directory (an MLflow model keeps it in data/)."""
+    """The folder holding config.json (a model) or adapter_config.json (an adapter) under a model directory (an
+    MLflow model keeps it in data/)."""
     root = Path(model_dir)
-    if (root / "config.json").is_file():
-        return root
-    matches = sorted(root.rglob("config.json"))
-    if not matches:
-        raise FileNotFoundError(f"no Hugging Face checkpoint (config.json) under {root}")
-    return matches[0].parent
+    for marker in ("config.json", ADAPTER_CONFIG):
+        if (root / marker).is_file():
+            return root
+        if matches := sorted(root.rglob(marker)):
+            return matches[0].parent
+    raise FileNotFoundError(f"no Hugging Face checkpoint (config.json) or adapter ({ADAPTER_CONFIG}) under {root}")
+
+
+def placement(torch) -> tuple[str, object]:
+    """Where the model answers and in which dtype: a CUDA GPU in bf16 (fp16 where it has no bf16), else the CPU in
+    fp32 (PyTorch's CPU kernels are fastest there)."""
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return "cpu", torch.float32
 
 
 class ChatModel:
@@ -44,9 +55,15 @@ class ChatModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         checkpoint = find_checkpoint(model_dir)
+        device, dtype = placement(torch)
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-        self.model.eval()
+        if (checkpoint / ADAPTER_CONFIG).is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            self.model = AutoPeftModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+        self.model.to(device).eval()
         self._torch = torch
 
     @property
@@ -88,8 +105,10 @@ class ChatModel:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         eos = self.tokenizer.eos_token_id
         width = max(len(prompt) for prompt in prompts)
-        input_ids = torch.tensor([[pad] * (width - len(prompt)) + prompt for prompt in prompts])
-        attention_mask = torch.tensor([[0] * (width - len(prompt)) + [1] * len(prompt) for prompt in prompts])
+        device = self.model.device
+        input_ids = torch.tensor([[pad] * (width - len(prompt)) + prompt for prompt in prompts], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(prompt)) + [1] * len(prompt) for prompt in prompts],
+                                      device=device)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         with torch.no_grad():
             output = self.model.generate(

@@ -60,3 +60,18 @@ def fine_tune_method(asked: str, weights_gib: float, gpu: tuple[str, float] | No
     if gpu is None:
         return LORA, "LoRA (no GPU: on the CPU)"
     return LORA, f"LoRA ({'QLoRA would not fit either' if lora_short else 'it fits'})"
+
+
+# The merged model is written twice (the job's output, the registry's copy), in the base's own dtype.
+MERGED_COPIES = 2
+
+
+def merge_choice(asked: str, weights_gib: float, disk_free_gib: float, other_disk_gib: float) -> tuple[bool, str]:
+    """Whether the job merges the adapter into the base (`training.merge_adapter`, auto resolved against the
+    workspace's free disk beside the run's `other_disk_gib`), and why, as the quota stage says it."""
+    merged_gib = MERGED_COPIES * weights_gib
+    if asked != "auto":
+        return asked == "always", f"{'merged' if asked == 'always' else 'base + adapter'} (asked for)"
+    if merged_gib + other_disk_gib <= disk_free_gib:
+        return True, "merged (it fits)"
+    return False, f"base + adapter (the merged copies would need {merged_gib:.1f} GiB more)"

@@ -16,6 +16,7 @@ import requests
 
 from phi3_pipeline.config.errors import ConfigError, PipelineError, TransientError
 from phi3_pipeline.targets.local import processes
+from phi3_pipeline.targets.local.scoring_server import CONFIG_ERROR_PREFIX
 from phi3_pipeline.targets.workspace import Workspace, read_json, write_json_atomic
 
 SERVER_MODULE = "phi3_pipeline.targets.local.scoring_server"
@@ -89,6 +90,8 @@ class LocalEndpoint:
                 return state
             if not processes.process_alive(pid, SERVER_MODULE):
                 log_tail = (deployment_dir / "server.log").read_text(errors="replace").strip().splitlines()[-3:]
+                if log_tail and log_tail[-1].startswith(CONFIG_ERROR_PREFIX):
+                    raise ConfigError(log_tail[-1].removeprefix(CONFIG_ERROR_PREFIX))
                 raise PipelineError(f"scoring server exited while starting: {' | '.join(log_tail)}")
             time.sleep(0.3)
         processes.stop_process(pid)

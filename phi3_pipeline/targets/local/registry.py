@@ -38,7 +38,7 @@ def register(ws: Workspace, model_name: str, weights: Path, lineage: dict) -> tu
                 loader_module="chat_model",
                 data_path=str(weights),
                 code_paths=[str(CHAT_MODEL_CODE)],
-                pip_requirements=["torch", "transformers", "tokenizers", "safetensors"],
+                pip_requirements=["torch", "transformers", "tokenizers", "safetensors", "peft"],
                 metadata={"job_name": lineage["job_name"], "data_hash": lineage["data_hash"]},
             )
             write_json_atomic(staging / LINEAGE_FILE, {**lineage, "registered_at": time.time()})

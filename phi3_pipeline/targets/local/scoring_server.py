@@ -1,8 +1,9 @@
 """The local deployment: Azure ML's inference server app, behind a bearer-key check, on 127.0.0.1.
 
 `python -m phi3_pipeline.targets.local.scoring_server DEPLOYMENT_DIR` reads DEPLOYMENT_DIR/spec.json (model folder,
-key file, port), loads the model through serving/score.py's init(), binds 127.0.0.1 only, then
-writes DEPLOYMENT_DIR/state.json with the port it got. The key is read from its owner-only file,
+key file, port, limits), fits the limits to the model and this machine's free memory (server_sizing.py), loads the
+model through serving/score.py's init(), binds 127.0.0.1 only, then writes DEPLOYMENT_DIR/state.json with the port
+it got and the limits it holds to. The key is read from its owner-only file,
 never from the command line or the environment, so `ps` cannot show it.
 """
 
@@ -17,10 +18,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from phi3_pipeline.config.errors import ConfigError
 from phi3_pipeline.serving import SCORE_SCRIPT, cancellation
+from phi3_pipeline.serving.chat_model import find_checkpoint, placement
+from phi3_pipeline.targets.local import server_sizing
 from phi3_pipeline.targets.workspace import write_json_atomic
 
 LOOPBACK = "127.0.0.1"
+CONFIG_ERROR_PREFIX = "error: "  # a server that cannot serve this model says why on its log's last line
 HEALTH_PATH = "/"
 SCORE_PATH = "/score"
 # OpenAI-style routes of the catalog's inference server, answered by the same scoring script.
@@ -164,13 +169,29 @@ def share_the_cores(generations: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // generations))
 
 
+def fitted_to_the_model(spec: dict) -> dict:
+    """The spec's limits fitted to the model and to the free memory of the device it will answer on (said in the
+    server's log where they were cut)."""
+    import psutil
+    import torch
+
+    device, dtype = placement(torch)
+    free = torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
+    config, weights_bytes = server_sizing.served_files(find_checkpoint(spec["model_dir"]))
+    limits, notes = server_sizing.fitted_limits(spec["limits"], config, weights_bytes, free, dtype.itemsize,
+                                                "GPU" if device == "cuda" else "CPU")
+    for note in notes:
+        print(note, flush=True)
+    return limits
+
+
 def serve(deployment_dir: Path) -> None:
     import waitress
 
     answer_waitress_errors_generically()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     spec = json.loads((deployment_dir / "spec.json").read_text(encoding="utf-8"))
-    limits = spec["limits"]
+    limits = fitted_to_the_model(spec)
     os.environ["AZUREML_ENTRY_SCRIPT"] = str(SCORE_SCRIPT)
     os.environ["AZUREML_MODEL_DIR"] = spec["model_dir"]
     os.environ["SCORING_MAX_NEW_TOKENS"] = str(limits["max_new_tokens"])
@@ -188,10 +209,14 @@ def serve(deployment_dir: Path) -> None:
     server = waitress.create_server(app, host=LOOPBACK, port=spec["port"], **server_options(limits))
     write_json_atomic(deployment_dir / "state.json", {
         "pid": os.getpid(), "host": LOOPBACK, "port": server.effective_port,
-        "model_version": spec["model_version"],
+        "model_version": spec["model_version"], "limits": limits,
     })
     server.run()
 
 
 if __name__ == "__main__":
-    serve(Path(sys.argv[1]))
+    try:
+        serve(Path(sys.argv[1]))
+    except ConfigError as error:  # what the pipeline reports as it is: the last line of the server's log
+        print(f"{CONFIG_ERROR_PREFIX}{error}", flush=True)
+        sys.exit(2)

@@ -34,6 +34,7 @@ from phi3_pipeline.targets.base import (
 )
 from phi3_pipeline.targets.local import hub, machine, processes, registry
 from phi3_pipeline.targets.local.online import LocalEndpoint
+from phi3_pipeline.targets.local.training_job import ADAPTER_DIR, MERGED_DIR
 from phi3_pipeline.targets.workspace import Workspace, read_json, write_json_atomic
 
 TRAINING_MODULE = "phi3_pipeline.targets.local.training_job"
@@ -42,6 +43,11 @@ GiB = 1024**3
 # 2026-11-25 on CPU: training job peak RSS 0.47 GiB, scoring server 0.40 GiB; the rest is headroom for the pipeline
 # process itself (Prefect, Prompt flow). Per GiB of weights W: memory 2.5 W, disk 3 W (machine.gpu_need_gib: GPU).
 BASE_MEMORY_GIB, BASE_DISK_GIB = 1.5, 0.2
+
+
+def disk_free_gib(path: Path) -> float:
+    """Free space on the disk that holds `path`, or will once it is made."""
+    return shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free / GiB
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
@@ -93,12 +99,22 @@ class LocalTarget(Target):
         """LoRA or QLoRA, and why (`training.method`, auto resolved once per run against the GPU's free memory)."""
         return machine.fine_tune_method(self.settings.training.method, self.weights_gib(), self.gpu)
 
+    @cached_property
+    def merge_adapter(self) -> tuple[bool, str]:
+        """Whether the job merges the adapter into the base for serving, and why (`training.merge_adapter`, auto
+        resolved once per run against the workspace's free disk)."""
+        weights_gib = self.weights_gib()
+        return machine.merge_choice(self.settings.training.merge_adapter, weights_gib, disk_free_gib(self.ws.root),
+                                    weights_gib + BASE_DISK_GIB)
+
     def job_inputs(self) -> dict:
         """The base model's weights, every training setting, the seed, and QLoRA where it is the method (LoRA, the
-        default, adds nothing, so that earlier jobs keep their names)."""
+        default, adds nothing, so that earlier jobs keep their names). How the result is served is not what is
+        trained: a re-run adopts the job whichever way it was saved."""
         method = self.fine_tune_method[0]
         return {"base_model": self.base_model_identity(),
-                "training": self.settings.training.model_dump(exclude={"base_model", "base_model_revision", "method"}),
+                "training": self.settings.training.model_dump(exclude={"base_model", "base_model_revision", "method",
+                                                                       "merge_adapter"}),
                 "seed": self.settings.dataset.seed, **({"method": method} if method != machine.LORA else {})}
 
     def notices(self) -> list[str]:
@@ -129,28 +145,31 @@ class LocalTarget(Target):
 
     # ---- quota ---------------------------------------------------------------------------------
     def check_resources(self) -> list[ResourceCheck]:
-        """Memory, disk and GPU memory for the base model and the method (weights W GiB: fp32 in training with the
-        LoRA optimiser's state, and once more in the server)."""
+        """Memory, disk and GPU memory for the base model, the method and the served form (weights W GiB: fp32 in
+        training with the LoRA optimiser's state, and once more in the server; on disk W of the job's files, and
+        the merged model's copies)."""
         weights_gib, hub_model = self.weights_gib(), self.hub_base_model
         method, why = self.fine_tune_method
-        memory_gib, disk_gib = 2.5 * weights_gib + BASE_MEMORY_GIB, 3 * weights_gib + BASE_DISK_GIB
+        merged, served = self.merge_adapter
+        memory_gib = 2.5 * weights_gib + BASE_MEMORY_GIB
+        disk_gib = (machine.MERGED_COPIES * weights_gib if merged else 0) + weights_gib + BASE_DISK_GIB
         self.ws.ensure()
         memory = psutil.virtual_memory().available / GiB
-        disk = shutil.disk_usage(self.ws.root).free / GiB
         checks = [
             ResourceCheck(resource="memory", needed=round(memory_gib, 2), available=round(memory, 2), unit="GiB",
                           advice="close other programs or choose a smaller training.base_model"),
-            ResourceCheck(resource=f"disk at {self.ws.root}", needed=round(disk_gib, 2), available=round(disk, 2),
-                          unit="GiB", advice="free disk space or set local.workspace_dir to a larger disk"),
+            ResourceCheck(resource=f"disk at {self.ws.root}, served {served}", needed=round(disk_gib, 2),
+                          available=round(disk_free_gib(self.ws.root), 2), unit="GiB",
+                          advice="free disk space, set local.workspace_dir to a larger disk" +
+                                 (" or set training.merge_adapter=never" if merged else "")),
             ResourceCheck(resource="CPU cores", needed=1, available=os.cpu_count() or 1, unit="cores",
                           advice="run on a machine with at least one core"),
         ]
         if hub_model is not None and hub_model.snapshot is None:  # the download lands in the Hugging Face cache
             cache = hub.cache_dir()
-            cache_free = shutil.disk_usage(next(p for p in (cache, *cache.parents) if p.exists())).free / GiB
             checks.append(ResourceCheck(resource=f"disk at {cache} (the Hugging Face cache)",
                                         needed=round(hub_model.weight_bytes / GiB + 0.1, 2),
-                                        available=round(cache_free, 2), unit="GiB",
+                                        available=round(disk_free_gib(cache), 2), unit="GiB",
                                         advice="free disk space or set HF_HUB_CACHE to a larger disk"))
         if self.gpu is not None:
             name, free_gib = self.gpu
@@ -193,6 +212,7 @@ class LocalTarget(Target):
         if self.hub_base_model is not None:  # the job trains from the cache's folder, downloaded now if missing
             training["base_model"] = str(hub.download(self.hub_base_model))
         training["method"] = self.fine_tune_method[0]
+        training["merge_adapter"] = self.merge_adapter[0]
         return {**training, "train_file": dataset.train_uri, "test_file": dataset.test_uri,
                 "seed": self.settings.dataset.seed,
                 "base_cache_dir": str(self.ws.root / "base_models" / base_key[:16])}
@@ -240,8 +260,10 @@ class LocalTarget(Target):
 
     # ---- register ------------------------------------------------------------------------------
     def register_model(self, job: JobRef, dataset: DatasetRef) -> ModelRef:
+        output = self._job_dir(job.name) / "output"
+        served = output / MERGED_DIR if (output / MERGED_DIR).is_dir() else output / ADAPTER_DIR
         version, created = registry.register(
-            self.ws, self.settings.model_name, self._job_dir(job.name) / "output" / "model",
+            self.ws, self.settings.model_name, served,
             lineage={"job_name": job.name, "data_hash": dataset.content_hash, "train_uri": dataset.train_uri,
                      "test_uri": dataset.test_uri,
                      "base_model": (self.hub_base_model.identity if self.hub_base_model
@@ -271,7 +293,8 @@ class LocalTarget(Target):
                              live_since=datetime.fromtimestamp(since, UTC).isoformat() if live else "")
 
     def serving_limits(self) -> dict:
-        """What the scoring server is held to (its spec's `limits`), from `local.*`."""
+        """What the scoring server is held to (its spec's `limits`), from `local.*`; the server fits them to its
+        model and its free memory when it starts (server_sizing.py)."""
         local = self.settings.local
         return {"max_new_tokens": local.max_new_tokens_limit, "max_request_bytes": local.max_request_bytes,
                 "generation_timeout_s": local.generation_timeout_s,

@@ -2,7 +2,8 @@
 
 `python -m phi3_pipeline.targets.local.training_job JOB_DIR` reads JOB_DIR/spec.json, trains with TRL's
 SFTTrainer, writes JOB_DIR/status.json (atomically, after every step) and JOB_DIR/metrics.jsonl, and leaves the
-merged model and the LoRA adapter under JOB_DIR/output. The default base model is a small Phi-3-architecture
+LoRA adapter (JOB_DIR/output/adapter, which names its base) and, unless the spec says not to merge, the merged
+model (JOB_DIR/output/model), each with the tokenizer, under JOB_DIR/output. The default base model is a small Phi-3-architecture
 model built offline (tokenizer trained on the data, then some language-model training of its own), cached by
 content so that several jobs share it.
 """
@@ -36,6 +37,7 @@ TINY_ARCHITECTURE = {
     "max_position_embeddings": 512,
 }
 TINY_VOCAB_SIZE = 1024
+ADAPTER_DIR, MERGED_DIR = "adapter", "model"  # under the job's output folder
 
 
 class JobReporter:
@@ -178,16 +180,21 @@ def load_base(base_path: Path, method: str):
 
 
 def merged_model(model, base_path: Path, adapter_dir: Path, method: str):
-    """The base with the adapter merged in: a QLoRA adapter onto the base in 16 bits (4-bit weights are not
-    merged into)."""
-    if method != QLORA:
-        return model.merge_and_unload()
+    """The base with the adapter merged in, in the base checkpoint's own dtype (a model trained in fp32 on a CPU is
+    not saved at twice its base's size); a QLoRA adapter onto the base in 16 bits (4-bit weights are not merged
+    into)."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16)
-    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    saved_dtype = getattr(AutoConfig.from_pretrained(base_path), "dtype", None)
+    if method != QLORA:
+        merged = model.merge_and_unload()
+    else:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    return merged.to(saved_dtype) if isinstance(saved_dtype, torch.dtype) and saved_dtype.is_floating_point else merged
 
 
 def build_tiny_base(spec: dict, train: list[list[dict]], reporter: JobReporter, step_offset: int) -> Path:
@@ -279,10 +286,11 @@ def run(job_dir: Path) -> None:
     model = trainer.model
 
     output = job_dir / "output"
-    model.save_pretrained(output / "adapter")
-    merged = merged_model(model, base_path, output / "adapter", method)
-    merged.save_pretrained(output / "model")
-    tokenizer.save_pretrained(output / "model")
+    model.save_pretrained(output / ADAPTER_DIR)
+    tokenizer.save_pretrained(output / ADAPTER_DIR)
+    if spec.get("merge_adapter", True):
+        merged_model(model, base_path, output / ADAPTER_DIR, method).save_pretrained(output / MERGED_DIR)
+        tokenizer.save_pretrained(output / MERGED_DIR)
     window = max(1, min(5, len(losses) // 4))
     metrics = {
         "train_loss_first": sum(losses[:window]) / window,

@@ -1,0 +1,67 @@
+"""The scoring server's limits from the model it serves: how large a request may be (from the model's context
+length) and how many answers it generates at once (what memory holds of their key/value caches beside the
+weights). The server applies them when it starts, where it knows its device and its free memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from phi3_pipeline.config.errors import ConfigError
+from phi3_pipeline.serving.chat_model import ADAPTER_CONFIG
+from phi3_pipeline.targets.local.machine import checkpoint_bytes
+
+GiB = 1024**3
+# A token is about 4 characters of text; JSON's escapes and the messages' fields can take 4 times that.
+REQUEST_BYTES_PER_TOKEN = 16
+MIN_REQUEST_BYTES = 64 * 1024
+# Of the memory left beside the weights, the share the answers' key/value caches may take: the rest is for the
+# activations, the allocator's slack and the server itself.
+KV_CACHE_SHARE = 0.5
+CHECKPOINT_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def served_files(checkpoint: Path) -> tuple[dict, int]:
+    """The served model's config and its weights' bytes on disk: an adapter's base's, with the adapter's."""
+    adapter_config = checkpoint / ADAPTER_CONFIG
+    if adapter_config.is_file():
+        base = Path(json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"])
+        config, weights = served_files(base)
+        return config, weights + checkpoint_bytes(checkpoint)
+    return json.loads((checkpoint / "config.json").read_text(encoding="utf-8")), checkpoint_bytes(checkpoint)
+
+
+def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
+    """Keys and values of one token in every layer."""
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    return 2 * config["num_hidden_layers"] * (config.get("num_key_value_heads") or heads) * head_dim * dtype_bytes
+
+
+def fitted_limits(limits: dict, config: dict, weights_bytes: int, free_bytes: float, dtype_bytes: int,
+                  where: str) -> tuple[dict, list[str]]:
+    """`limits` (the spec's, from local.*) fitted to the model: the request size, when unset, from its context
+    length; generations and batches cut to the full-context answers that `free_bytes` (before the weights load)
+    holds. The notes say what was cut; a ConfigError when not even one answer fits."""
+    context = config["max_position_embeddings"]
+    fitted, notes = dict(limits), []
+    if fitted["max_request_bytes"] is None:
+        fitted["max_request_bytes"] = max(MIN_REQUEST_BYTES, context * REQUEST_BYTES_PER_TOKEN)
+    saved_bytes = CHECKPOINT_DTYPE_BYTES.get(str(config.get("torch_dtype") or config.get("dtype")), 4)
+    weights_in_memory = weights_bytes * dtype_bytes / saved_bytes
+    per_answer = kv_bytes_per_token(config, dtype_bytes) * context
+    answers = int(KV_CACHE_SHARE * (free_bytes - weights_in_memory) // per_answer)
+    if answers < 1:
+        need = (weights_in_memory + per_answer / KV_CACHE_SHARE) / GiB
+        raise ConfigError(f"serving this model needs {need:.1f} GiB of {where} memory (its weights, and one answer "
+                          f"of {context} tokens); {free_bytes / GiB:.1f} GiB are free: free memory or serve a "
+                          "smaller model")
+    asked = limits["max_concurrent_generations"] * limits["max_batch_size"]
+    if answers < asked:
+        fitted["max_concurrent_generations"] = min(limits["max_concurrent_generations"], answers)
+        fitted["max_batch_size"] = max(1, min(limits["max_batch_size"],
+                                              answers // fitted["max_concurrent_generations"]))
+        notes.append(f"{where} memory holds {answers} answers of {context} tokens beside the weights: "
+                     f"{fitted['max_concurrent_generations']} generations of up to {fitted['max_batch_size']} "
+                     f"requests at once (asked for {asked})")
+    return fitted, notes

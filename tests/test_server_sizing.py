@@ -1,0 +1,66 @@
+"""The scoring server's limits fitted to the model it serves: request size from the context length, answers at
+once from the memory their key/value caches take beside the weights."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from phi3_pipeline.config.errors import ConfigError
+from phi3_pipeline.targets.local.server_sizing import MIN_REQUEST_BYTES, fitted_limits, kv_bytes_per_token
+
+GiB = 1024**3
+# shaped as microsoft/Phi-4-mini-instruct (3.8 B parameters; about 7.7 GB of bf16 weights)
+PHI4_MINI = {"num_hidden_layers": 32, "num_attention_heads": 24, "num_key_value_heads": 8, "hidden_size": 3072,
+             "max_position_embeddings": 131072, "torch_dtype": "bfloat16"}
+PHI4_MINI_WEIGHTS = 7_672_000_000
+TINY = {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "hidden_size": 128,
+        "max_position_embeddings": 512}
+LIMITS = {"max_new_tokens": 256, "max_request_bytes": None, "generation_timeout_s": 30.0,
+          "max_concurrent_generations": 2, "max_batch_size": 8, "max_queued_requests": 32, "queue_wait_s": 10.0}
+
+
+def test_the_request_size_follows_the_context_length_unless_it_is_set():
+    tiny, _ = fitted_limits(LIMITS, TINY, 0, 8 * GiB, 4, "CPU")
+    phi4, _ = fitted_limits(LIMITS, PHI4_MINI, PHI4_MINI_WEIGHTS, 141 * GiB, 2, "GPU")
+    set_by_hand, _ = fitted_limits({**LIMITS, "max_request_bytes": 4096}, PHI4_MINI, PHI4_MINI_WEIGHTS, 141 * GiB,
+                                   2, "GPU")
+    assert tiny["max_request_bytes"] == MIN_REQUEST_BYTES  # 512 tokens: the floor
+    assert phi4["max_request_bytes"] == 131072 * 16  # 2 MiB: a whole context of text
+    assert set_by_hand["max_request_bytes"] == 4096
+
+
+def test_answers_at_once_are_cut_to_what_the_gpu_holds_beside_the_weights():
+    """Phi-4-mini keeps 128 KiB of keys and values per token in bf16: a full 131,072-token answer takes 16 GiB. On
+    an 80 GiB GPU, beside 7.1 GiB of weights, half of the rest holds 2 such answers: 2 generations of 1."""
+    assert kv_bytes_per_token(PHI4_MINI, 2) == 2 * 32 * 8 * 128 * 2
+    fitted, notes = fitted_limits(LIMITS, PHI4_MINI, PHI4_MINI_WEIGHTS, 80 * GiB, 2, "GPU")
+    assert (fitted["max_concurrent_generations"], fitted["max_batch_size"]) == (2, 1)
+    assert notes == ["GPU memory holds 2 answers of 131072 tokens beside the weights: 2 generations of up to 1 "
+                     "requests at once (asked for 16)"]
+    roomy, roomy_notes = fitted_limits(LIMITS, TINY, 0, 8 * GiB, 4, "CPU")
+    assert (roomy["max_concurrent_generations"], roomy["max_batch_size"], roomy_notes) == (2, 8, [])
+
+
+def test_a_model_whose_weights_and_one_answer_do_not_fit_is_one_config_error():
+    """On the CPU the bf16 weights load in fp32: 14.3 GiB, and one full answer 32 GiB more at half the room."""
+    with pytest.raises(ConfigError, match=r"needs 78\.3 GiB of CPU memory .* 24\.0 GiB are free"):
+        fitted_limits(LIMITS, PHI4_MINI, PHI4_MINI_WEIGHTS, 24 * GiB, 4, "CPU")
+
+
+@given(free_gib=st.floats(min_value=0.01, max_value=200), generations=st.integers(1, 64),
+       batch=st.integers(1, 64), context=st.sampled_from([512, 4096, 131072]))
+def test_fitted_answers_at_once_never_exceed_what_was_asked_or_what_memory_holds(free_gib, generations, batch,
+                                                                                   context):
+    config = {**PHI4_MINI, "max_position_embeddings": context}
+    limits = {**LIMITS, "max_concurrent_generations": generations, "max_batch_size": batch}
+    per_answer = kv_bytes_per_token(config, 2) * context
+    try:
+        fitted, _ = fitted_limits(limits, config, PHI4_MINI_WEIGHTS, free_gib * GiB, 2, "GPU")
+    except ConfigError:
+        assert free_gib * GiB - PHI4_MINI_WEIGHTS < 2 * per_answer
+        return
+    at_once = fitted["max_concurrent_generations"] * fitted["max_batch_size"]
+    assert 1 <= at_once <= generations * batch
+    assert at_once * per_answer <= 0.5 * (free_gib * GiB - PHI4_MINI_WEIGHTS)
