@@ -13,7 +13,7 @@ from phi3_pipeline.targets.local.server_sizing import MIN_REQUEST_BYTES, fitted_
 GiB = 1024**3
 # shaped as microsoft/Phi-4-mini-instruct (3.8 B parameters; about 7.7 GB of bf16 weights)
 PHI4_MINI = {"num_hidden_layers": 32, "num_attention_heads": 24, "num_key_value_heads": 8, "hidden_size": 3072,
-             "max_position_embeddings": 131072, "torch_dtype": "bfloat16"}
+             "max_position_embeddings": 131072, "dtype": "bfloat16"}
 PHI4_MINI_WEIGHTS = 7_672_000_000
 TINY = {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "hidden_size": 128,
         "max_position_embeddings": 512}
@@ -64,3 +64,27 @@ def test_fitted_answers_at_once_never_exceed_what_was_asked_or_what_memory_holds
     at_once = fitted["max_concurrent_generations"] * fitted["max_batch_size"]
     assert 1 <= at_once <= generations * batch
     assert at_once * per_answer <= 0.5 * (free_gib * GiB - PHI4_MINI_WEIGHTS)
+
+
+def test_the_shape_is_read_whatever_the_architecture_calls_it_and_through_an_adapter(tmp_path):
+    """GPT-2 names its context n_positions: transformers' own names are read. An adapter is sized on its base, and
+    a config without a shape keeps the settings' limits."""
+    import json
+
+    from transformers import GPT2Config
+
+    from phi3_pipeline.targets.local.server_sizing import served_shape
+
+    base = tmp_path / "base"
+    GPT2Config(n_positions=1024, n_layer=3, n_head=4, n_embd=64).save_pretrained(base)
+    (base / "model.safetensors").write_bytes(b"0" * 1000)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"0" * 10)
+    shape, weights = served_shape(adapter)
+    assert (shape["max_position_embeddings"], shape["num_hidden_layers"], shape["hidden_size"]) == (1024, 3, 64)
+    assert weights == 1010
+    fitted, notes = fitted_limits(LIMITS, {"max_position_embeddings": None}, 0, 8 * GiB, 4, "CPU")
+    assert (fitted["max_concurrent_generations"], fitted["max_batch_size"]) == (2, 8)
+    assert fitted["max_request_bytes"] == MIN_REQUEST_BYTES and "does not give its shape" in notes[0]

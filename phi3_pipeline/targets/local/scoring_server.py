@@ -177,7 +177,7 @@ def fitted_to_the_model(spec: dict) -> dict:
 
     device, dtype = placement(torch)
     free = torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
-    config, weights_bytes = server_sizing.served_files(find_checkpoint(spec["model_dir"]))
+    config, weights_bytes = server_sizing.served_shape(find_checkpoint(spec["model_dir"]))
     limits, notes = server_sizing.fitted_limits(spec["limits"], config, weights_bytes, free, dtype.itemsize,
                                                 "GPU" if device == "cuda" else "CPU")
     for note in notes:

@@ -19,16 +19,23 @@ MIN_REQUEST_BYTES = 64 * 1024
 # activations, the allocator's slack and the server itself.
 KV_CACHE_SHARE = 0.5
 CHECKPOINT_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+SHAPE = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size", "head_dim",
+         "max_position_embeddings")
 
 
-def served_files(checkpoint: Path) -> tuple[dict, int]:
-    """The served model's config and its weights' bytes on disk: an adapter's base's, with the adapter's."""
+def served_shape(checkpoint: Path) -> tuple[dict, int]:
+    """The served model's shape (`SHAPE`, as transformers names it whatever the architecture calls it, and the
+    checkpoint's `dtype`) and its weights' bytes on disk: an adapter's base's, with the adapter's."""
     adapter_config = checkpoint / ADAPTER_CONFIG
     if adapter_config.is_file():
         base = Path(json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"])
-        config, weights = served_files(base)
-        return config, weights + checkpoint_bytes(checkpoint)
-    return json.loads((checkpoint / "config.json").read_text(encoding="utf-8")), checkpoint_bytes(checkpoint)
+        shape, weights = served_shape(base)
+        return shape, weights + checkpoint_bytes(checkpoint)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    shape = {key: getattr(config, key, None) for key in SHAPE}
+    return {**shape, "dtype": str(getattr(config, "dtype", None)).removeprefix("torch.")}, checkpoint_bytes(checkpoint)
 
 
 def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
@@ -42,12 +49,16 @@ def fitted_limits(limits: dict, config: dict, weights_bytes: int, free_bytes: fl
                   where: str) -> tuple[dict, list[str]]:
     """`limits` (the spec's, from local.*) fitted to the model: the request size, when unset, from its context
     length; generations and batches cut to the full-context answers that `free_bytes` (before the weights load)
-    holds. The notes say what was cut; a ConfigError when not even one answer fits."""
-    context = config["max_position_embeddings"]
-    fitted, notes = dict(limits), []
+    holds. The notes say what was cut; a ConfigError when not even one answer fits. A config without the shape
+    (`SHAPE`) keeps the settings' limits."""
+    context = config.get("max_position_embeddings")
+    fitted = dict(limits)
     if fitted["max_request_bytes"] is None:
-        fitted["max_request_bytes"] = max(MIN_REQUEST_BYTES, context * REQUEST_BYTES_PER_TOKEN)
-    saved_bytes = CHECKPOINT_DTYPE_BYTES.get(str(config.get("torch_dtype") or config.get("dtype")), 4)
+        fitted["max_request_bytes"] = max(MIN_REQUEST_BYTES, (context or 0) * REQUEST_BYTES_PER_TOKEN)
+    if not all(config.get(key) for key in ("num_hidden_layers", "num_attention_heads", "hidden_size")) or not context:
+        return fitted, ["the model's config does not give its shape: generations and batches are the settings'"]
+    notes = []
+    saved_bytes = CHECKPOINT_DTYPE_BYTES.get(str(config.get("dtype")), 4)
     weights_in_memory = weights_bytes * dtype_bytes / saved_bytes
     per_answer = kv_bytes_per_token(config, dtype_bytes) * context
     answers = int(KV_CACHE_SHARE * (free_bytes - weights_in_memory) // per_answer)
