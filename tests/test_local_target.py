@@ -182,6 +182,8 @@ def test_a_model_memory_cannot_serve_is_one_config_error_from_the_deploy(trained
 def test_registry_versions_with_lineage_and_loads_as_mlflow_model(trained):
     import mlflow.pyfunc
 
+    from phi3_pipeline.serving.chat_model import ChatModel
+
     target, dataset, name = trained
     job = target.job_result(name)
     first = target.register_model(job, dataset)
@@ -192,9 +194,13 @@ def test_registry_versions_with_lineage_and_loads_as_mlflow_model(trained):
     assert other.version == first.version + 1
     lineage = json.loads((target.ws.root / "registry" / first.name / str(first.version) / "lineage.json").read_text())
     assert lineage["job_name"] == name and lineage["data_hash"] == dataset.content_hash
-    answers = mlflow.pyfunc.load_model(first.uri).predict([[{"role": "user", "content": "Who founded Apple?"}]],
-                                                           params={"max_new_tokens": 8})
-    assert isinstance(answers[0], str)
+    conversations = [[{"role": "user", "content": question}] for question in QUESTIONS]
+    answers = mlflow.pyfunc.load_model(first.uri).predict(conversations)
+    assert len(answers) == len(QUESTIONS) and all(isinstance(answer, str) for answer in answers)
+    greedy = {"max_new_tokens": 8, "temperature": 0.0}  # MLflow passes no params to a model without a signature
+    chat = ChatModel(first.uri)
+    assert chat.predict(conversations, greedy) == [chat.predict([conversation], greedy)[0]
+                                                   for conversation in conversations], "answered together as alone"
 
 
 def test_server_checks_the_key_and_the_body(deployed):

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 DEFAULT_PARAMETERS = {"temperature": 0.7, "max_new_tokens": 128}
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's
+PREDICT_BATCH = 8  # conversations an MLflow predict call answers together (the server's default batch)
 
 
 class PromptTooLong(ValueError):
@@ -70,12 +71,6 @@ class ChatModel:
     def max_positions(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
 
-    def chat(self, messages: list[dict], temperature: float, max_new_tokens: int,
-             max_time_s: float | None = None) -> str:
-        """The answer; generation stops after `max_time_s` with what it has. PromptTooLong if the prompt's tokens
-        plus `max_new_tokens` exceed the model's positions."""
-        return self.reply(messages, temperature, max_new_tokens, max_time_s).text
-
     def encode(self, messages: list[dict], max_new_tokens: int) -> list[int]:
         """The conversation's prompt tokens; PromptTooLong if they and `max_new_tokens` exceed the model's
         positions."""
@@ -92,8 +87,8 @@ class ChatModel:
 
     def reply(self, messages: list[dict], temperature: float, max_new_tokens: int,
               max_time_s: float | None = None, stop: Callable[[], bool] | None = None) -> Reply:
-        """`chat`'s answer with its token counts; `stop` (checked at each new token) ends the generation early,
-        e.g. once the client has gone away."""
+        """The answer with its token counts; generation stops after `max_time_s` with what it has, and `stop`
+        (checked at each new token) ends it early, e.g. once the client has gone away. PromptTooLong as `encode`."""
         return self.replies([self.encode(messages, max_new_tokens)], temperature, max_new_tokens, max_time_s,
                             [stop] if stop else None)[0]
 
@@ -141,10 +136,14 @@ class ChatModel:
         return StoppingCriteriaList([WhenAsked()] if stops else [])
 
     def predict(self, model_input, params: dict | None = None) -> list[str]:
-        """MLflow pyfunc entry: a list (or DataFrame column 'messages') of conversations."""
+        """MLflow pyfunc entry: a list (or DataFrame column 'messages') of conversations, answered PREDICT_BATCH at
+        a time in one generate call."""
         params = {**DEFAULT_PARAMETERS, **(params or {})}
         rows = model_input["messages"].tolist() if hasattr(model_input, "columns") else list(model_input)
-        return [self.chat(list(messages), params["temperature"], params["max_new_tokens"]) for messages in rows]
+        prompts = [self.encode(list(messages), params["max_new_tokens"]) for messages in rows]
+        return [reply.text for start in range(0, len(prompts), PREDICT_BATCH)
+                for reply in self.replies(prompts[start:start + PREDICT_BATCH], params["temperature"],
+                                          params["max_new_tokens"])]
 
 
 def _load_pyfunc(data_path: str) -> ChatModel:
