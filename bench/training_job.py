@@ -5,8 +5,8 @@
 
 `small` is the default run (the built-in sample's 192 training conversations, 8 epochs, batch 16); `large`
 is 3,200 conversations, 2 epochs, batch 64, 256 tokens. Each job builds its own tiny base model first. The
-job needs only torch, transformers, peft and trl (with datasets and accelerate): run.sh gives it two stub
-modules for the project's settings package, so the GPU machine needs none of the project's other dependencies.
+job needs only torch, transformers, peft and trl (with datasets and accelerate): DIR holds the modules it imports
+in a package of their own, so the GPU machine needs none of the project's other dependencies.
 One JSON line per job.
 """
 
@@ -29,20 +29,33 @@ JOBS = {"small": (240, {}),
 RUN_SH = r'''#!/usr/bin/env bash
 set -euo pipefail
 PY=$1; HERE=$(cd "$(dirname "$0")" && pwd); W=$(mktemp -d)
-P="$W/phi3_pipeline"; mkdir -p "$P/config" "$P/targets/local"
-echo 'BUILTIN_BASE_MODEL = "@BUILTIN@"' > "$P/config/settings.py"
-touch "$P/__init__.py" "$P/config/__init__.py" "$P/targets/__init__.py" "$P/targets/local/__init__.py"
-cp "$HERE/errors.py" "$P/config/"; cp "$HERE/locks.py" "$P/"
-cp "$HERE/workspace.py" "$P/targets/"; cp "$HERE/machine.py" "$HERE/training_job.py" "$P/targets/local/"
 for job in small large; do
   J="$W/jobs/$job"; mkdir -p "$J"
   sed "s#@DATA@#$HERE#g; s#@JOB@#$J#g" "$HERE/$job.json" > "$J/spec.json"
   start=$(date +%s.%N)
-  (cd "$W" && "$PY" -m phi3_pipeline.targets.local.training_job "$J" > "$J/job.log" 2>&1) || { tail -20 "$J/job.log"; exit 1; }
+  (cd "$HERE" && "$PY" -m phi3_pipeline.targets.local.training_job "$J" > "$J/job.log" 2>&1) || { tail -20 "$J/job.log"; exit 1; }
   end=$(date +%s.%N)
   "$PY" -c 'import json, sys; m = json.load(open(sys.argv[1] + "/job_metrics.json")); print(json.dumps({"job": sys.argv[2], "wall_s": round(float(sys.argv[4]) - float(sys.argv[3]), 1), "fine_tune_s": m["seconds"], "fine_tune_steps": m["fine_tune_steps"], "eval_loss_before": round(m["eval_loss_before"], 3), "eval_loss_after": round(m["eval_loss_after"], 3)}))' "$J" "$job" "$start" "$end"
 done
 '''
+# The project's modules the training job imports, copied into a package of their own with a one-line settings
+# module, so that a machine with only torch, transformers, peft and trl runs the job.
+JOB_MODULES = ("config/errors.py", "locks.py", "targets/workspace.py", "targets/local/machine.py",
+               "targets/local/training_job.py")
+
+
+def write_job_package(folder: Path, modules: tuple[str, ...] = JOB_MODULES) -> None:
+    """`folder/phi3_pipeline`: `modules` at their own paths, empty `__init__`s, and the built-in model's name as
+    the only setting."""
+    package = folder / "phi3_pipeline"
+    for module in modules:
+        (package / module).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "phi3_pipeline" / module, package / module)
+    for directory in (package, *{(package / module).parent for module in modules}):
+        while directory != folder:
+            (directory / "__init__.py").touch()
+            directory = directory.parent
+    (package / "config" / "settings.py").write_text(f"BUILTIN_BASE_MODEL = {BUILTIN_BASE_MODEL!r}\n")
 
 
 def prepare(folder: Path) -> None:
@@ -55,11 +68,8 @@ def prepare(folder: Path) -> None:
         spec = {**PipelineSettings().training.model_dump(), **overrides, "seed": 42, "base_cache_dir": "@JOB@/base",
                 "train_file": f"@DATA@/{name}_train.jsonl", "test_file": f"@DATA@/{name}_test.jsonl"}
         (folder / f"{name}.json").write_text(json.dumps(spec))
-    package = ROOT / "phi3_pipeline"
-    for module in ("config/errors.py", "locks.py", "targets/workspace.py", "targets/local/machine.py",
-                   "targets/local/training_job.py"):
-        shutil.copy(package / module, folder)
-    (folder / "run.sh").write_text(RUN_SH.replace("@BUILTIN@", BUILTIN_BASE_MODEL))
+    write_job_package(folder)
+    (folder / "run.sh").write_text(RUN_SH)
     print(f"prepared {folder}: run `bash {folder}/run.sh PYTHON`")
 
 

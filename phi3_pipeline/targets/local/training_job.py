@@ -94,7 +94,6 @@ def build_tokenizer(texts: list[str]):
 # The attention and MLP projections of the Phi-3 architecture (Phi-3, Phi-3.5 and Phi-4-mini share it): what LoRA
 # adapts; other architectures get every linear layer.
 PHI3_PROJECTIONS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
-EVAL_BATCH_SIZE = 32
 # A model whose weights take more than this share of the GPU's memory trains with gradient checkpointing.
 CHECKPOINTING_SHARE = 0.25
 
@@ -152,7 +151,10 @@ def sft_trainer(model, tokenizer, train, evaluation, *, phase: str, reporter: Jo
 
     config = SFTConfig(
         output_dir=str(output_dir), num_train_epochs=epochs, max_steps=max_steps, seed=seed, data_seed=seed,
-        per_device_eval_batch_size=EVAL_BATCH_SIZE, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
+        # evaluated in batches as large as the training's: a real model's logits (Phi-4-mini: 200,064 a token) are
+        # what fills the GPU
+        per_device_eval_batch_size=hyperparameters["per_device_train_batch_size"], weight_decay=0.0,
+        max_grad_norm=1.0, logging_steps=1,
         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
         max_length=None,  # conversations are truncated to max_seq_length when encoded
         dataloader_pin_memory=False, activation_checkpointing=needs_checkpointing(model), **on_this_machine()[1],
@@ -280,7 +282,7 @@ def run(job_dir: Path) -> None:
                           learning_rate=spec["learning_rate"], lr_scheduler_type=spec["lr_scheduler_type"],
                           warmup_steps=spec["warmup_ratio"])
     eval_before = trainer.evaluate()["eval_loss"]
-    trainer.train()
+    train_seconds = trainer.train().metrics["train_runtime"]
     losses = [record["loss"] for record in trainer.state.log_history if "loss" in record]
     eval_after = trainer.evaluate()["eval_loss"]
     model = trainer.model
@@ -298,6 +300,9 @@ def run(job_dir: Path) -> None:
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
         "fine_tune_steps": trainer.state.global_step,
+        "train_seconds": round(train_seconds, 2),  # the fine-tune's steps alone (bench/gpu_finetune.py's tokens/s)
+        "trained_tokens": sum(len(ids) for ids in train_ids["input_ids"]) * spec["epochs"],
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
         "train_rows": len(train),
         "test_rows": len(test),
         "seconds": round(time.time() - reporter.started_at, 2),
