@@ -2,8 +2,8 @@
 
 `deployments/<name>/` holds what a server serves (`spec.json`), its pid from the moment it is started
 (`server.pid`: a server still loading its model has no state yet, and must be found to be stopped), where it
-listens once healthy (`state.json`, written by the server) and its log; `endpoints/<endpoint>.json` holds the traffic and since when it is live
-(what the reaper ages). A deployment's server is ours only while its pid runs the scoring-server module.
+listens once healthy (`state.json`, written by the server) and its log; `endpoints/<endpoint>.json` holds the
+traffic and since when it is live (what the reaper ages). A deployment's server is ours only while its pid runs the scoring-server module.
 """
 
 from __future__ import annotations
