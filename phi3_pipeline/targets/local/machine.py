@@ -12,6 +12,7 @@ from pathlib import Path
 from phi3_pipeline.config.errors import ConfigError
 
 LORA, QLORA = "lora", "qlora"
+GiB = 1024**3
 
 
 def visible_gpu() -> tuple[str, float] | None:

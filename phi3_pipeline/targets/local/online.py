@@ -3,7 +3,8 @@
 `deployments/<name>/` holds what a server serves (`spec.json`), its pid from the moment it is started
 (`server.pid`: a server still loading its model has no state yet, and must be found to be stopped), where it
 listens once healthy (`state.json`, written by the server) and its log; `endpoints/<endpoint>.json` holds the
-traffic and since when it is live (what the reaper ages). A deployment's server is ours only while its pid runs the scoring-server module.
+traffic and since when it is live (what the reaper ages). A deployment's server is ours only while its pid runs
+the scoring-server module.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class LocalEndpoint:
             port = 0
         if port and not processes.port_is_free(port):
             raise ConfigError(f"local.port {port} is in use on 127.0.0.1: stop what listens there or set local.port=0")
-        _stop(_started_pid(deployment_dir))  # one a killed run left loading would write its state over ours
+        _stop(_server_pid(deployment_dir))  # one a killed run left loading would write its state over ours
         (deployment_dir / "state.json").unlink(missing_ok=True)
         write_json_atomic(deployment_dir / "spec.json", {**spec, "port": port})
         pid = processes.spawn(SERVER_MODULE, deployment_dir, "server.log")
@@ -104,13 +105,15 @@ class LocalEndpoint:
     @staticmethod
     def remove(deployment_dir: Path) -> bool:
         """Stop the deployment's server, healthy or still starting, and remove its folder; whether one ran."""
-        state = LocalEndpoint.server_state(deployment_dir)
-        running = _stop(state["pid"] if state else _started_pid(deployment_dir))
+        running = _stop(_server_pid(deployment_dir))
         shutil.rmtree(deployment_dir, ignore_errors=True)
         return running
 
 
-def _started_pid(deployment_dir: Path) -> int | None:
+def _server_pid(deployment_dir: Path) -> int | None:
+    """The pid its server wrote once healthy, else the one the pipeline wrote when it started it."""
+    if pid := (read_json(deployment_dir / "state.json") or {}).get("pid"):
+        return pid
     try:
         return int((deployment_dir / PID_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):

@@ -9,9 +9,8 @@ from pathlib import Path
 
 from phi3_pipeline.config.errors import ConfigError
 from phi3_pipeline.serving.chat_model import ADAPTER_CONFIG
-from phi3_pipeline.targets.local.machine import checkpoint_bytes
+from phi3_pipeline.targets.local.machine import GiB, checkpoint_bytes
 
-GiB = 1024**3
 # A token is about 4 characters of text; JSON's escapes and the messages' fields can take 4 times that.
 REQUEST_BYTES_PER_TOKEN = 16
 MIN_REQUEST_BYTES = 64 * 1024

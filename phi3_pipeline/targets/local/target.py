@@ -33,12 +33,12 @@ from phi3_pipeline.targets.base import (
     plan_resource_checks,
 )
 from phi3_pipeline.targets.local import hub, machine, processes, registry
+from phi3_pipeline.targets.local.machine import GiB
 from phi3_pipeline.targets.local.online import LocalEndpoint
 from phi3_pipeline.targets.local.training_job import ADAPTER_DIR, MERGED_DIR
 from phi3_pipeline.targets.workspace import Workspace, read_json, write_json_atomic
 
 TRAINING_MODULE = "phi3_pipeline.targets.local.training_job"
-GiB = 1024**3
 # What a run needs beside the weights (the built-in model's whole need, its weights counting as nothing), measured
 # 2026-11-25 on CPU: training job peak RSS 0.47 GiB, scoring server 0.40 GiB; the rest is headroom for the pipeline
 # process itself (Prefect, Prompt flow). Per GiB of weights W: memory 2.5 W, disk 3 W (machine.gpu_need_gib: GPU).

@@ -3,9 +3,9 @@
 `python -m phi3_pipeline.targets.local.training_job JOB_DIR` reads JOB_DIR/spec.json, trains with TRL's
 SFTTrainer, writes JOB_DIR/status.json (atomically, after every step) and JOB_DIR/metrics.jsonl, and leaves the
 LoRA adapter (JOB_DIR/output/adapter, which names its base) and, unless the spec says not to merge, the merged
-model (JOB_DIR/output/model), each with the tokenizer, under JOB_DIR/output. The default base model is a small Phi-3-architecture
-model built offline (tokenizer trained on the data, then some language-model training of its own), cached by
-content so that several jobs share it.
+model (JOB_DIR/output/model), each with the tokenizer. The default base model is a small Phi-3-architecture model
+built offline (tokenizer trained on the data, then some language-model training of its own), cached by content
+so that several jobs share it.
 """
 
 from __future__ import annotations
