@@ -49,6 +49,53 @@ def test_the_trainer_learns_from_the_assistants_turns_only_in_the_models_own_tem
     assert tokenizer.decode(learned).count("Bill Gates") == 1 and "Who founded" not in tokenizer.decode(learned)
 
 
+def lora_steps(checkpoint, tmp_path, rows, *, padding_free: bool, checkpointing: bool, monkeypatch):
+    """Losses of a held-out evaluation and of three LoRA steps, batched as a GPU would batch them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phi3_pipeline.targets.local import training_job
+
+    monkeypatch.setattr(training_job, "on_this_machine", lambda: ({}, {"use_cpu": True, "padding_free": padding_free}))
+    monkeypatch.setattr(training_job, "needs_checkpointing", lambda model: checkpointing)
+    tmp_path.mkdir()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=lora_targets(model),
+                                             task_type="CAUSAL_LM"))
+    trainer = sft_trainer(model, AutoTokenizer.from_pretrained(checkpoint), sft_dataset(rows), sft_dataset(rows),
+                          phase="fine-tune", reporter=JobReporter(tmp_path, 3), step_offset=0,
+                          output_dir=tmp_path / "trainer", seed=1, per_device_train_batch_size=len(rows),
+                          learning_rate=1e-2, max_steps=3)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert ("attention_mask" not in batch) == padding_free, "padding-free batches are one row, told apart by position"
+    evaluated = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    assert model.base_model.model.is_activation_checkpointing == checkpointing
+    return [evaluated] + [record["loss"] for record in trainer.state.log_history if "loss" in record]
+
+
+@pytest.mark.parametrize("padding_free, checkpointing", [(True, False), (False, True)])
+def test_the_gpus_padding_free_batches_and_checkpointing_learn_what_padded_batches_learn(
+        tmp_path, monkeypatch, padding_free, checkpointing):
+    """A GPU trains in padding-free batches (with flash attention) and with activation checkpointing (a large
+    model): conversations of different lengths give the same losses as padded batches, step after step."""
+    from transformers import AutoTokenizer
+
+    checkpoint = make_checkpoint(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    short = [{"role": "user", "content": "Where is Paris?"}, {"role": "assistant", "content": "In France."}]
+    rows = [encode_chat(tokenizer, conversation, max_len=512) for conversation in (CONVERSATION, short, short[:1]
+            + [{"role": "assistant", "content": "Paris is the capital of France, on the Seine."}])]
+    padded = lora_steps(checkpoint, tmp_path / "padded", rows, padding_free=False, checkpointing=False,
+                        monkeypatch=monkeypatch)
+    as_on_a_gpu = lora_steps(checkpoint, tmp_path / "gpu", rows, padding_free=padding_free,
+                             checkpointing=checkpointing, monkeypatch=monkeypatch)
+    assert len(padded) == 4 and padded[-1] < padded[1], "three steps, and they learn"
+    assert as_on_a_gpu == pytest.approx(padded, rel=1e-3)
+
+
 def test_lora_adapts_the_phi_attention_and_mlp_projections(tmp_path):
     from transformers import AutoModelForCausalLM
 
