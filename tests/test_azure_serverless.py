@@ -177,6 +177,17 @@ def test_serverless_project_name_on_a_workspace_that_is_not_hub_based_is_refused
         get_target(on_ws).check_resources()
 
 
+def test_serverless_an_unexpected_failure_names_the_foundry_project_not_the_ml_workspace(azure_cloud, settings,
+                                                                                         monkeypatch):
+    def unexpected(model, region):
+        raise KeyError(region)
+
+    monkeypatch.setattr(serverless, "offer_refusal", unexpected)
+    with pytest.raises(PipelineError, match=r"Azure stage 'quota check' failed unexpectedly in Foundry project "
+                                            r"phi3-pipeline-project \(resource group rg\): "):
+        get_target(settings).check_resources()
+
+
 def test_serverless_plan_shows_token_and_hourly_prices_or_says_unknown_and_no_vm(azure_cloud, tmp_path, capsys):
     code = run_pipeline_cli([*SERVERLESS_ARGS, "--azure.location", "eastus2", "--local.workspace_dir",
                              str(tmp_path), "--plan"])

@@ -27,7 +27,7 @@ PERMISSION_HELP = ("the signed-in account needs Contributor and User Access Admi
 
 def translated(method):
     """Turn an Azure SDK error escaping a target method into TransientError or PipelineError, and anything
-    unexpected into a PipelineError naming the stage and the workspace (never a raw traceback)."""
+    unexpected into a PipelineError naming the stage and where it ran (never a raw traceback)."""
     @functools.wraps(method)
     def wrapper(target, *args, **kwargs):
         try:
@@ -44,9 +44,7 @@ def translated(method):
             advice = PERMISSION_HELP if status in (401, 403) else "fix the request or the setting it names"
             raise PipelineError(f"Azure refused the request ({status}): {error.message}; {advice}") from None
         except Exception as error:  # the cause stays chained for the flow's logs
-            azure = target.azure
             step = f"stage '{STAGES[method.__name__]}'" if method.__name__ in STAGES else method.__name__.strip("_")
-            raise PipelineError(f"Azure {step} failed unexpectedly "
-                                f"in workspace {azure.workspace_name} (resource group {azure.resource_group}): "
+            raise PipelineError(f"Azure {step} failed unexpectedly in {target.place}: "
                                 f"{type(error).__name__}: {error}") from error
     return wrapper

@@ -46,6 +46,10 @@ class ServerlessAzureTarget(AzureTarget):
         """The Foundry project: where serverless fine-tuning and its endpoints live."""
         return self.clients.project_ml
 
+    @property
+    def place(self) -> str:
+        return f"Foundry project {self.azure.project_name} (resource group {self.azure.resource_group})"
+
     @cached_property
     def _workspace(self):
         return self.clients.resource_group_ml.workspaces.get(self.azure.project_name)

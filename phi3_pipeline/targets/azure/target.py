@@ -91,6 +91,11 @@ class AzureTarget(Target):
         return self.clients.ml
 
     @property
+    def place(self) -> str:
+        """Where the stages run, as errors name it."""
+        return f"workspace {self.azure.workspace_name} (resource group {self.azure.resource_group})"
+
+    @property
     def tags(self) -> dict[str, str]:
         return resource_tags(self.run_id)
 
