@@ -188,6 +188,7 @@ def test_plan_reads_only_and_prices_what_the_run_would_start(shape, prefect_api,
     out = capsys.readouterr().out
     assert code == 0, out
     assert {r.method for r in azure_cloud.transport.requests} == {"GET"} and azure_cloud.uploads == []
+    assert len(azure_cloud.transport.calls("GET", "/workspaces/ws?")) == 1, "the workspace is read once"
     lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines() if len(line.split()) > 2}
     assert "create" in lines["managed identity"] and "submit" in lines["fine-tune job"]
     assert "Phi-4 v8" in lines["catalog model"] and "learning_rate 5e-6" in lines["catalog model"]

@@ -54,6 +54,9 @@ class ServerlessAzureTarget(AzureTarget):
     def _workspace(self):
         return self.clients.resource_group_ml.workspaces.get(self.azure.project_name)
 
+    def _ml_workspace(self):
+        return self.clients.ml.workspaces.get(self.azure.workspace_name)
+
     @cached_property
     def model(self) -> catalog.CatalogModel:
         """As in managed mode; a refused model's error suggests only models with the serverless offer."""

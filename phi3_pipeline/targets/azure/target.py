@@ -162,8 +162,9 @@ class AzureTarget(Target):
                                                         what="to grant it")) from None
 
     def _ml_workspace(self):
-        """The ML workspace (`azure.workspace_name`), read now: in serverless mode `_workspace` is the project."""
-        return self.clients.ml.workspaces.get(self.azure.workspace_name)
+        """The ML workspace (`azure.workspace_name`), where the lease lives: in managed mode the workspace the stages
+        run in, read once (serverless mode reads it, its stages run in the project)."""
+        return self._workspace
 
     def _plan_lease_role(self) -> PlanItem:
         account = self._ml_workspace().storage_account.rsplit("/", 1)[-1]
