@@ -111,7 +111,7 @@ def plain() -> None:
 
     job = spec()
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
     tokenizer = AutoTokenizer.from_pretrained(job["base_model"])
     model = AutoModelForCausalLM.from_pretrained(
         job["base_model"], dtype=torch.bfloat16 if bf16 else torch.float32,

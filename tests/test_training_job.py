@@ -42,11 +42,44 @@ def test_the_trainer_learns_from_the_assistants_turns_only_in_the_models_own_tem
                           per_device_train_batch_size=1)
     batch = next(iter(trainer.get_train_dataloader()))
     learned = [token for token in batch["labels"][0].tolist() if token != -100]
-    answers = [tokenizer.apply_chat_template(CONVERSATION[:end], tokenize=True, return_dict=True)["input_ids"]
-               for end in (2, 3, 4, 5)]
+    answers = [tokenizer.apply_chat_template(CONVERSATION[:end], add_generation_prompt=end in (2, 4), tokenize=True,
+                                             return_dict=True)["input_ids"] for end in (2, 3, 4, 5)]
     first_answer, second_answer = answers[1][len(answers[0]):], answers[3][len(answers[2]):]
-    assert learned == first_answer + second_answer, "the assistant's tokens, and nothing else"
+    assert learned == first_answer + second_answer, "the assistant's answers (after the prompt), and nothing else"
+    assert tokenizer.decode(learned) == "Bill Gates and Paul Allen.<|end|>\nIn France.<|end|>\n"
     assert tokenizer.decode(learned).count("Bill Gates") == 1 and "Who founded" not in tokenizer.decode(learned)
+
+
+# The chat templates of microsoft/Phi-4-mini-instruct and microsoft/Phi-3-mini-4k-instruct (tokenizer_config.json):
+# each ends a rendering that asks for no generation prompt with the end-of-text token.
+PHI4_MINI_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' and 'tools' in message and message['tools'] is "
+    "not none %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|tool|>' + message['tools'] + '<|/tool|>' "
+    "+ '<|end|>' }}{% else %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}")
+PHI3_MINI_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\\n' + message['content'] + "
+    "'<|end|>\\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}"
+    "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}")
+
+
+@pytest.mark.parametrize("template, learned_text", [
+    (PHI4_MINI_TEMPLATE, "Bill Gates and Paul Allen.<|end|>In France.<|end|><|endoftext|>"),
+    (PHI3_MINI_TEMPLATE, "Bill Gates and Paul Allen.<|end|>\nIn France.<|end|>\n<|endoftext|>"),
+])
+def test_a_phi_template_that_ends_with_end_of_text_keeps_every_role_token_and_trains_on_the_answers(
+        tmp_path, template, learned_text):
+    """Phi's own templates: the conversation is trained on exactly as the template renders it (every role token
+    in place, end-of-text only at the end), and the loss falls on the assistant's answers."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(make_checkpoint(tmp_path / "model"))
+    tokenizer.chat_template, tokenizer.eos_token = template, "<|endoftext|>"
+    ids, labels = encode_chat(tokenizer, CONVERSATION, max_len=512)
+    assert tokenizer.decode(ids) == tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    assert tokenizer.decode(ids).count("<|endoftext|>") == 1 and tokenizer.decode(ids).count("<|assistant|>") == 2
+    assert tokenizer.decode([label for label in labels if label != -100]) == learned_text
 
 
 def lora_steps(checkpoint, tmp_path, rows, *, padding_free: bool, checkpointing: bool, monkeypatch):
@@ -165,3 +198,23 @@ def test_the_adapter_is_merged_unless_the_merged_copies_do_not_fit_on_disk(asked
     """8 GiB of 16-bit weights, 8.2 GiB of the job's other files: merging writes 16 GiB more (the job's output and
     the registry's copy)."""
     assert merge_choice(asked, 8.0, free_gib, 8.2) == expected
+
+
+def test_a_job_out_of_gpu_memory_fails_saying_what_to_change(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    import torch
+
+    from phi3_pipeline.targets.local import training_job
+
+    def out_of_memory(job_dir):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
+                                     "23.57 GiB of which 1.2 GiB is free. Of the allocated memory ...")
+
+    monkeypatch.setattr(training_job, "run", out_of_memory)
+    monkeypatch.setattr(sys, "argv", ["training_job", str(tmp_path)])
+    assert training_job.main() == 1
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "Failed" and status["error"] == (
+        "the GPU ran out of memory: lower training.batch_size or training.max_seq_length, or set training.method=qlora")

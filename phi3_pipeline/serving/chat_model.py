@@ -44,7 +44,7 @@ def placement(torch) -> tuple[str, object]:
     """Where the model answers and in which dtype: a CUDA GPU in bf16 (fp16 where it has no bf16), else the CPU in
     fp32 (PyTorch's CPU kernels are fastest there)."""
     if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return "cpu", torch.float32
 
 

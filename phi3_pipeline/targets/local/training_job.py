@@ -112,19 +112,20 @@ def lora_targets(model) -> list[str] | str:
 
 def on_this_machine() -> tuple[dict, dict]:
     """How the model is loaded and how it trains here (from_pretrained's and SFTConfig's options). On a GPU: bf16
-    weights where it computes in bf16, and flash attention where installed, whose variable-length kernel is what
-    makes padding-free batches pay. Elsewhere, fp32 and padded batches: with PyTorch's attention a padding-free
-    batch is one long sequence whose attention grows with the square of its tokens (bench/README.md)."""
+    weights where it computes in bf16 (else fp16 mixed precision), and flash attention where installed, whose
+    variable-length kernel is what makes padding-free batches pay. Elsewhere, fp32 and padded batches: with
+    PyTorch's attention a padding-free batch is one long sequence whose attention grows with the square of its
+    tokens (bench/README.md)."""
     import torch
     from transformers.utils import is_flash_attn_2_available
 
-    if not torch.cuda.is_available():
-        return {"dtype": torch.float32, "attn_implementation": None}, {"use_cpu": True}
-    bf16 = torch.cuda.is_bf16_supported()
+    if not torch.cuda.is_available():  # TRL's default is bf16 mixed precision, which a CPU emulates slowly
+        return {"dtype": torch.float32, "attn_implementation": None}, {"use_cpu": True, "bf16": False}
+    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)  # a T4 or V100 emulates it
     flash = bf16 and is_flash_attn_2_available()
     return ({"dtype": torch.bfloat16 if bf16 else torch.float32,
              "attn_implementation": "flash_attention_2" if flash else None},
-            {"bf16": bf16, "padding_free": flash})
+            {"bf16": bf16, "fp16": not bf16, "padding_free": flash})
 
 
 def needs_checkpointing(model) -> bool:
@@ -231,14 +232,23 @@ def build_tiny_base(spec: dict, train: list[list[dict]], reporter: JobReporter, 
 
 
 def encode_chat(tokenizer, messages: list[dict], max_len: int) -> tuple[list[int], list[int]]:
-    """Token ids of a conversation and labels that train on the assistant's turns only."""
-    ids: list[int] = []
-    labels: list[int] = []
+    """Token ids of a conversation as the chat template renders it, and labels that train on the assistant's turns
+    only. A turn spans from where the template's generation prompt ends to where the conversation rendered up to
+    that turn stops matching the whole: Phi's templates end a rendering with the end-of-text token, which is not
+    part of a turn that another follows."""
+    def rendered(upto: int, add_generation_prompt: bool = False) -> list[int]:
+        return list(tokenizer.apply_chat_template(messages[:upto], add_generation_prompt=add_generation_prompt,
+                                                  tokenize=True, return_dict=True)["input_ids"])
+
+    def matching(prefix: list[int]) -> int:
+        return next((index for index, (a, b) in enumerate(zip(prefix, ids)) if a != b), min(len(prefix), len(ids)))
+
+    ids = rendered(len(messages))
+    labels = [-100] * len(ids)
     for index, message in enumerate(messages):
-        rendered = tokenizer.apply_chat_template(messages[: index + 1], tokenize=True, return_dict=True)
-        turn = rendered["input_ids"][len(ids) :]
-        ids += turn
-        labels += turn if message["role"] == "assistant" else [-100] * len(turn)
+        if message["role"] == "assistant":
+            start, end = matching(rendered(index, add_generation_prompt=True)), matching(rendered(index + 1))
+            labels[start:end] = ids[start:end]
     return ids[:max_len], labels[:max_len]
 
 
@@ -311,15 +321,26 @@ def run(job_dir: Path) -> None:
     reporter.status("Completed", phase="done", step=reporter.total_steps, loss=losses[-1] if losses else None)
 
 
+OUT_OF_GPU_MEMORY = ("the GPU ran out of memory: lower training.batch_size or training.max_seq_length, or set "
+                     "training.method=qlora")
+
+
+def failure(error: Exception) -> str:
+    """The job's error as the poller reports it: for a GPU out of memory, what to change (torch's own message is a
+    paragraph on its allocator)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(error, torch.OutOfMemoryError):
+        return OUT_OF_GPU_MEMORY
+    return f"{type(error).__name__}: {error}"
+
+
 def main() -> int:
     job_dir = Path(sys.argv[1])
     try:
         run(job_dir)
     except Exception as error:  # the job's own error is what the poller reports to the user
         write_json_atomic(job_dir / "status.json", {
-            "state": "Failed", "pid": os.getpid(), "updated_at": time.time(),
-            "error": f"{type(error).__name__}: {error}",
-        })
+            "state": "Failed", "pid": os.getpid(), "updated_at": time.time(), "error": failure(error)})
         traceback.print_exc()
         return 1
     return 0
