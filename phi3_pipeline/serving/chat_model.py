@@ -66,6 +66,12 @@ class ChatModel:
             self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
         self.model.to(device).eval()
         self._torch = torch
+        configured = self.model.generation_config.eos_token_id
+        configured = configured if isinstance(configured, list) else [configured]
+        # Where an answer ends: the model's own end tokens (Phi's: <|end|> and <|endoftext|>), not only the
+        # tokenizer's end-of-text, which a Phi turn does not end with.
+        self.end_tokens = [token for token in dict.fromkeys([*configured, self.tokenizer.eos_token_id])
+                           if token is not None]
 
     @property
     def max_positions(self) -> int:
@@ -97,8 +103,7 @@ class ChatModel:
         """Answers to encoded prompts (`encode`), generated together in one call (left-padded), each ending at
         its own end of sequence or when its `stops` entry says so; the call stops after `max_time_s`."""
         torch = self._torch
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_tokens[0]
         width = max(len(prompt) for prompt in prompts)
         device = self.model.device
         input_ids = torch.tensor([[pad] * (width - len(prompt)) + prompt for prompt in prompts], device=device)
@@ -112,14 +117,15 @@ class ChatModel:
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=1,
                 max_time=max_time_s,
-                eos_token_id=eos,
+                eos_token_id=self.end_tokens,
                 pad_token_id=pad,
                 stopping_criteria=self._stopping_when(stops),
                 **sampling,
             )
         answers = []
         for prompt, row in zip(prompts, output[:, width:].tolist(), strict=True):
-            new_tokens = row[:row.index(eos) + 1] if eos in row else row  # what follows the end is padding
+            end = next((index for index, token in enumerate(row) if token in self.end_tokens), len(row) - 1)
+            new_tokens = row[:end + 1]  # what follows the end is padding
             answers.append(Reply(self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip(), len(prompt),
                                  len(new_tokens)))
         return answers
