@@ -28,3 +28,17 @@ def test_an_answer_ends_at_any_of_the_models_end_tokens_not_only_the_tokenizers(
     replies = ended.replies([prompt, ended.encode(QUESTION + QUESTION, 8)], 0.0, 8)
     assert replies[0].completion_tokens == 2, "it ends at the configured end token"
     assert replies[0].text == ended.tokenizer.decode([first], skip_special_tokens=True).strip()
+
+
+def test_a_server_that_holds_fewer_positions_than_the_model_refuses_longer_conversations(tmp_path):
+    """The server fits its context to its memory (server_sizing.py): a conversation that fits the model's 512
+    positions but not the 64 served is refused, naming what is served."""
+    import pytest
+
+    from phi3_pipeline.serving.chat_model import PromptTooLong
+
+    checkpoint = make_checkpoint(tmp_path / "model")
+    long_question = [{"role": "user", "content": "Who founded Microsoft? " * 12}]
+    assert ChatModel(checkpoint).encode(long_question, 16)
+    with pytest.raises(PromptTooLong, match=r"at most 48 input tokens \(64 positions\)"):
+        ChatModel(checkpoint, max_context_tokens=64).encode(long_question, 16)

@@ -161,8 +161,8 @@ def test_a_job_told_not_to_merge_is_served_as_its_base_plus_adapter_which_answer
 
 
 def test_a_model_memory_cannot_serve_is_one_config_error_from_the_deploy(trained, tmp_path):
-    """The server sizes the model before loading it: a context no memory holds one answer of stops the deploy
-    with the server's one line, and no server is left."""
+    """The server sizes the model before loading it: keys and values (here 1 GiB a token) of which no memory
+    holds one answer of 4,096 tokens stop the deploy with the server's one line, and no server is left."""
     from phi3_pipeline.config.errors import ConfigError
     from phi3_pipeline.targets.base import ModelRef
 
@@ -170,7 +170,7 @@ def test_a_model_memory_cannot_serve_is_one_config_error_from_the_deploy(trained
     model_dir = tmp_path / "model"
     shutil.copytree(target.ws.root / "jobs" / name / "output" / "model", model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    (model_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2**40}))
+    (model_dir / "config.json").write_text(json.dumps({**config, "head_dim": 2**24}))
     local = target.settings.local.model_copy(update={"workspace_dir": tmp_path / "ws"})
     other = LocalTarget(target.settings.model_copy(update={"local": local}))
     other.ensure_identity()

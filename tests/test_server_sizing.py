@@ -21,49 +21,61 @@ LIMITS = {"max_new_tokens": 256, "max_request_bytes": None, "generation_timeout_
           "max_concurrent_generations": 2, "max_batch_size": 8, "max_queued_requests": 32, "queue_wait_s": 10.0}
 
 
-def test_the_request_size_follows_the_context_length_unless_it_is_set():
+def test_the_request_size_follows_the_served_context_unless_it_is_set():
     tiny, _ = fitted_limits(LIMITS, TINY, 0, 8 * GiB, 4, "CPU")
     phi4, _ = fitted_limits(LIMITS, PHI4_MINI, PHI4_MINI_WEIGHTS, 141 * GiB, 2, "GPU")
     set_by_hand, _ = fitted_limits({**LIMITS, "max_request_bytes": 4096}, PHI4_MINI, PHI4_MINI_WEIGHTS, 141 * GiB,
                                    2, "GPU")
     assert tiny["max_request_bytes"] == MIN_REQUEST_BYTES  # 512 tokens: the floor
-    assert phi4["max_request_bytes"] == 131072 * 16  # 2 MiB: a whole context of text
+    assert phi4["max_request_bytes"] == phi4["max_context_tokens"] * 16  # a whole served context of text
     assert set_by_hand["max_request_bytes"] == 4096
 
 
-def test_answers_at_once_are_cut_to_what_the_gpu_holds_beside_the_weights():
+def test_the_served_context_is_cut_to_what_the_gpu_holds_beside_the_weights_before_answers_at_once_are():
     """Phi-4-mini keeps 128 KiB of keys and values per token in bf16: a full 131,072-token answer takes 16 GiB. On
-    an 80 GiB GPU, beside 7.1 GiB of weights, half of the rest holds 2 such answers: 2 generations of 1."""
+    an 80 GiB GPU, beside 7.1 GiB of weights, half of the rest holds 298,413 tokens: the 16 answers asked for at
+    once, of 18,650 tokens each. On a 24 GiB GPU, 69,037 tokens: 16 answers of 4,314."""
     assert kv_bytes_per_token(PHI4_MINI, 2) == 2 * 32 * 8 * 128 * 2
     fitted, notes = fitted_limits(LIMITS, PHI4_MINI, PHI4_MINI_WEIGHTS, 80 * GiB, 2, "GPU")
-    assert (fitted["max_concurrent_generations"], fitted["max_batch_size"]) == (2, 1)
-    assert notes == ["GPU memory holds 2 answers of 131072 tokens beside the weights: 2 generations of up to 1 "
-                     "requests at once (asked for 16)"]
+    assert (fitted["max_concurrent_generations"], fitted["max_batch_size"], fitted["max_context_tokens"]) == (
+        2, 8, 18650)
+    assert notes == ["GPU memory holds 298413 tokens of keys and values beside the weights: 2 generations of up to 8 "
+                     "requests at once (asked for 16), each of at most 18650 tokens (the model has 131072)"]
+    small, _ = fitted_limits(LIMITS, PHI4_MINI, PHI4_MINI_WEIGHTS, 24 * GiB, 2, "GPU")
+    assert (small["max_concurrent_generations"], small["max_batch_size"], small["max_context_tokens"]) == (
+        2, 8, 4314)
+    on_16, _ = fitted_limits(LIMITS, PHI4_MINI, PHI4_MINI_WEIGHTS, 16 * GiB, 2, "GPU")
+    assert (on_16["max_concurrent_generations"], on_16["max_batch_size"], on_16["max_context_tokens"]) == (
+        2, 4, 4533), "rather than under 4,096 tokens each, fewer answers at once"
     roomy, roomy_notes = fitted_limits(LIMITS, TINY, 0, 8 * GiB, 4, "CPU")
-    assert (roomy["max_concurrent_generations"], roomy["max_batch_size"], roomy_notes) == (2, 8, [])
+    assert (roomy["max_concurrent_generations"], roomy["max_batch_size"], roomy["max_context_tokens"],
+            roomy_notes) == (2, 8, 512, [])
 
 
-def test_a_model_whose_weights_and_one_answer_do_not_fit_is_one_config_error():
-    """On the CPU the bf16 weights load in fp32: 14.3 GiB, and one full answer 32 GiB more at half the room."""
-    with pytest.raises(ConfigError, match=r"needs 78\.3 GiB of CPU memory .* 24\.0 GiB are free"):
-        fitted_limits(LIMITS, PHI4_MINI, PHI4_MINI_WEIGHTS, 24 * GiB, 4, "CPU")
+def test_a_model_whose_weights_and_one_answer_of_4096_tokens_do_not_fit_is_one_config_error():
+    """On the CPU the bf16 weights load in fp32: 14.3 GiB, and one answer of 4,096 tokens 2 GiB more at half the
+    room."""
+    with pytest.raises(ConfigError, match=r"needs 16\.3 GiB of CPU memory .* 4096 tokens\); 16\.0 GiB are free"):
+        fitted_limits(LIMITS, PHI4_MINI, PHI4_MINI_WEIGHTS, 16 * GiB, 4, "CPU")
 
 
 @given(free_gib=st.floats(min_value=0.01, max_value=200), generations=st.integers(1, 64),
        batch=st.integers(1, 64), context=st.sampled_from([512, 4096, 131072]))
-def test_fitted_answers_at_once_never_exceed_what_was_asked_or_what_memory_holds(free_gib, generations, batch,
-                                                                                   context):
+def test_fitted_answers_at_once_and_their_context_never_exceed_what_was_asked_or_what_memory_holds(
+        free_gib, generations, batch, context):
     config = {**PHI4_MINI, "max_position_embeddings": context}
     limits = {**LIMITS, "max_concurrent_generations": generations, "max_batch_size": batch}
-    per_answer = kv_bytes_per_token(config, 2) * context
+    per_token = kv_bytes_per_token(config, 2)
+    room = 0.5 * (free_gib * GiB - PHI4_MINI_WEIGHTS)
     try:
         fitted, _ = fitted_limits(limits, config, PHI4_MINI_WEIGHTS, free_gib * GiB, 2, "GPU")
     except ConfigError:
-        assert free_gib * GiB - PHI4_MINI_WEIGHTS < 2 * per_answer
+        assert room < per_token * min(context, 4096)
         return
     at_once = fitted["max_concurrent_generations"] * fitted["max_batch_size"]
     assert 1 <= at_once <= generations * batch
-    assert at_once * per_answer <= 0.5 * (free_gib * GiB - PHI4_MINI_WEIGHTS)
+    assert min(context, 4096) <= fitted["max_context_tokens"] <= context
+    assert at_once * fitted["max_context_tokens"] * per_token <= room
 
 
 def test_the_shape_is_read_whatever_the_architecture_calls_it_and_through_an_adapter(tmp_path):

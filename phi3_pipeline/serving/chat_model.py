@@ -51,7 +51,8 @@ def placement(torch) -> tuple[str, object]:
 class ChatModel:
     """A loaded tokenizer + model that answers a list of {role, content} messages."""
 
-    def __init__(self, model_dir: str | Path):
+    def __init__(self, model_dir: str | Path, max_context_tokens: int | None = None):
+        """`max_context_tokens`: fewer positions than the model's, where the server's memory holds no more."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,6 +67,7 @@ class ChatModel:
             self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
         self.model.to(device).eval()
         self._torch = torch
+        self.max_context_tokens = max_context_tokens
         configured = self.model.generation_config.eos_token_id
         configured = configured if isinstance(configured, list) else [configured]
         # Where an answer ends: the model's own end tokens (Phi's: <|end|> and <|endoftext|>), not only the
@@ -75,16 +77,17 @@ class ChatModel:
 
     @property
     def max_positions(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
+        positions = int(getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
+        return min(positions, self.max_context_tokens or positions)
 
     def encode(self, messages: list[dict], max_new_tokens: int) -> list[int]:
-        """The conversation's prompt tokens; PromptTooLong if they and `max_new_tokens` exceed the model's
-        positions."""
+        """The conversation's prompt tokens; PromptTooLong if they and `max_new_tokens` exceed the positions served
+        (the model's, or `max_context_tokens`)."""
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                     return_dict=True)["input_ids"]
         if max_new_tokens >= self.max_positions:
-            raise PromptTooLong(f"max_new_tokens {max_new_tokens} leaves no room for the conversation: the model "
-                                f"has {self.max_positions} positions")
+            raise PromptTooLong(f"max_new_tokens {max_new_tokens} leaves no room for the conversation: "
+                                f"{self.max_positions} positions are served")
         if len(prompt) + max_new_tokens > self.max_positions:
             raise PromptTooLong(f"the conversation is {len(prompt)} tokens; with max_new_tokens {max_new_tokens} "
                                 f"the model takes at most {self.max_positions - max_new_tokens} input tokens "

@@ -38,6 +38,9 @@ GENERATION_TIMEOUT_S = float(os.environ.get("SCORING_GENERATION_TIMEOUT_S", "30"
 # generate calls at once, and requests of the same parameters answered by one call (the local server's limits)
 GENERATE_CALLS = int(os.environ.get("SCORING_MAX_CONCURRENT_GENERATIONS", "1"))
 MAX_BATCH = int(os.environ.get("SCORING_MAX_BATCH_SIZE", "1"))
+# tokens of context (prompt and answer) an answer may hold, where the server's memory holds less than the model's
+MAX_CONTEXT_TOKENS = int(os.environ["SCORING_MAX_CONTEXT_TOKENS"]) if "SCORING_MAX_CONTEXT_TOKENS" in os.environ \
+    else None
 # Below this a temperature divides the logits past float range and the probabilities become NaN.
 MIN_TEMPERATURE = 0.01
 # what an OpenAI-style answer names as its model: the deployment (which serves one model version)
@@ -62,7 +65,7 @@ def _error(message: str, contract: str) -> AMLResponse:
 
 def init() -> None:
     global model, batcher
-    model = ChatModel(os.environ["AZUREML_MODEL_DIR"])
+    model = ChatModel(os.environ["AZUREML_MODEL_DIR"], MAX_CONTEXT_TOKENS)
     batcher = GenerationBatcher(
         lambda sampling, prompts, stops: model.replies(prompts, *sampling, GENERATION_TIMEOUT_S, stops),
         GENERATE_CALLS, MAX_BATCH)

@@ -199,6 +199,8 @@ def serve(deployment_dir: Path) -> None:
     os.environ["SCORING_MAX_CONCURRENT_GENERATIONS"] = str(limits["max_concurrent_generations"])
     os.environ["SCORING_MAX_BATCH_SIZE"] = str(limits["max_batch_size"])
     os.environ["SCORING_DEPLOYMENT"] = deployment_dir.name
+    if limits["max_context_tokens"]:
+        os.environ["SCORING_MAX_CONTEXT_TOKENS"] = str(limits["max_context_tokens"])
     key = Path(spec["key_file"]).read_text(encoding="utf-8").strip()
     share_the_cores(limits["max_concurrent_generations"])
 
