@@ -664,3 +664,19 @@ def test_chat_command_with_nothing_deployed_is_one_line_and_exit_2_and_makes_not
     assert capsys.readouterr().err.strip() == ("error: nothing is deployed on the local target: run "
                                                "`python -m flows.full_pipeline` first")
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize("given", ["models/ck", "~/ck"])
+def test_a_base_model_folder_given_relative_or_from_home_reaches_the_job_as_an_absolute_path(tmp_path, monkeypatch,
+                                                                                            given):
+    """The job runs from the project's root and the adapter's base is read by the server: neither may depend on
+    where the run started or on the shell's ~."""
+    from phi3_pipeline.targets.base import DatasetRef
+    from tests.hub_fakes import make_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = make_checkpoint(tmp_path / given.removeprefix("~/"))
+    target = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "ws"}, training={"base_model": given}))
+    dataset = DatasetRef(content_hash="0" * 64, train_uri="t", test_uri="t", train_rows=1, test_rows=1, created=True)
+    assert target._job_spec(dataset)["base_model"] == str(folder.resolve())

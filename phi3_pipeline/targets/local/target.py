@@ -211,6 +211,8 @@ class LocalTarget(Target):
                                  "batch": training["batch_size"]})
         if self.hub_base_model is not None:  # the job trains from the cache's folder, downloaded now if missing
             training["base_model"] = str(hub.download(self.hub_base_model))
+        elif training["base_model"] != BUILTIN_BASE_MODEL:  # the job, and the adapter's base, run from elsewhere
+            training["base_model"] = str(Path(training["base_model"]).expanduser().resolve())
         training["method"] = self.fine_tune_method[0]
         training["merge_adapter"] = self.merge_adapter[0]
         return {**training, "train_file": dataset.train_uri, "test_file": dataset.test_uri,
