@@ -4,7 +4,7 @@ local target a base model by Hub id with no network."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,25 +49,48 @@ def cache_snapshot(cache: Path, checkpoint: Path, commit: str, repo_id: str = RE
     return snapshot
 
 
+NOT_FOUND = (404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"},
+             {"error": "Repository not found"})
+
+
+def gated_refusal(repo_id: str) -> tuple[int, dict, dict]:
+    """The Hub's answer to a token that has not been granted a gated model (what `hf_raise_for_status` reads as
+    GatedRepoError: the X-Error-Code header, the message in X-Error-Message and the body's `error`)."""
+    message = (f"Access to model {repo_id} is restricted and you are not in the authorized list. "
+               f"Visit https://huggingface.co/{repo_id} to ask for access.")
+    return 403, {"X-Error-Code": "GatedRepo", "X-Error-Message": message}, {"error": message}
+
+
 @contextmanager
-def fake_hub(answers: dict[str, tuple[int, dict, dict]]) -> Iterator[str]:
-    """A Hub whose `GET /api/models/<repo id>/revision/<revision>` answers, per repo id, (status, headers, body)
-    as the Hub does (its errors carry X-Error-Code: GatedRepo, RepoNotFound, RevisionNotFound); its URL, for
-    HF_ENDPOINT."""
-    requests_seen: list[str] = []
+def fake_hub(answers: dict[str, tuple[int, dict, dict]], granted: Container[str] = ()) -> Iterator[str]:
+    """A Hub whose `GET /api/models/<repo id>[/revision/<revision>]` (model_info) answers, per repo id, (status,
+    headers, body) as the Hub does (its errors carry X-Error-Code: RepoNotFound, RevisionNotFound); its URL, for
+    HF_ENDPOINT. As on the Hub, anyone may read a gated model's info (`"gated": "manual"`) and list its files
+    (`/tree/`), but its auth check (`/auth-check`) and its files (`/<repo id>/resolve/...`) answer 403 GatedRepo
+    unless its id is in `granted` (a set the test may change). It serves no file's content."""
 
     class Hub(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            requests_seen.append(self.path)
-            repo_id = self.path.split("?")[0].removeprefix("/api/models/").split("/revision/")[0]
-            status, headers, body = answers.get(repo_id, (404, {"X-Error-Code": "RepoNotFound"}, {}))
+        def do_GET(self, head: bool = False) -> None:  # noqa: N802 - http.server's name
+            parts = self.path.split("?")[0].removeprefix("/api/models/").strip("/").split("/")
+            repo_id, asked = "/".join(parts[:2]), parts[2] if len(parts) > 2 else "revision"
+            status, headers, body = answers.get(repo_id, NOT_FOUND)
+            if status == 200 and asked == "tree":
+                body = [{"type": "file", "path": file["rfilename"], "size": file["size"], "oid": "0" * 40}
+                        for file in body["siblings"]]
+            elif status == 200 and asked != "revision":
+                status, headers, body = (gated_refusal(repo_id) if body.get("gated") and repo_id not in granted
+                                         else (200, {}, {}))
             payload = json.dumps(body).encode()
             self.send_response(status)
             for name, value in {"Content-Type": "application/json", **headers}.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if not head:
+                self.wfile.write(payload)
+
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's name; how hf_hub_download asks for a file
+            self.do_GET(head=True)
 
         def log_message(self, *args) -> None:
             pass
@@ -79,8 +102,9 @@ def fake_hub(answers: dict[str, tuple[int, dict, dict]]) -> Iterator[str]:
     server.server_close()
 
 
-def model_info(repo_id: str, commit: str, weight_bytes: int) -> tuple[int, dict, dict]:
-    """The Hub's answer for a model at `commit` whose safetensors weigh `weight_bytes`."""
-    return 200, {}, {"id": repo_id, "modelId": repo_id, "sha": commit, "private": False, "gated": False,
+def model_info(repo_id: str, commit: str, weight_bytes: int, gated: str | bool = False) -> tuple[int, dict, dict]:
+    """The Hub's answer for a model at `commit` whose safetensors weigh `weight_bytes` (`gated`: "auto" or
+    "manual" for a gated model, whose info anyone may read)."""
+    return 200, {}, {"id": repo_id, "modelId": repo_id, "sha": commit, "private": False, "gated": gated,
                      "siblings": [{"rfilename": "config.json", "size": 700},
                                   {"rfilename": "model.safetensors", "size": weight_bytes}]}

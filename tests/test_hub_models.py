@@ -17,7 +17,10 @@ from phi3_pipeline.targets.local.target import LocalTarget
 from tests.conftest import run_cli
 from tests.hub_fakes import FIRST_COMMIT, REPO_ID, SECOND_COMMIT, cache_snapshot, fake_hub, make_checkpoint, model_info
 
-GATED = (403, {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access to model is restricted."}, {})
+
+def gated(repo_id: str) -> tuple[int, dict, dict]:
+    """A gated model as the Hub shows it to anyone: its info, with `gated`; its auth check and files refuse."""
+    return model_info(repo_id, FIRST_COMMIT, 2**20, gated="manual")
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +36,15 @@ def hf_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+def online_at(url: str, monkeypatch) -> None:
+    """Online, with `url` as the Hub: what HF_ENDPOINT sets when huggingface_hub is imported (its API's endpoint
+    and its file URLs)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        url + "/{repo_id}/resolve/{revision}/{filename}")
 
 
 def target_for(tmp_path: Path, revision: str = "") -> LocalTarget:
@@ -70,20 +82,38 @@ def test_hub_id_not_in_the_cache_offline_says_what_to_download(hf_cache, revisio
     ("org/bin-only", "training.base_model org/bin-only has no safetensors weights on the Hugging Face Hub"),
 ])
 def test_hub_id_gated_or_missing_on_the_hub_is_one_config_error(hf_cache, monkeypatch, repo_id, expected):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     bin_only = (200, {}, {"id": "org/bin-only", "sha": FIRST_COMMIT,
                           "siblings": [{"rfilename": "pytorch_model.bin", "size": 2**30}]})
-    with fake_hub({"org/gated-model": GATED, "org/bin-only": bin_only}) as url:
-        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+    with fake_hub({"org/gated-model": gated("org/gated-model"), "org/bin-only": bin_only}) as url:
+        online_at(url, monkeypatch)
         with pytest.raises(ConfigError, match=expected):
             hub.resolve(repo_id)
 
 
+def test_hub_id_gated_with_access_is_accepted(hf_cache, monkeypatch):
+    with fake_hub({"org/gated-model": gated("org/gated-model")}, granted={"org/gated-model"}) as url:
+        online_at(url, monkeypatch)
+        assert hub.resolve("org/gated-model").identity == f"org/gated-model@{FIRST_COMMIT}"
+
+
+@pytest.mark.parametrize("repo_id, expected", [
+    ("org/gated-model", "training.base_model org/gated-model is gated: accept its terms at"),
+    ("org/deleted-model", "training.base_model org/deleted-model is not on the Hugging Face Hub"),
+])
+def test_hub_id_refused_at_download_time_is_one_config_error_not_retried(hf_cache, monkeypatch, repo_id,
+                                                                         expected):
+    """Access lost (or the model deleted) between resolve and the fine-tune's download: the Hub's refusal is a
+    ConfigError, not a TransientError to retry."""
+    with fake_hub({"org/gated-model": gated("org/gated-model")}) as url:
+        online_at(url, monkeypatch)
+        with pytest.raises(ConfigError, match=expected):
+            hub.download(hub.HubModel(repo_id, FIRST_COMMIT, 2**20, None))
+
+
 def test_hub_id_is_sized_from_the_hub_before_any_download_and_refused_when_it_does_not_fit(
         hf_cache, monkeypatch, tmp_path):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     with fake_hub({REPO_ID: model_info(REPO_ID, SECOND_COMMIT, 400 * 2**30)}) as url:
-        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+        online_at(url, monkeypatch)
         target = target_for(tmp_path)
         assert target.job_inputs()["base_model"] == f"{REPO_ID}@{SECOND_COMMIT}"
         checks = target.check_resources()
@@ -139,7 +169,8 @@ def test_hub_id_missing_gated_or_too_large_is_one_error_line_before_any_work(pre
     """From the terminal: one `error:` line, and nothing made in the workspace (no dataset, no job) and nothing
     downloaded."""
     repo_id = "microsoft/Phi-4-mini-instruct"
-    answers = {"gated": {repo_id: GATED}, "too large": {repo_id: model_info(repo_id, FIRST_COMMIT, 400 * 2**30)}}
+    answers = {"gated": {repo_id: gated(repo_id)},
+               "too large": {repo_id: model_info(repo_id, FIRST_COMMIT, 400 * 2**30)}}
     env = {"HF_HUB_CACHE": str(tmp_path / "hf-cache"), "PHI3_LOCAL__WORKSPACE_DIR": str(tmp_path / "ws")}
     with fake_hub(answers.get(case, {})) as url:
         offline = case == "missing offline"

@@ -4,7 +4,8 @@ part of the fine-tune job's identity, and kept in the Hugging Face cache.
 Online, the Hub says which commit a revision names (a branch moves; a commit is pinned) and how large its weights
 are, before anything is downloaded. Offline (`HF_HUB_OFFLINE`, or the Hub cannot be reached), the cache says it:
 `refs/<revision>` and `snapshots/<commit>/`, as `hf download` leaves them. A model that is missing, gated, or not
-in the cache while offline is one ConfigError naming training.base_model.
+in the cache while offline is one ConfigError naming training.base_model. Anyone may read a gated model's info
+(its `gated` field says it is gated), so the Hub's auth check says whether this token may download it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ def _named(repo_id: str, revision: str) -> str:
     return f"training.base_model {repo_id}" + (f" (training.base_model_revision {revision})" if revision else "")
 
 
+def _refusal(named: str, repo_id: str, error: RepositoryNotFoundError) -> ConfigError:
+    """What to do about a model the Hub will not give this token: asked before any work, and again if the download
+    is refused (access lost since), where retrying would not help."""
+    if isinstance(error, GatedRepoError):
+        return ConfigError(f"{named} is gated: accept its terms at {constants.ENDPOINT}/{repo_id} and sign in "
+                           "(`hf auth login`, or HF_TOKEN)")
+    return ConfigError(f"{named} is not on the Hugging Face Hub (or it is private: sign in with "
+                       "`hf auth login`, or HF_TOKEN)")
+
+
 def _cached(repo_id: str, revision: str) -> Path | None:
     try:
         return Path(snapshot_download(repo_id, revision=revision or DEFAULT_REVISION, local_files_only=True,
@@ -68,16 +79,15 @@ def resolve(repo_id: str, revision: str = "") -> HubModel:
     when offline. ConfigError for a missing or gated model, or for one not cached while offline."""
     named = _named(repo_id, revision)
     if not is_offline_mode():
+        api = HfApi()
         try:
-            info = HfApi().model_info(repo_id, revision=revision or None, files_metadata=True)
-        except GatedRepoError:
-            raise ConfigError(f"{named} is gated: accept its terms at {constants.ENDPOINT}/{repo_id} and sign in "
-                              "(`hf auth login`, or HF_TOKEN)") from None
+            info = api.model_info(repo_id, revision=revision or None, files_metadata=True)
+            if info.gated:
+                api.auth_check(repo_id)
         except RevisionNotFoundError:
             raise ConfigError(f"{named}: no such revision on the Hugging Face Hub") from None
-        except RepositoryNotFoundError:
-            raise ConfigError(f"{named} is not on the Hugging Face Hub (or it is private: sign in with "
-                              "`hf auth login`, or HF_TOKEN)") from None
+        except RepositoryNotFoundError as error:
+            raise _refusal(named, repo_id, error) from None
         except (httpx2.TransportError, OfflineModeIsEnabled):
             pass  # no network: the cache answers
         else:
@@ -97,11 +107,15 @@ def resolve(repo_id: str, revision: str = "") -> HubModel:
 
 def download(model: HubModel) -> Path:
     """The model's folder in the cache at its commit, with the Hub's progress bars for what is missing (online,
-    the Hub's own download also completes a folder an interrupted download left); offline, the cached folder."""
+    the Hub's own download also completes a folder an interrupted download left); offline, the cached folder.
+    ConfigError when the Hub refuses the model (access lost, or the model deleted, since resolve), as
+    retrying would not help; TransientError otherwise."""
     if is_offline_mode() and model.snapshot is not None:
         return model.snapshot
     try:
         return Path(snapshot_download(model.repo_id, revision=model.commit, allow_patterns=CHECKPOINT_PATTERNS))
+    except RepositoryNotFoundError as error:
+        raise _refusal(_named(model.repo_id, ""), model.repo_id, error) from None
     except (httpx2.TransportError, HfHubHTTPError) as error:
         raise TransientError(f"downloading {model.identity} from the Hugging Face Hub failed ({error}); what was "
                              "downloaded is kept, and the next try goes on from there") from None
