@@ -100,3 +100,19 @@ def test_the_shape_is_read_whatever_the_architecture_calls_it_and_through_an_ada
     fitted, notes = fitted_limits(LIMITS, {"max_position_embeddings": None}, 0, 8 * GiB, 4, "CPU")
     assert (fitted["max_concurrent_generations"], fitted["max_batch_size"]) == (2, 8)
     assert fitted["max_request_bytes"] == MIN_REQUEST_BYTES and "does not give its shape" in notes[0]
+
+
+def test_a_server_is_given_time_to_load_by_the_weights_it_loads_an_adapters_base_among_them(tmp_path):
+    """3 minutes, and 30 s for each GiB: a 7 GiB base served with its adapter may take 6.5 minutes to answer."""
+    import json
+
+    from phi3_pipeline.targets.local.online import start_timeout_s
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    for folder, config, weights in ((base, "config.json", 7 * GiB), (adapter, "adapter_config.json", 0)):
+        folder.mkdir()
+        (folder / config).write_text(json.dumps({"base_model_name_or_path": str(base)}))
+        with (folder / "model.safetensors").open("wb") as sparse:
+            sparse.truncate(weights)
+    assert start_timeout_s(str(adapter)) == 180 + 7 * 30
+    assert start_timeout_s(str(tmp_path / "missing")) == 180

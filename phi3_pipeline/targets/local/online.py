@@ -16,12 +16,17 @@ from pathlib import Path
 import requests
 
 from phi3_pipeline.config.errors import ConfigError, PipelineError, TransientError
-from phi3_pipeline.targets.local import processes
+from phi3_pipeline.serving.chat_model import find_checkpoint
+from phi3_pipeline.targets.local import processes, server_sizing
+from phi3_pipeline.targets.local.machine import GiB
 from phi3_pipeline.targets.local.scoring_server import CONFIG_ERROR_PREFIX
 from phi3_pipeline.targets.workspace import Workspace, read_json, write_json_atomic
 
 SERVER_MODULE = "phi3_pipeline.targets.local.scoring_server"
+# How long a server may take to answer its first health probe: a base allowance, and time to load each GiB of
+# weights (a CPU reads a bf16 checkpoint and converts it to fp32).
 SERVER_START_TIMEOUT_S = 180
+SERVER_LOAD_S_PER_GIB = 30
 PID_FILE = "server.pid"
 
 
@@ -84,7 +89,8 @@ class LocalEndpoint:
         write_json_atomic(deployment_dir / "spec.json", {**spec, "port": port})
         pid = processes.spawn(SERVER_MODULE, deployment_dir, "server.log")
         (deployment_dir / PID_FILE).write_text(str(pid), encoding="utf-8")
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        timeout_s = start_timeout_s(spec["model_dir"])
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             state = read_json(deployment_dir / "state.json")
             if state and state.get("pid") == pid and _answers(state):
@@ -96,7 +102,7 @@ class LocalEndpoint:
                 raise PipelineError(f"scoring server exited while starting: {' | '.join(log_tail)}")
             time.sleep(0.3)
         processes.stop_process(pid)
-        raise TransientError(f"scoring server did not become healthy within {SERVER_START_TIMEOUT_S} s")
+        raise TransientError(f"scoring server did not become healthy within {timeout_s:.0f} s")
 
     @staticmethod
     def stop_server(state: dict) -> None:
@@ -108,6 +114,15 @@ class LocalEndpoint:
         running = _stop(_server_pid(deployment_dir))
         shutil.rmtree(deployment_dir, ignore_errors=True)
         return running
+
+
+def start_timeout_s(model_dir: str) -> float:
+    """SERVER_START_TIMEOUT_S, and SERVER_LOAD_S_PER_GIB for each GiB of weights the server loads."""
+    try:
+        weights = server_sizing.served_weight_bytes(find_checkpoint(model_dir))
+    except (OSError, ValueError, KeyError):  # the server itself says what is wrong with the model
+        weights = 0
+    return SERVER_START_TIMEOUT_S + SERVER_LOAD_S_PER_GIB * weights / GiB
 
 
 def _server_pid(deployment_dir: Path) -> int | None:

@@ -26,19 +26,29 @@ SHAPE = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hid
          "max_position_embeddings")
 
 
+def adapter_base(checkpoint: Path) -> Path | None:
+    """The base model an adapter names, None for a model."""
+    adapter_config = checkpoint / ADAPTER_CONFIG
+    if not adapter_config.is_file():
+        return None
+    return Path(json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"])
+
+
+def served_weight_bytes(checkpoint: Path) -> int:
+    """The weights' bytes on disk the server loads: an adapter's, with its base's."""
+    base = adapter_base(checkpoint)
+    return checkpoint_bytes(checkpoint) + (served_weight_bytes(base) if base else 0)
+
+
 def served_shape(checkpoint: Path) -> tuple[dict, int]:
     """The served model's shape (`SHAPE`, as transformers names it whatever the architecture calls it, and the
-    checkpoint's `dtype`) and its weights' bytes on disk: an adapter's base's, with the adapter's."""
-    adapter_config = checkpoint / ADAPTER_CONFIG
-    if adapter_config.is_file():
-        base = Path(json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"])
-        shape, weights = served_shape(base)
-        return shape, weights + checkpoint_bytes(checkpoint)
+    checkpoint's `dtype`; an adapter's base's) and `served_weight_bytes`."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(checkpoint)
+    config = AutoConfig.from_pretrained(adapter_base(checkpoint) or checkpoint)
     shape = {key: getattr(config, key, None) for key in SHAPE}
-    return {**shape, "dtype": str(getattr(config, "dtype", None)).removeprefix("torch.")}, checkpoint_bytes(checkpoint)
+    return ({**shape, "dtype": str(getattr(config, "dtype", None)).removeprefix("torch.")},
+            served_weight_bytes(checkpoint))
 
 
 def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
