@@ -121,6 +121,9 @@ def test_hub_id_is_sized_from_the_hub_before_any_download_and_refused_when_it_do
             raise_if_short(checks)
     cache_check = next(check for check in checks if check.resource.endswith("(the Hugging Face cache)"))
     assert str(hf_cache) in cache_check.resource and cache_check.needed == 400.1, "the download's own disk"
+    workspace_check = next(check for check in checks if check.resource.startswith("disk at"))
+    assert "served base + adapter (the merged copies would need 800.0 GiB more)" in workspace_check.resource
+    assert workspace_check.needed == 0.2, "an adapter is megabytes: the base is read from the cache"
     assert list(hf_cache.iterdir()) == [], "nothing was downloaded"
 
 

@@ -190,14 +190,25 @@ def test_the_quota_stage_says_the_method_and_a_qlora_job_is_another_job(monkeypa
 
 @pytest.mark.parametrize("asked, free_gib, expected", [
     ("auto", 100.0, (True, "merged (it fits)")),
-    ("auto", 20.0, (False, "base + adapter (the merged copies would need 16.0 GiB more)")),
+    ("auto", 16.2, (True, "merged (it fits)")),
+    ("auto", 16.0, (False, "base + adapter (the merged copies would need 16.0 GiB more)")),
     ("always", 1.0, (True, "merged (asked for)")),
     ("never", 100.0, (False, "base + adapter (asked for)")),
 ])
 def test_the_adapter_is_merged_unless_the_merged_copies_do_not_fit_on_disk(asked, free_gib, expected):
-    """8 GiB of 16-bit weights, 8.2 GiB of the job's other files: merging writes 16 GiB more (the job's output and
+    """8 GiB of 16-bit weights, 0.2 GiB of the job's other files: merging writes 16 GiB more (the job's output and
     the registry's copy)."""
-    assert merge_choice(asked, 8.0, free_gib, 8.2) == expected
+    assert merge_choice(asked, 8.0, free_gib, 0.2) == expected
+
+
+def test_a_checkpoint_with_safetensors_and_bin_weights_is_sized_by_the_safetensors_it_loads(tmp_path):
+    from phi3_pipeline.targets.local.machine import checkpoint_bytes
+
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 100)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"0" * 120)
+    assert checkpoint_bytes(tmp_path) == 100
+    (tmp_path / "model.safetensors").unlink()
+    assert checkpoint_bytes(tmp_path) == 120
 
 
 def test_a_job_out_of_gpu_memory_fails_saying_what_to_change(tmp_path, monkeypatch):

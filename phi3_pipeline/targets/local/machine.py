@@ -32,7 +32,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def checkpoint_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.glob("*") if f.suffix in WEIGHT_SUFFIXES)
+    """The weights a checkpoint folder loads: its safetensors where it has them (transformers then reads no .bin)."""
+    files = [f for f in path.glob("*") if f.suffix in WEIGHT_SUFFIXES]
+    loaded = [f for f in files if f.suffix == ".safetensors"] or files
+    return sum(f.stat().st_size for f in loaded)
 
 
 def gpu_need_gib(method: str, weights_gib: float) -> float:

@@ -105,7 +105,7 @@ class LocalTarget(Target):
         resolved once per run against the workspace's free disk)."""
         weights_gib = self.weights_gib()
         return machine.merge_choice(self.settings.training.merge_adapter, weights_gib, disk_free_gib(self.ws.root),
-                                    weights_gib + BASE_DISK_GIB)
+                                    BASE_DISK_GIB)
 
     def job_inputs(self) -> dict:
         """The base model's weights, every training setting, the seed, and QLoRA where it is the method (LoRA, the
@@ -146,13 +146,13 @@ class LocalTarget(Target):
     # ---- quota ---------------------------------------------------------------------------------
     def check_resources(self) -> list[ResourceCheck]:
         """Memory, disk and GPU memory for the base model, the method and the served form (weights W GiB: fp32 in
-        training with the LoRA optimiser's state, and once more in the server; on disk W of the job's files, and
-        the merged model's copies)."""
+        training with the LoRA optimiser's state, and once more in the server; on disk the merged model's copies,
+        where it is merged: an adapter takes megabytes)."""
         weights_gib, hub_model = self.weights_gib(), self.hub_base_model
         method, why = self.fine_tune_method
         merged, served = self.merge_adapter
         memory_gib = 2.5 * weights_gib + BASE_MEMORY_GIB
-        disk_gib = (machine.MERGED_COPIES * weights_gib if merged else 0) + weights_gib + BASE_DISK_GIB
+        disk_gib = (machine.MERGED_COPIES * weights_gib if merged else 0) + BASE_DISK_GIB
         self.ws.ensure()
         memory = psutil.virtual_memory().available / GiB
         checks = [
