@@ -82,6 +82,23 @@ def test_a_phi_template_that_ends_with_end_of_text_keeps_every_role_token_and_tr
     assert tokenizer.decode([label for label in labels if label != -100]) == learned_text
 
 
+def test_conversations_whose_answers_all_lie_beyond_the_length_limit_are_left_out_or_refused(tmp_path):
+    """A first question longer than training.max_seq_length leaves nothing to learn: such conversations are left
+    out (a batch of them has no loss), and where none is left the job says what to change."""
+    from transformers import AutoTokenizer
+
+    from phi3_pipeline.targets.local.training_job import encode_chats
+
+    tokenizer = AutoTokenizer.from_pretrained(make_checkpoint(tmp_path / "model"))
+    long_question = [{"role": "user", "content": "Who founded Microsoft? " * 20},
+                     {"role": "assistant", "content": "Bill Gates and Paul Allen."}]
+    rows, left_out = encode_chats(tokenizer, [CONVERSATION, long_question], 64, "training")
+    assert left_out == 1 and rows == [encode_chat(tokenizer, CONVERSATION, 64)]
+    with pytest.raises(ValueError, match=r"no training conversation has an assistant token within "
+                                         r"training.max_seq_length \(64 tokens\): raise it"):
+        encode_chats(tokenizer, [long_question], 64, "training")
+
+
 def lora_steps(checkpoint, tmp_path, rows, *, padding_free: bool, checkpointing: bool, monkeypatch):
     """Losses of a held-out evaluation and of three LoRA steps, batched as a GPU would batch them."""
     import torch

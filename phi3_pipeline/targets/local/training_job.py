@@ -252,8 +252,16 @@ def encode_chat(tokenizer, messages: list[dict], max_len: int) -> tuple[list[int
     return ids[:max_len], labels[:max_len]
 
 
-def encode_chats(tokenizer, conversations: list[list[dict]], max_len: int) -> list[tuple[list[int], list[int]]]:
-    return [encode_chat(tokenizer, messages, max_len) for messages in conversations]
+def encode_chats(tokenizer, conversations: list[list[dict]], max_len: int,
+                 part: str) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """The conversations that have assistant tokens within `max_len` (the others would teach nothing, and a batch
+    of them has no loss), and how many were left out; ValueError, saying what to change, when none has any."""
+    rows = [encode_chat(tokenizer, messages, max_len) for messages in conversations]
+    kept = [(ids, labels) for ids, labels in rows if any(label != -100 for label in labels)]
+    if not kept:
+        raise ValueError(f"no {part} conversation has an assistant token within training.max_seq_length "
+                         f"({max_len} tokens): raise it")
+    return kept, len(rows) - len(kept)
 
 
 def run(job_dir: Path) -> None:
@@ -278,8 +286,10 @@ def run(job_dir: Path) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     method = spec.get("method", LORA)
     model = load_base(base_path, method)
-    train_ids = sft_dataset(encode_chats(tokenizer, train, spec["max_seq_length"]))
-    test_ids = sft_dataset(encode_chats(tokenizer, test, spec["max_seq_length"]))
+    train_rows, train_left_out = encode_chats(tokenizer, train, spec["max_seq_length"], "training")
+    test_rows, test_left_out = encode_chats(tokenizer, test, spec["max_seq_length"], "test")
+    train_ids, test_ids = sft_dataset(train_rows), sft_dataset(test_rows)
+    reporter.total_steps = base_steps + spec["epochs"] * math.ceil(len(train_rows) / spec["batch_size"])
     # The built-in base never saw the chat-template tokens, so its embeddings train fully beside the
     # LoRA adapter (the usual recipe when a fine-tune introduces new special tokens).
     model = get_peft_model(model, LoraConfig(r=spec["lora_rank"], lora_alpha=spec["lora_alpha"],
@@ -315,6 +325,8 @@ def run(job_dir: Path) -> None:
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
         "train_rows": len(train),
         "test_rows": len(test),
+        # conversations whose assistant turns all start beyond training.max_seq_length
+        "rows_left_out": train_left_out + test_left_out,
         "seconds": round(time.time() - reporter.started_at, 2),
     }
     write_json_atomic(job_dir / "job_metrics.json", metrics)
