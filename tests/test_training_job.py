@@ -4,11 +4,12 @@ learn from, which layers LoRA adapts, and when QLoRA is chosen (targets/local/ma
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
 from phi3_pipeline.config.errors import ConfigError
-from phi3_pipeline.targets.local.machine import fine_tune_method, merge_choice
+from phi3_pipeline.targets.local.machine import Gpu, fine_tune_method, merge_choice
 from phi3_pipeline.targets.local.training_job import (
     PHI3_PROJECTIONS,
     JobReporter,
@@ -157,22 +158,24 @@ def test_lora_adapts_the_phi_attention_and_mlp_projections(tmp_path):
 
 @pytest.mark.parametrize("asked, gpu, bitsandbytes, expected", [
     ("auto", None, False, ("lora", "LoRA (no GPU: on the CPU)")),
-    ("auto", ("H100", 40.0), False, ("lora", "LoRA (it fits)")),
-    ("auto", ("L4", 10.0), True, ("qlora", "QLoRA, 4-bit (LoRA would need 16.5 GiB, 10.0 GiB are free)")),
-    ("auto", ("T4", 3.0), True, ("lora", "LoRA (QLoRA would not fit either)")),
-    ("lora", ("L4", 10.0), True, ("lora", "LoRA (asked for)")),
-    ("qlora", ("H100", 40.0), True, ("qlora", "QLoRA, 4-bit (asked for)")),
+    ("auto", Gpu("H100", 80.0, 40.0), False, ("lora", "LoRA (it fits)")),
+    ("auto", Gpu("L4", 22.0, 4.0), False, ("lora", "LoRA (it fits)")),
+    ("auto", Gpu("T4", 15.0, 15.0), True, ("qlora", "QLoRA, 4-bit (LoRA would need 16.5 GiB, the GPU has 15.0 GiB)")),
+    ("auto", Gpu("small", 3.0, 3.0), True, ("lora", "LoRA (QLoRA would not fit either)")),
+    ("lora", Gpu("T4", 15.0, 15.0), True, ("lora", "LoRA (asked for)")),
+    ("qlora", Gpu("H100", 80.0, 40.0), True, ("qlora", "QLoRA, 4-bit (asked for)")),
 ])
 def test_the_fine_tune_method_is_lora_unless_the_gpu_is_short_for_it_and_qlora_fits(monkeypatch, asked, gpu,
                                                                                      bitsandbytes, expected):
-    """8 GiB of 16-bit weights: LoRA needs 16.5 GiB of GPU memory, QLoRA 5 GiB."""
+    """8 GiB of 16-bit weights: LoRA needs 16.5 GiB of GPU memory, QLoRA 5 GiB. The GPU's total memory decides,
+    not what is free now: a re-run while the job it adopts holds most of an L4 names the same job."""
     without_bitsandbytes_but(monkeypatch, present=bitsandbytes)
     assert fine_tune_method(asked, 8.0, gpu) == expected
 
 
 @pytest.mark.parametrize("gpu, expected", [
     (None, "training.method qlora needs a CUDA GPU"),
-    (("L4", 10.0), "needs bitsandbytes: pip install bitsandbytes"),
+    (Gpu("T4", 15.0, 15.0), "needs bitsandbytes: pip install bitsandbytes"),
 ])
 def test_qlora_without_a_gpu_or_bitsandbytes_is_one_config_error(monkeypatch, gpu, expected):
     without_bitsandbytes_but(monkeypatch, present=False)
@@ -180,28 +183,78 @@ def test_qlora_without_a_gpu_or_bitsandbytes_is_one_config_error(monkeypatch, gp
         fine_tune_method("qlora", 8.0, gpu)
 
 
-def test_the_quota_stage_says_the_method_and_a_qlora_job_is_another_job(monkeypatch, tmp_path):
-    """A Hub model of 8 GiB and a GPU with 10 GiB free, short for LoRA: the GPU check names QLoRA and why and is
-    sized for it, and the job QLoRA trains has a name of its own."""
+def fake_nvidia_smi(folder, monkeypatch, held_by: int) -> None:
+    """An nvidia-smi on PATH: a T4 (15 GiB, 3 GiB free; its name says which device was asked for) on which
+    process `held_by` holds 10 GiB; and torch a CUDA build."""
+    import stat
+    import torch.version
+
+    script = folder / "nvidia-smi"
+    script.write_text("#!/bin/sh\ncase \"$*\" in\n"
+                      "  *--query-gpu*) echo \"Tesla T4 $1, 15360, 3072\";;\n"
+                      f"  *--query-compute-apps*) echo \"{held_by}, 10240\"; echo \"1, 999\";;\nesac\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+
+
+def test_the_gpu_torch_trains_on_is_the_one_cuda_visible_devices_names_and_none_on_a_cpu_build(
+        tmp_path, monkeypatch):
+    import torch.version
+
+    from phi3_pipeline.targets.local.machine import visible_gpu
+
+    fake_nvidia_smi(tmp_path, monkeypatch, held_by=0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpu() == Gpu("Tesla T4 --id=0", 15.0, 3.0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert visible_gpu().name == "Tesla T4 --id=1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpu() is None, "no device visible: the CPU"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert visible_gpu() is None, "a CPU build of torch trains on the CPU"
+
+
+def test_the_quota_stage_says_the_method_counts_what_its_own_job_holds_and_a_qlora_job_is_another_job(
+        monkeypatch, tmp_path):
+    """A Hub model of 8 GiB and a 15 GiB T4, short for LoRA: the GPU check names QLoRA and why, and is sized for
+    it; the 10 GiB a job of this workspace holds (which the run adopts) count as free. The job QLoRA trains has a
+    name of its own."""
+    import subprocess
+    import sys
+
     import huggingface_hub.constants
 
     from phi3_pipeline.config.settings import PipelineSettings
-    from phi3_pipeline.targets.local import machine
     from phi3_pipeline.targets.local.target import LocalTarget
+    from phi3_pipeline.targets.workspace import write_json_atomic
 
     without_bitsandbytes_but(monkeypatch, present=True)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     settings = PipelineSettings(local={"workspace_dir": tmp_path / "ws"}, training={"base_model": REPO_ID})
-    with fake_hub({REPO_ID: model_info(REPO_ID, FIRST_COMMIT, 8 * 2**30)}) as url:
-        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
-        lora_job = LocalTarget(settings).job_name("data")  # no GPU here: LoRA
-        monkeypatch.setattr(machine, "visible_gpu", lambda: ("L4", 10.0))
-        target = LocalTarget(settings)
-        gpu_check = next(check for check in target.check_resources() if check.resource.startswith("GPU memory"))
-        qlora_job = target.job_name("data")
-    assert gpu_check.resource == "GPU memory (L4) for QLoRA, 4-bit (LoRA would need 16.5 GiB, 10.0 GiB are free)"
-    assert (gpu_check.needed, gpu_check.short_by) == (5.0, 0)
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                            "phi3_pipeline.targets.local.training_job"])
+    try:
+        with fake_hub({REPO_ID: model_info(REPO_ID, FIRST_COMMIT, 8 * 2**30)}) as url:
+            monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+            lora_job = LocalTarget(settings).job_name("data")  # no GPU here: LoRA
+            (tmp_path / "bin").mkdir()
+            fake_nvidia_smi(tmp_path / "bin", monkeypatch, held_by=job.pid)
+            target = LocalTarget(settings)
+            (target.ws.root / "jobs" / "running").mkdir(parents=True)
+            write_json_atomic(target.ws.root / "jobs" / "running" / "status.json", {"state": "Running",
+                                                                                    "pid": job.pid})
+            gpu_check = next(check for check in target.check_resources() if check.resource.startswith("GPU memory"))
+            qlora_job = target.job_name("data")
+    finally:
+        job.kill()
+        job.wait()
+    assert gpu_check.resource == ("GPU memory (Tesla T4 --id=0) for QLoRA, 4-bit (LoRA would need 16.5 GiB, the GPU "
+                                  "has 15.0 GiB)")
+    assert (gpu_check.needed, gpu_check.available, gpu_check.short_by) == (5.0, 13.0, 0)
     assert qlora_job != lora_job
 
 

@@ -128,7 +128,7 @@ class TrainingSettings(StrictModel):
     )
     method: Literal["auto", "lora", "qlora"] = Field(
         "auto", description="lora (adapters on the model's weights as loaded), qlora (the weights in 4 bits, with "
-                            "bitsandbytes, on a CUDA GPU) or auto: LoRA unless the GPU's free memory is short for it "
+                            "bitsandbytes, on a CUDA GPU) or auto: LoRA unless the GPU's memory is short for it "
                             "and QLoRA fits. The quota stage says which it chose and why.",
     )
     merge_adapter: Literal["auto", "always", "never"] = Field(

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 from phi3_pipeline.config.errors import ConfigError
 
@@ -15,17 +16,48 @@ LORA, QLORA = "lora", "qlora"
 GiB = 1024**3
 
 
-def visible_gpu() -> tuple[str, float] | None:
-    """Name and free GiB of the GPU training would use (read with nvidia-smi, so torch stays unloaded)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not shutil.which("nvidia-smi"):
+class Gpu(NamedTuple):
+    """The GPU training would use: its name, and its total and free memory in GiB."""
+
+    name: str
+    total_gib: float
+    free_gib: float
+
+
+def visible_gpu() -> Gpu | None:
+    """The GPU the job would train on: the first that CUDA_VISIBLE_DEVICES names, else GPU 0, read with nvidia-smi
+    (CUDA stays uninitialised in the pipeline's process). None without one, or where torch is a CPU build (the job
+    then trains on the CPU whatever GPU there is)."""
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if (devices is not None and devices.strip() in ("", "-1")) or not shutil.which("nvidia-smi"):
         return None
+    import torch.version  # the build's CUDA version; importing it initialises nothing
+
+    if torch.version.cuda is None:
+        return None
+    device = devices.split(",")[0].strip() if devices else "0"
     try:
-        query = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.free", "--format=csv,noheader,nounits"],
-                               capture_output=True, text=True, timeout=10, check=True)
-        name, free_mib = query.stdout.strip().splitlines()[0].rsplit(",", 1)
-        return name.strip(), float(free_mib) / 1024
+        query = _nvidia_smi(f"--id={device}", "--query-gpu=name,memory.total,memory.free")
+        name, total_mib, free_mib = query.splitlines()[0].rsplit(",", 2)
+        return Gpu(name.strip(), float(total_mib) / 1024, float(free_mib) / 1024)
     except (subprocess.SubprocessError, OSError, ValueError, IndexError):
         return None
+
+
+def gpu_gib_held_by(pids: set[int]) -> float:
+    """GPU memory the processes `pids` hold (nvidia-smi's compute processes), in GiB; 0 where it cannot say."""
+    if not pids:
+        return 0.0
+    try:
+        rows = [line.split(",") for line in _nvidia_smi("--query-compute-apps=pid,used_memory").splitlines()]
+        return sum(float(used) for pid, used in rows if int(pid) in pids) / 1024
+    except (subprocess.SubprocessError, OSError, ValueError):
+        return 0.0
+
+
+def _nvidia_smi(*query: str) -> str:
+    return subprocess.run(["nvidia-smi", *query, "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                          timeout=10, check=True).stdout.strip()
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -45,16 +77,18 @@ def gpu_need_gib(method: str, weights_gib: float) -> float:
     return 2 * weights_gib + 0.5 if method == LORA else 0.5 * weights_gib + 1.0
 
 
-def fine_tune_method(asked: str, weights_gib: float, gpu: tuple[str, float] | None) -> tuple[str, str]:
-    """The method (`training.method`, auto resolved) and why, as the quota stage says it. QLoRA needs a CUDA GPU
-    and bitsandbytes: asked for without them, a ConfigError."""
+def fine_tune_method(asked: str, weights_gib: float, gpu: Gpu | None) -> tuple[str, str]:
+    """The method (`training.method`, auto resolved against the GPU's total memory, so that a re-run while a job
+    holds some of it names the same job) and why, as the quota stage says it. QLoRA needs a CUDA GPU and
+    bitsandbytes: asked for without them, a ConfigError."""
     lora_gib, qlora_gib = gpu_need_gib(LORA, weights_gib), gpu_need_gib(QLORA, weights_gib)
-    lora_short = gpu is not None and lora_gib > gpu[1]
-    if asked == QLORA or (asked == "auto" and lora_short and qlora_gib <= gpu[1]):
+    lora_short = gpu is not None and lora_gib > gpu.total_gib
+    if asked == QLORA or (asked == "auto" and lora_short and qlora_gib <= gpu.total_gib):
         if gpu is None:
             raise ConfigError("training.method qlora needs a CUDA GPU (4-bit weights with bitsandbytes); none is "
                               "visible here: set training.method=lora")
-        why = "asked for" if asked == QLORA else f"LoRA would need {lora_gib:.1f} GiB, {gpu[1]:.1f} GiB are free"
+        why = "asked for" if asked == QLORA else (f"LoRA would need {lora_gib:.1f} GiB, the GPU has "
+                                                  f"{gpu.total_gib:.1f} GiB")
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError(f"QLoRA ({why}) needs bitsandbytes: pip install bitsandbytes, or set "
                               "training.method=lora and free GPU memory")

@@ -90,13 +90,13 @@ class LocalTarget(Target):
         return (hub_model.weight_bytes if hub_model else machine.checkpoint_bytes(Path(base).expanduser())) / GiB
 
     @cached_property
-    def gpu(self) -> tuple[str, float] | None:
-        """The GPU training would use and its free GiB, read once per run: the method and the quota check agree."""
+    def gpu(self) -> machine.Gpu | None:
+        """The GPU training would use, read once per run: the method and the quota check agree."""
         return machine.visible_gpu()
 
     @cached_property
     def fine_tune_method(self) -> tuple[str, str]:
-        """LoRA or QLoRA, and why (`training.method`, auto resolved once per run against the GPU's free memory)."""
+        """LoRA or QLoRA, and why (`training.method`, auto resolved once per run against the GPU's memory)."""
         return machine.fine_tune_method(self.settings.training.method, self.weights_gib(), self.gpu)
 
     @cached_property
@@ -171,11 +171,11 @@ class LocalTarget(Target):
                                         needed=round(hub_model.weight_bytes / GiB + 0.1, 2),
                                         available=round(disk_free_gib(cache), 2), unit="GiB",
                                         advice="free disk space or set HF_HUB_CACHE to a larger disk"))
-        if self.gpu is not None:
-            name, free_gib = self.gpu
-            checks.append(ResourceCheck(resource=f"GPU memory ({name}) for {why}",
+        if self.gpu is not None:  # what a job of this workspace holds is the run's to adopt
+            held = machine.gpu_gib_held_by(self._running_job_pids())
+            checks.append(ResourceCheck(resource=f"GPU memory ({self.gpu.name}) for {why}",
                                         needed=round(machine.gpu_need_gib(method, weights_gib), 2),
-                                        available=round(free_gib, 2), unit="GiB",
+                                        available=round(self.gpu.free_gib + held, 2), unit="GiB",
                                         advice="free GPU memory, or set CUDA_VISIBLE_DEVICES= to train on the CPU"))
         port = self.settings.local.port
         if port and not self.endpoint.serves_on(port):
@@ -232,6 +232,10 @@ class LocalTarget(Target):
             if not (job_dir / "status.json").exists():  # the job reports itself once it has started
                 write_json_atomic(job_dir / "status.json", {"state": "Queued", "pid": pid, "step": 0})
             return True
+
+    def _running_job_pids(self) -> set[int]:
+        pids = {(read_json(status) or {}).get("pid") for status in self.ws.root.glob("jobs/*/status.json")}
+        return {pid for pid in pids if processes.process_alive(pid, TRAINING_MODULE)}
 
     def job_status(self, job_name: str) -> JobStatus:
         status = read_json(self._job_dir(job_name) / "status.json")
