@@ -124,7 +124,8 @@ def plain() -> None:
         args=SFTConfig(output_dir="plain", num_train_epochs=job["epochs"], per_device_train_batch_size=job["batch_size"],
                        learning_rate=job["learning_rate"], lr_scheduler_type=job["lr_scheduler_type"],
                        warmup_steps=job["warmup_ratio"], max_length=job["max_seq_length"], seed=job["seed"],
-                       bf16=bf16, use_cpu=not cuda, logging_steps=10, save_strategy="no", report_to="none"))
+                       bf16=bf16, fp16=cuda and not bf16, use_cpu=not cuda, logging_steps=10, save_strategy="no",
+                       report_to="none"))
     seconds = trainer.train().metrics["train_runtime"]
     lengths = [min(len(tokenizer.apply_chat_template(m, tokenize=True, return_dict=True)["input_ids"]),
                    job["max_seq_length"]) for m in conversations]
