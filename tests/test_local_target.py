@@ -17,7 +17,7 @@ import requests
 
 from phi3_pipeline.chat_data.split_files import split_and_write
 from phi3_pipeline.config.errors import ConfigError, InsufficientResourcesError
-from phi3_pipeline.config.settings import PipelineSettings
+from phi3_pipeline.config.settings import BUILTIN_BASE_MODEL, PipelineSettings
 from phi3_pipeline.targets.base import raise_if_short
 from phi3_pipeline.targets.local.target import LocalTarget
 from phi3_pipeline.targets.workspace import write_json_atomic
@@ -680,3 +680,17 @@ def test_a_base_model_folder_given_relative_or_from_home_reaches_the_job_as_an_a
     target = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "ws"}, training={"base_model": given}))
     dataset = DatasetRef(content_hash="0" * 64, train_uri="t", test_uri="t", train_rows=1, test_rows=1, created=True)
     assert target._job_spec(dataset)["base_model"] == str(folder.resolve())
+
+
+def test_a_change_to_how_a_models_own_template_is_tokenized_trains_its_jobs_anew_not_the_builtin_models(
+        tmp_path, monkeypatch):
+    from phi3_pipeline.targets.local import target as local_target
+    from tests.hub_fakes import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "ck")
+    targets = [LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "ws"},
+                                            training={"base_model": str(base)})) for base in (folder, BUILTIN_BASE_MODEL)]
+    before = [target.job_name("data") for target in targets]
+    monkeypatch.setattr(local_target, "TEMPLATE_ENCODING", local_target.TEMPLATE_ENCODING + 1)
+    after = [target.job_name("data") for target in targets]
+    assert after[0] != before[0] and after[1] == before[1]

@@ -35,7 +35,7 @@ from phi3_pipeline.targets.base import (
 from phi3_pipeline.targets.local import hub, machine, processes, registry
 from phi3_pipeline.targets.local.machine import GiB
 from phi3_pipeline.targets.local.online import LocalEndpoint
-from phi3_pipeline.targets.local.training_job import ADAPTER_DIR, MERGED_DIR
+from phi3_pipeline.targets.local.training_job import ADAPTER_DIR, MERGED_DIR, TEMPLATE_ENCODING
 from phi3_pipeline.targets.workspace import Workspace, read_json, write_json_atomic
 
 TRAINING_MODULE = "phi3_pipeline.targets.local.training_job"
@@ -108,14 +108,16 @@ class LocalTarget(Target):
                                     BASE_DISK_GIB)
 
     def job_inputs(self) -> dict:
-        """The base model's weights, every training setting, the seed, and QLoRA where it is the method (LoRA, the
-        default, adds nothing, so that earlier jobs keep their names). How the result is served is not what is
-        trained: a re-run adopts the job whichever way it was saved."""
-        method = self.fine_tune_method[0]
+        """The base model's weights, every training setting, the seed, QLoRA where it is the method (LoRA, the
+        default, adds nothing, so that earlier jobs keep their names) and, on a model's own chat template, how it
+        is tokenized. How the result is served is not what is trained: a re-run adopts the job whichever way it
+        was saved."""
+        method, builtin = self.fine_tune_method[0], self.settings.training.base_model == BUILTIN_BASE_MODEL
         return {"base_model": self.base_model_identity(),
                 "training": self.settings.training.model_dump(exclude={"base_model", "base_model_revision", "method",
                                                                        "merge_adapter"}),
-                "seed": self.settings.dataset.seed, **({"method": method} if method != machine.LORA else {})}
+                "seed": self.settings.dataset.seed, **({"method": method} if method != machine.LORA else {}),
+                **({} if builtin else {"template_encoding": TEMPLATE_ENCODING})}
 
     def notices(self) -> list[str]:
         """A local.port the live server does not hold: say what a run will do with it."""

@@ -38,6 +38,10 @@ TINY_ARCHITECTURE = {
 }
 TINY_VOCAB_SIZE = 1024
 ADAPTER_DIR, MERGED_DIR = "adapter", "model"  # under the job's output folder
+# How conversations are tokenized with a base model's own chat template, part of its jobs' identity: raised when a
+# change alters what they learn, so that such jobs train anew (2: Phi's templates, which end a rendering with
+# end-of-text, kept whole). The built-in model's template is the project's own and its jobs keep their names.
+TEMPLATE_ENCODING = 2
 
 
 class JobReporter:
