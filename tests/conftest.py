@@ -40,6 +40,22 @@ def served_in_a_thread(run: Callable[[], None], stop: Callable[[], None]) -> Ite
         thread.join(10)
 
 
+def fake_nvidia_smi(folder: Path, monkeypatch, total_mib: int = 15360, free_mib: int = 3072,
+                    held_by: int = 0) -> None:
+    """An nvidia-smi in `folder`, first on PATH: a Tesla T4 (its name ends with the device asked for, e.g.
+    `--id=0`) on which process `held_by` holds 10 GiB; and torch taken for a CUDA build."""
+    import torch.version
+
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text("#!/bin/sh\ncase \"$*\" in\n"
+                      f"  *--query-gpu*) echo \"Tesla T4 $1, {total_mib}, {free_mib}\";;\n"
+                      f"  *--query-compute-apps*) echo \"{held_by}, 10240\"; echo \"1, 999\";;\nesac\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

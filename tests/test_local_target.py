@@ -21,7 +21,7 @@ from phi3_pipeline.config.settings import BUILTIN_BASE_MODEL, PipelineSettings
 from phi3_pipeline.targets.base import raise_if_short
 from phi3_pipeline.targets.local.target import LocalTarget
 from phi3_pipeline.targets.workspace import write_json_atomic
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fake_nvidia_smi
 
 QUESTIONS = ["Who founded Microsoft?", "What is the capital of France?", "Name a primary colour."]
 CHAT = {"input_data": {"input_string": [{"role": "user", "content": "Who founded Microsoft?"}],
@@ -371,14 +371,10 @@ def test_a_server_a_killed_run_left_loading_its_model_is_stopped_by_the_teardown
 
 
 def test_a_gpu_short_of_memory_is_reported_with_the_cpu_way_out(tmp_path, monkeypatch):
-    fake_smi = tmp_path / "bin" / "nvidia-smi"
-    fake_smi.parent.mkdir()
-    fake_smi.write_text("#!/bin/sh\necho 'NVIDIA Fake GPU, 100'\n")
-    fake_smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake_smi.parent}:{os.environ['PATH']}")
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch, free_mib=100)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     target = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "ws"}))
-    with pytest.raises(InsufficientResourcesError, match=r"GPU memory \(NVIDIA Fake GPU\).*CUDA_VISIBLE_DEVICES="):
+    with pytest.raises(InsufficientResourcesError, match=r"GPU memory \(Tesla T4 --id=0\).*CUDA_VISIBLE_DEVICES="):
         raise_if_short(target.check_resources())
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the way out, taken by the next run (a target reads the GPU once)
     rerun = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "ws"}))

@@ -4,7 +4,6 @@ learn from, which layers LoRA adapts, and when QLoRA is chosen (targets/local/ma
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 
@@ -18,6 +17,7 @@ from phi3_pipeline.targets.local.training_job import (
     sft_dataset,
     sft_trainer,
 )
+from tests.conftest import fake_nvidia_smi
 from tests.hub_fakes import FIRST_COMMIT, REPO_ID, fake_hub, make_checkpoint, model_info
 
 def without_bitsandbytes_but(monkeypatch, present: bool) -> None:
@@ -183,28 +183,13 @@ def test_qlora_without_a_gpu_or_bitsandbytes_is_one_config_error(monkeypatch, gp
         fine_tune_method("qlora", 8.0, gpu)
 
 
-def fake_nvidia_smi(folder, monkeypatch, held_by: int) -> None:
-    """An nvidia-smi on PATH: a T4 (15 GiB, 3 GiB free; its name says which device was asked for) on which
-    process `held_by` holds 10 GiB; and torch a CUDA build."""
-    import stat
-    import torch.version
-
-    script = folder / "nvidia-smi"
-    script.write_text("#!/bin/sh\ncase \"$*\" in\n"
-                      "  *--query-gpu*) echo \"Tesla T4 $1, 15360, 3072\";;\n"
-                      f"  *--query-compute-apps*) echo \"{held_by}, 10240\"; echo \"1, 999\";;\nesac\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
-    monkeypatch.setattr(torch.version, "cuda", "12.8")
-
-
 def test_the_gpu_torch_trains_on_is_the_one_cuda_visible_devices_names_and_none_on_a_cpu_build(
         tmp_path, monkeypatch):
     import torch.version
 
     from phi3_pipeline.targets.local.machine import visible_gpu
 
-    fake_nvidia_smi(tmp_path, monkeypatch, held_by=0)
+    fake_nvidia_smi(tmp_path, monkeypatch)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert visible_gpu() == Gpu("Tesla T4 --id=0", 15.0, 3.0)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
@@ -241,7 +226,6 @@ def test_the_quota_stage_says_the_method_counts_what_its_own_job_holds_and_a_qlo
         with fake_hub({REPO_ID: model_info(REPO_ID, FIRST_COMMIT, 8 * 2**30)}) as url:
             monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
             lora_job = LocalTarget(settings).job_name("data")  # no GPU here: LoRA
-            (tmp_path / "bin").mkdir()
             fake_nvidia_smi(tmp_path / "bin", monkeypatch, held_by=job.pid)
             target = LocalTarget(settings)
             (target.ws.root / "jobs" / "running").mkdir(parents=True)
