@@ -690,3 +690,18 @@ def test_a_change_to_how_a_models_own_template_is_tokenized_trains_its_jobs_anew
     monkeypatch.setattr(local_target, "TEMPLATE_ENCODING", local_target.TEMPLATE_ENCODING + 1)
     after = [target.job_name("data") for target in targets]
     assert after[0] != before[0] and after[1] == before[1]
+
+
+def test_a_real_base_model_with_the_built_in_models_length_limit_is_told_to_set_it(tmp_path):
+    from tests.hub_fakes import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "ck")
+
+    def notices(**training) -> list[str]:
+        return LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "ws"},
+                                            training=training)).notices()
+
+    (notice,) = notices(base_model=str(folder))
+    assert notice.startswith("training.max_seq_length is 96 tokens, sized for the built-in model") and "2048" in notice
+    assert notices(base_model=str(folder), max_seq_length=96) == [], "set on purpose"
+    assert notices() == [], "the built-in model"

@@ -120,14 +120,20 @@ class LocalTarget(Target):
                 **({} if builtin else {"template_encoding": TEMPLATE_ENCODING})}
 
     def notices(self) -> list[str]:
-        """A local.port the live server does not hold: say what a run will do with it."""
+        """A local.port the live server does not hold: what a run will do with it. A real base model with the
+        length limit sized for the built-in one."""
+        notices, training = [], self.settings.training
+        if training.base_model != BUILTIN_BASE_MODEL and "max_seq_length" not in training.model_fields_set:
+            notices.append(f"training.max_seq_length is {training.max_seq_length} tokens, sized for the built-in "
+                           f"model: {training.base_model} learns only what its conversations say within it; set it "
+                           "to your conversations' length (e.g. 2048)")
         port, live = self.settings.local.port, self.live_deployment()
         live_port = int(live.scoring_uri.rsplit(":", 1)[1].split("/")[0]) if live else None
-        if not port or live_port in (None, port):
-            return []
-        return [f"local.port is {port} but {live.deployment_name} serves on port {live_port}: a newly trained "
-                f"model starts on port {port}; if this run's model is the one serving, it keeps port {live_port} "
-                "(tear it down first to move it)"]
+        if port and live_port not in (None, port):
+            notices.append(f"local.port is {port} but {live.deployment_name} serves on port {live_port}: a newly "
+                           f"trained model starts on port {port}; if this run's model is the one serving, it keeps "
+                           f"port {live_port} (tear it down first to move it)")
+        return notices
 
     # ---- the workspace folder ------------------------------------------------------------------
     def workspace_identity(self) -> str:
