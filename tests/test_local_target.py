@@ -374,7 +374,7 @@ def test_a_gpu_short_of_memory_is_reported_with_the_cpu_way_out(tmp_path, monkey
     fake_nvidia_smi(tmp_path / "bin", monkeypatch, free_mib=100)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     target = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "ws"}))
-    with pytest.raises(InsufficientResourcesError, match=r"GPU memory \(Tesla T4 --id=0\).*CUDA_VISIBLE_DEVICES="):
+    with pytest.raises(InsufficientResourcesError, match=r"GPU memory \(Tesla T4 --id=0\).*training.method=qlora, or set CUDA_VISIBLE_DEVICES="):
         raise_if_short(target.check_resources())
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the way out, taken by the next run (a target reads the GPU once)
     rerun = LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "ws"}))
@@ -703,5 +703,5 @@ def test_a_real_base_model_with_the_built_in_models_length_limit_is_told_to_set_
 
     (notice,) = notices(base_model=str(folder))
     assert notice.startswith("training.max_seq_length is 96 tokens, sized for the built-in model") and "2048" in notice
-    assert notices(base_model=str(folder), max_seq_length=96) == [], "set on purpose"
+    assert notices(base_model=str(folder), max_seq_length=2048) == []
     assert notices() == [], "the built-in model"

@@ -83,6 +83,17 @@ def test_a_phi_template_that_ends_with_end_of_text_keeps_every_role_token_and_tr
     assert tokenizer.decode([label for label in labels if label != -100]) == learned_text
 
 
+def test_a_conversation_that_opens_with_the_assistant_trains_on_every_answer(tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(make_checkpoint(tmp_path / "model"))
+    greeting_first = [{"role": "assistant", "content": "Hello."}, *CONVERSATION[1:3]]
+    ids, labels = encode_chat(tokenizer, greeting_first, max_len=512)
+    assert tokenizer.decode(ids) == tokenizer.apply_chat_template(greeting_first, tokenize=False)
+    assert tokenizer.decode([label for label in labels if label != -100]) == (
+        "<|assistant|>\nHello.<|end|>\nBill Gates and Paul Allen.<|end|>\n")
+
+
 def test_conversations_whose_answers_all_lie_beyond_the_length_limit_are_left_out_or_refused(tmp_path):
     """A first question longer than training.max_seq_length leaves nothing to learn: such conversations are left
     out (a batch of them has no loss), and where none is left the job says what to change."""

@@ -43,11 +43,17 @@ TRAINING_MODULE = "phi3_pipeline.targets.local.training_job"
 # 2026-11-25 on CPU: training job peak RSS 0.47 GiB, scoring server 0.40 GiB; the rest is headroom for the pipeline
 # process itself (Prefect, Prompt flow). Per GiB of weights W: memory 2.5 W, disk 3 W (machine.gpu_need_gib: GPU).
 BASE_MEMORY_GIB, BASE_DISK_GIB = 1.5, 0.2
+HUB_DOWNLOAD_SLACK_GIB = 0.1  # a Hub model's config and tokenizer beside its weights
+
+
+def existing(path: Path) -> Path:
+    """`path`, or the nearest of its parents that exists: what holds it on disk once it is made."""
+    return next(p for p in (path, *path.parents) if p.exists())
 
 
 def disk_free_gib(path: Path) -> float:
     """Free space on the disk that holds `path`, or will once it is made."""
-    return shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free / GiB
+    return shutil.disk_usage(existing(path)).free / GiB
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
@@ -105,7 +111,16 @@ class LocalTarget(Target):
         resolved once per run against the workspace's free disk)."""
         weights_gib = self.weights_gib()
         return machine.merge_choice(self.settings.training.merge_adapter, weights_gib, disk_free_gib(self.ws.root),
-                                    BASE_DISK_GIB)
+                                    BASE_DISK_GIB + self._download_beside_workspace_gib())
+
+    def _download_beside_workspace_gib(self) -> float:
+        """What a Hub model still to be downloaded takes on the workspace's own disk: all of it, where the Hugging
+        Face cache is on that disk."""
+        hub_model = self.hub_base_model
+        if hub_model is None or hub_model.snapshot is not None:
+            return 0.0
+        devices = {os.stat(existing(path)).st_dev for path in (self.ws.root, hub.cache_dir())}
+        return hub_model.weight_bytes / GiB + HUB_DOWNLOAD_SLACK_GIB if len(devices) == 1 else 0.0
 
     def job_inputs(self) -> dict:
         """The base model's weights, every training setting, the seed, QLoRA where it is the method (LoRA, the
@@ -123,7 +138,8 @@ class LocalTarget(Target):
         """A local.port the live server does not hold: what a run will do with it. A real base model with the
         length limit sized for the built-in one."""
         notices, training = [], self.settings.training
-        if training.base_model != BUILTIN_BASE_MODEL and "max_seq_length" not in training.model_fields_set:
+        default_length = type(training).model_fields["max_seq_length"].default
+        if training.base_model != BUILTIN_BASE_MODEL and training.max_seq_length == default_length:
             notices.append(f"training.max_seq_length is {training.max_seq_length} tokens, sized for the built-in "
                            f"model: {training.base_model} learns only what its conversations say within it; set it "
                            "to your conversations' length (e.g. 2048)")
@@ -155,12 +171,13 @@ class LocalTarget(Target):
     def check_resources(self) -> list[ResourceCheck]:
         """Memory, disk and GPU memory for the base model, the method and the served form (weights W GiB: fp32 in
         training with the LoRA optimiser's state, and once more in the server; on disk the merged model's copies,
-        where it is merged: an adapter takes megabytes)."""
+        where it is merged: an adapter takes megabytes; and a Hub model's download, on its cache's disk)."""
         weights_gib, hub_model = self.weights_gib(), self.hub_base_model
         method, why = self.fine_tune_method
         merged, served = self.merge_adapter
         memory_gib = 2.5 * weights_gib + BASE_MEMORY_GIB
-        disk_gib = (machine.MERGED_COPIES * weights_gib if merged else 0) + BASE_DISK_GIB
+        disk_gib = (machine.MERGED_COPIES * weights_gib if merged else 0) + BASE_DISK_GIB + \
+            self._download_beside_workspace_gib()
         self.ws.ensure()
         memory = psutil.virtual_memory().available / GiB
         checks = [
@@ -176,7 +193,7 @@ class LocalTarget(Target):
         if hub_model is not None and hub_model.snapshot is None:  # the download lands in the Hugging Face cache
             cache = hub.cache_dir()
             checks.append(ResourceCheck(resource=f"disk at {cache} (the Hugging Face cache)",
-                                        needed=round(hub_model.weight_bytes / GiB + 0.1, 2),
+                                        needed=round(hub_model.weight_bytes / GiB + HUB_DOWNLOAD_SLACK_GIB, 2),
                                         available=round(disk_free_gib(cache), 2), unit="GiB",
                                         advice="free disk space or set HF_HUB_CACHE to a larger disk"))
         if self.gpu is not None:  # what a job of this workspace holds is the run's to adopt
@@ -184,7 +201,9 @@ class LocalTarget(Target):
             checks.append(ResourceCheck(resource=f"GPU memory ({self.gpu.name}) for {why}",
                                         needed=round(machine.gpu_need_gib(method, weights_gib), 2),
                                         available=round(self.gpu.free_gib + held, 2), unit="GiB",
-                                        advice="free GPU memory, or set CUDA_VISIBLE_DEVICES= to train on the CPU"))
+                                        advice="free GPU memory" + (", set training.method=qlora" if
+                                                                    method == machine.LORA else "") +
+                                               ", or set CUDA_VISIBLE_DEVICES= to train on the CPU"))
         port = self.settings.local.port
         if port and not self.endpoint.serves_on(port):
             checks.append(ResourceCheck(resource=f"port {port} on 127.0.0.1", needed=1,

@@ -170,7 +170,8 @@ def sft_trainer(model, tokenizer, train, evaluation, *, phase: str, reporter: Jo
 
 def load_base(base_path: Path, method: str):
     """The base model to put the adapter on: as `on_this_machine` loads it, or for QLoRA in 4 bits (NF4, bf16
-    compute, double quantisation: the QLoRA paper's recipe), prepared for training on quantised weights."""
+    compute where the GPU has it, double quantisation: the QLoRA paper's recipe), prepared for training on
+    quantised weights."""
     from transformers import AutoModelForCausalLM
 
     options = on_this_machine()[0]
@@ -180,8 +181,9 @@ def load_base(base_path: Path, method: str):
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
+    compute = torch.bfloat16 if options["dtype"] == torch.bfloat16 else torch.float16  # as the trainer computes
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                      bnb_4bit_compute_dtype=torch.bfloat16)
+                                      bnb_4bit_compute_dtype=compute)
     model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quantization, **options)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
 
@@ -251,7 +253,8 @@ def encode_chat(tokenizer, messages: list[dict], max_len: int) -> tuple[list[int
     labels = [-100] * len(ids)
     for index, message in enumerate(messages):
         if message["role"] == "assistant":
-            start, end = matching(rendered(index, add_generation_prompt=True)), matching(rendered(index + 1))
+            start = matching(rendered(index, add_generation_prompt=True)) if index else 0  # none to render before
+            end = matching(rendered(index + 1))
             labels[start:end] = ids[start:end]
     return ids[:max_len], labels[:max_len]
 
