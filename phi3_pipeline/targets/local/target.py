@@ -41,7 +41,8 @@ from phi3_pipeline.targets.workspace import Workspace, read_json, write_json_ato
 TRAINING_MODULE = "phi3_pipeline.targets.local.training_job"
 # What a run needs beside the weights (the built-in model's whole need, its weights counting as nothing), measured
 # 2026-11-25 on CPU: training job peak RSS 0.47 GiB, scoring server 0.40 GiB; the rest is headroom for the pipeline
-# process itself (Prefect, Prompt flow). Per GiB of weights W: memory 2.5 W, disk 3 W (machine.gpu_need_gib: GPU).
+# process itself (Prefect, Prompt flow). Per GiB of weights W: memory 2.5 W, disk 2 W where merged
+# (machine.gpu_need_gib: GPU).
 BASE_MEMORY_GIB, BASE_DISK_GIB = 1.5, 0.2
 HUB_DOWNLOAD_SLACK_GIB = 0.1  # a Hub model's config and tokenizer beside its weights
 
