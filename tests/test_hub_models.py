@@ -152,12 +152,15 @@ def test_hub_id_whole_pipeline_offline_from_the_cache_then_a_new_commit_trains_a
         assert any(line.startswith("A: ") for line in result.stdout.splitlines()), result.stdout
         return set((tmp_path / "ws" / "jobs").glob("*/spec.json"))
 
-    jobs = run()
-    assert [json.loads(spec.read_text())["base_model"] for spec in jobs] == [str(first)]
-    second = cache_snapshot(cache, checkpoint, SECOND_COMMIT)
-    new_jobs = run() - jobs
-    assert [json.loads(spec.read_text())["base_model"] for spec in new_jobs] == [str(second)]
-    assert run("--training.base_model_revision", FIRST_COMMIT) == jobs | new_jobs, "the pinned commit's job"
+    try:
+        jobs = run()
+        assert [json.loads(spec.read_text())["base_model"] for spec in jobs] == [str(first)]
+        second = cache_snapshot(cache, checkpoint, SECOND_COMMIT)
+        new_jobs = run() - jobs
+        assert [json.loads(spec.read_text())["base_model"] for spec in new_jobs] == [str(second)]
+        assert run("--training.base_model_revision", FIRST_COMMIT) == jobs | new_jobs, "the pinned commit's job"
+    finally:  # the live model's server
+        LocalTarget(PipelineSettings(local={"workspace_dir": tmp_path / "ws"})).teardown()
 
 
 @pytest.mark.system
